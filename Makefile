@@ -1,0 +1,69 @@
+# llm-capacity: `make run` and `make test` are all a new machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+ENVOY     := $(VENV)/bin/envoy
+TOOLS     := .tools
+WASM      := target/wasm32-wasip1/release/llm_capacity.wasm
+EMULATOR  := target/release/llm-emulator
+# The test runner must match the wasm-bindgen version Cargo.lock resolved.
+WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
+
+.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean
+
+## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
+setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
+
+$(TOOLS)/targets.stamp:
+	rustup target add wasm32-wasip1 wasm32-unknown-unknown
+	@command -v node >/dev/null || { echo "node not found: installing Debian's nodejs"; \
+	  (apt-get update && apt-get install -y nodejs) || sudo apt-get install -y nodejs; }
+	@mkdir -p $(TOOLS) && touch $@
+
+$(VENV)/stamp: tests/requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+.PHONY: wasm-runner
+wasm-runner: Cargo.lock
+	@test -x $(WBG_RUNNER) || cargo install wasm-bindgen-cli \
+	  --version $(WBG_VERSION) --root $(TOOLS)/wasm-bindgen-$(WBG_VERSION)
+
+## build: the release .wasm (lto, opt-level 3, codegen-units 1, panic abort, stripped)
+build:
+	cargo build --release --target wasm32-wasip1 -p llm-capacity
+
+emulator:
+	cargo build --release -p llm-emulator
+
+## test: native unit tests, the core's tests on wasm32 under node, end to end in real Envoy
+test: setup build emulator test-unit test-wasm test-e2e
+
+test-unit:
+	cargo test --workspace
+
+test-wasm:
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
+	  cargo test --target wasm32-unknown-unknown -p llm-capacity --no-default-features --lib
+
+test-e2e:
+	$(PY) -m pytest -q tests/e2e
+
+## run: Envoy with the filter in front of the emulator on loopback; Ctrl-C stops both
+run: setup build emulator
+	@envoy/run.sh
+
+## lint: fmt and clippy with warnings denied, on the host and on wasm32
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -p llm-capacity -- -D warnings
+	cargo clippy --target wasm32-unknown-unknown -p llm-capacity --no-default-features --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf .run

@@ -1,0 +1,181 @@
+//! What to do with a request once its headers are known.
+
+use super::config::{Config, RoutePolicy, Unmatched};
+use super::reply::LocalReply;
+use super::telemetry::Outcome;
+use std::rc::Rc;
+
+/// The parts of the request head the decision needs, read by the adapter.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead<'a> {
+    /// Envoy's route name (`xds.route_name`); empty when the route has none.
+    pub route: &'a str,
+    /// `content-length`, when the request has one (chunked bodies do not).
+    pub content_length: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Reply(LocalReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub policy: Option<Rc<RoutePolicy>>,
+    pub outcome: Outcome,
+    pub verdict: Verdict,
+}
+
+pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
+    let policy = cfg.route(head.route).cloned();
+    let cap = policy
+        .as_ref()
+        .map_or(cfg.default_max_request_bytes, |p| p.max_request_bytes);
+    if let Some(len) = head.content_length {
+        if len > cap {
+            let msg = format!(
+                "Request body of {len} bytes exceeds the limit of {cap} bytes for this route."
+            );
+            return Decision {
+                policy,
+                outcome: Outcome::TooLarge,
+                verdict: Verdict::Reply(LocalReply::openai_error(
+                    413,
+                    "invalid_request_error",
+                    "request_too_large",
+                    &msg,
+                )),
+            };
+        }
+    }
+    match (&policy, cfg.unmatched) {
+        (Some(_), _) => Decision {
+            policy,
+            outcome: Outcome::Admitted,
+            verdict: Verdict::Continue,
+        },
+        (None, Unmatched::Pass) => Decision {
+            policy,
+            outcome: Outcome::Unmatched,
+            verdict: Verdict::Continue,
+        },
+        (None, Unmatched::Reject) => {
+            let msg = format!(
+                "No llm-capacity policy is configured for route \"{}\".",
+                head.route
+            );
+            Decision {
+                policy,
+                outcome: Outcome::NoPolicy,
+                verdict: Verdict::Reply(LocalReply::openai_error(
+                    404,
+                    "invalid_request_error",
+                    "route_not_configured",
+                    &msg,
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::compile;
+    use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn cfg(unmatched: &str) -> Config {
+        compile(&json!({
+            "unmatched_routes": unmatched,
+            "defaults": {"max_request_bytes": 100},
+            "routes": {"chat": {"max_request_bytes": 10}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn policy_route_is_admitted_under_its_cap() {
+        let d = on_request_headers(
+            &cfg("pass"),
+            &RequestHead {
+                route: "chat",
+                content_length: Some(10),
+            },
+        );
+        assert_eq!(d.outcome, Outcome::Admitted);
+        assert_eq!(d.verdict, Verdict::Continue);
+        assert_eq!(d.policy.unwrap().name, "chat");
+    }
+
+    #[test]
+    fn over_the_route_cap_is_413() {
+        let d = on_request_headers(
+            &cfg("pass"),
+            &RequestHead {
+                route: "chat",
+                content_length: Some(11),
+            },
+        );
+        assert_eq!(d.outcome, Outcome::TooLarge);
+        let Verdict::Reply(r) = d.verdict else {
+            panic!("expected a reply")
+        };
+        assert_eq!(r.status, 413);
+        assert!(String::from_utf8(r.body)
+            .unwrap()
+            .contains("Request body of 11 bytes exceeds the limit of 10 bytes"));
+    }
+
+    #[test]
+    fn unmatched_routes_use_the_default_cap_and_policy() {
+        let c = cfg("pass");
+        let d = on_request_headers(
+            &c,
+            &RequestHead {
+                route: "other",
+                content_length: Some(100),
+            },
+        );
+        assert_eq!(
+            (d.outcome, d.verdict),
+            (Outcome::Unmatched, Verdict::Continue)
+        );
+        let d = on_request_headers(
+            &c,
+            &RequestHead {
+                route: "other",
+                content_length: Some(101),
+            },
+        );
+        assert_eq!(d.outcome, Outcome::TooLarge);
+        // Chunked: no length known at headers time.
+        let d = on_request_headers(
+            &c,
+            &RequestHead {
+                route: "other",
+                content_length: None,
+            },
+        );
+        assert_eq!(d.outcome, Outcome::Unmatched);
+    }
+
+    #[test]
+    fn unmatched_routes_can_be_rejected() {
+        let d = on_request_headers(
+            &cfg("reject"),
+            &RequestHead {
+                route: "",
+                content_length: None,
+            },
+        );
+        assert_eq!(d.outcome, Outcome::NoPolicy);
+        let Verdict::Reply(r) = d.verdict else {
+            panic!("expected a reply")
+        };
+        assert_eq!(r.status, 404);
+        assert_eq!(r.details, "route_not_configured");
+    }
+}

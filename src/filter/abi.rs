@@ -1,0 +1,181 @@
+//! Our own host layer: the raw proxy-wasm ABI imports, wrapped so that every
+//! status comes back as a value. The SDK's `hostcalls` panic on any status they
+//! do not expect, and a panic traps the worker's VM; the request path must never
+//! do that, so it calls these instead. Return types are `u32`, not the SDK's
+//! `Status` enum, so an unknown status from a newer host is not undefined behaviour.
+
+#![allow(unsafe_code)]
+
+use std::ptr::null_mut;
+
+pub const OK: u32 = 0;
+pub const NOT_FOUND: u32 = 1;
+pub const EMPTY: u32 = 7;
+
+pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+pub const MAP_REQUEST_HEADERS: u32 = 0;
+
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+
+pub const LOG_TRACE: u32 = 0;
+pub const LOG_DEBUG: u32 = 1;
+pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
+pub const LOG_ERROR: u32 = 4;
+pub const LOG_CRITICAL: u32 = 5;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`
+/// (the SDK's allocator, which hands out boxed slices of exactly `size` bytes).
+unsafe fn take(ptr: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if ptr.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(ptr, size, size))
+    }
+}
+
+fn status(s: u32) -> Result<(), u32> {
+    if s == OK {
+        Ok(())
+    } else {
+        Err(s)
+    }
+}
+
+pub fn log(level: u32, message: &str) {
+    // A failed log call has nowhere to be reported; ignoring it is the only option.
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+pub fn buffer(buffer_type: u32, start: usize, max: usize) -> Result<Option<Vec<u8>>, u32> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    match unsafe { proxy_get_buffer_bytes(buffer_type, start, max, &mut ptr, &mut size) } {
+        OK => Ok(unsafe { take(ptr, size) }),
+        NOT_FOUND | EMPTY => Ok(None),
+        s => Err(s),
+    }
+}
+
+pub fn header(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, u32> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    match unsafe {
+        proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut ptr, &mut size)
+    } {
+        OK => Ok(unsafe { take(ptr, size) }),
+        NOT_FOUND => Ok(None),
+        s => Err(s),
+    }
+}
+
+fn path_bytes(path: &[&str]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for seg in path {
+        p.extend_from_slice(seg.as_bytes());
+        p.push(0);
+    }
+    p.pop();
+    p
+}
+
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
+    let p = path_bytes(path);
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    match unsafe { proxy_get_property(p.as_ptr(), p.len(), &mut ptr, &mut size) } {
+        OK => Ok(unsafe { take(ptr, size) }),
+        NOT_FOUND => Ok(None),
+        s => Err(s),
+    }
+}
+
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), u32> {
+    let p = path_bytes(path);
+    status(unsafe { proxy_set_property(p.as_ptr(), p.len(), value.as_ptr(), value.len()) })
+}
+
+pub fn send_local_response(
+    status_code: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[u8],
+) -> Result<(), u32> {
+    status(unsafe {
+        proxy_send_local_response(
+            status_code,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
+    let mut id = 0u32;
+    status(unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
+    status(unsafe { proxy_increment_metric(id, offset) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+    status(unsafe { proxy_record_metric(id, value) })
+}

@@ -1,0 +1,32 @@
+import pytest
+
+import harness
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    emu = harness.Emulator(tmp_path)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def start_envoy(tmp_path, emulator):
+    """Starts Envoy from envoy/envoy.yaml (optionally with another plugin config)."""
+    started = []
+
+    def start(plugin=None, name="envoy", expect_start=True, base=None):
+        cfg = harness.localize(base or harness.load_envoy_config(), emulator.api_port)
+        if plugin is not None:
+            harness.set_plugin_config(cfg, plugin)
+        env = harness.Envoy(tmp_path, cfg, name=name, expect_start=expect_start)
+        started.append(env)
+        return env
+
+    yield start
+    for e in started:
+        e.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    harness.stop_all()

@@ -1,0 +1,97 @@
+"""Configuration: every shipped YAML validates in real Envoy; bad configs are refused
+with a message naming the field."""
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+import harness
+
+ROOT = harness.ROOT
+
+
+def envoy_yamls():
+    return sorted(p for p in (ROOT / "envoy").glob("**/*.yaml"))
+
+
+def readme_plugin_examples():
+    """YAML blocks in README.md that are plugin configurations (marked `# plugin-config`)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    return [yaml.safe_load(b) for b in blocks if b.startswith("# plugin-config")]
+
+
+def validate(path, cwd=ROOT):
+    return subprocess.run(
+        [harness.ENVOY_BIN, "--mode", "validate", "-c", path, "--use-dynamic-base-id"],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_there_are_envoy_yamls_and_readme_examples():
+    assert harness.DEFAULT_ENVOY_YAML in envoy_yamls()
+    assert len(readme_plugin_examples()) >= 2
+
+
+@pytest.mark.parametrize("path", envoy_yamls(), ids=lambda p: p.name)
+def test_envoy_yaml_validates(path):
+    r = validate(path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    # Validation runs the filter's on_configure: the config was accepted by it.
+    assert "llm-capacity: configuration accepted" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("index", range(len(readme_plugin_examples())))
+def test_readme_plugin_example_is_accepted(tmp_path, index):
+    example = readme_plugin_examples()[index]
+    cfg = harness.load_envoy_config()
+    harness.wasm_filter(cfg)["vm_config"]["code"]["local"]["filename"] = str(harness.WASM)
+    harness.set_plugin_config(cfg, example)
+    p = tmp_path / "readme.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = validate(p)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+BAD = [
+    (
+        lambda c: c["routes"]["openai-chat"].update({"max_request_byte": 5}),
+        "llm-capacity: invalid config at routes.openai-chat.max_request_byte: unknown field; "
+        "expected one of: clusters, max_request_bytes",
+    ),
+    (
+        lambda c: c["defaults"].update({"max_request_bytes": "big"}),
+        'llm-capacity: invalid config at defaults.max_request_bytes: expected a positive integer (bytes), got "big"',
+    ),
+    (
+        lambda c: c["routes"]["openai-chat"].update({"clusters": ["emulator", "nowhere"]}),
+        'llm-capacity: invalid config at routes.openai-chat.clusters[1]: unknown cluster "nowhere" (define it under clusters)',
+    ),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD, ids=["misspelled", "mistyped", "dangling"])
+def test_bad_config_is_refused_with_exact_message(start_envoy, mutate, message):
+    cfg = harness.load_envoy_config()
+    plugin = harness.plugin_config(cfg)
+    mutate(plugin)
+    env = start_envoy(plugin=plugin, expect_start=False)
+    code = env.wait_exit(timeout=30)
+    assert code != 0
+    log = env.log_text()
+    assert message in log, log[-2000:]
+    assert "Unable to create Wasm plugin llm_capacity" in log
+
+
+def test_bad_config_fails_validation_too(tmp_path):
+    cfg = harness.load_envoy_config()
+    harness.wasm_filter(cfg)["vm_config"]["code"]["local"]["filename"] = str(harness.WASM)
+    harness.plugin_config(cfg)["log_level"] = "loud"
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = validate(p)
+    out = r.stdout + r.stderr
+    assert 'llm-capacity: invalid config at log_level: expected one of trace, debug, info, warn, error, got "loud"' in out
+    assert "OK" not in r.stdout
