@@ -22,5 +22,11 @@ fn main() {
     };
     println!("cargo:rustc-env=LLMCAP_GIT_REVISION={rev}");
     println!("cargo:rerun-if-changed=.git/HEAD");
+    // HEAD names a branch; the revision changes when that branch's ref moves.
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+        if let Some(r) = head.strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{}", r.trim());
+        }
+    }
     println!("cargo:rerun-if-changed=.git/index");
 }

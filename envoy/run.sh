@@ -28,7 +28,7 @@ target/release/llm-emulator --listen 127.0.0.1:18080 --admin 127.0.0.1:18081 \
   2> .run/emulator.log &
 pids+=($!)
 .venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --use-dynamic-base-id \
-  --log-path .run/envoy.log > .run/access.log 2>&1 &
+  > .run/access.log 2> .run/envoy.log &
 pids+=($!)
 
 for _ in $(seq 1 100); do

@@ -172,9 +172,10 @@ class Envoy:
         self.access_log = tmp / f"{name}-access.log"
         self.proc = _spawn(
             [ENVOY_BIN, "-c", self.config_path, "--concurrency", "2", "--use-dynamic-base-id",
-             "--admin-address-path", self.admin_file, "--log-path", self.log, "-l", "info"],
+             "--admin-address-path", self.admin_file, "-l", "info"],
+            # Envoy's own log goes to stderr, unbuffered (--log-path flushes late).
             stdout=self.access_log.open("wb"),
-            stderr=subprocess.STDOUT,
+            stderr=self.log.open("wb"),
         )
         if expect_start:
             self._wait_ready()

@@ -53,9 +53,9 @@ def test_anthropic_sdk_non_streaming_and_streaming(emulator, start_envoy):
     env = start_envoy()
     client = anthropic_client(env)
 
-    m = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MSG)
+    m = client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=MSG)
     assert m.content[0].text
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=MSG) as s:
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=MSG) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert text
@@ -71,7 +71,7 @@ def test_anthropic_sdk_non_streaming_and_streaming(emulator, start_envoy):
 def test_oversized_body_gets_openai_413_and_never_reaches_provider(emulator, start_envoy):
     env = start_envoy()
     # anthropic-messages caps bodies at 131072 bytes in envoy/envoy.yaml.
-    big = {"model": "claude-sonnet-4-5", "max_tokens": 16,
+    big = {"model": "claude-sonnet-4-6", "max_tokens": 16,
            "messages": [{"role": "user", "content": "x" * 140_000}]}
     client = anthropic_client(env)
     with pytest.raises(anthropic.APIStatusError) as exc:

@@ -1,0 +1,195 @@
+//! Injected faults, settable from the command line and the admin API.
+
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Storm {
+    pub retry_after_s: u64,
+}
+
+/// The fault state, serialised as-is by `GET /admin/faults` (plus rpm/tpm).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Faults {
+    pub error_rate: f64,
+    /// Statuses used for injected errors, picked in turn at random.
+    pub error_status: Vec<u16>,
+    pub latency_ms: u64,
+    pub ttft_ms: u64,
+    pub inter_token_ms: u64,
+    pub storm: Option<Storm>,
+    pub outage: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            error_rate: 0.0,
+            error_status: vec![500],
+            latency_ms: 0,
+            ttft_ms: 0,
+            inter_token_ms: 0,
+            storm: None,
+            outage: false,
+        }
+    }
+}
+
+/// What a `POST /admin/faults` body asks to change.
+#[derive(Debug, Default, PartialEq)]
+pub struct FaultsUpdate {
+    pub faults: Faults,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub seed: Option<u64>,
+}
+
+/// Parses `500`, `"500,503"` or `[500, 503]`.
+pub fn parse_statuses(v: &Value) -> Result<Vec<u16>, String> {
+    let list: Vec<u16> = match v {
+        Value::Number(_) => vec![as_status(v)?],
+        Value::String(s) => parse_status_list(s)?,
+        Value::Array(a) => a.iter().map(as_status).collect::<Result<_, _>>()?,
+        _ => {
+            return Err("error_status must be a status, a list of statuses or a comma list".into())
+        }
+    };
+    if list.is_empty() {
+        return Err("error_status must not be empty".into());
+    }
+    Ok(list)
+}
+
+pub fn parse_status_list(s: &str) -> Result<Vec<u16>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| format!("bad status {p:?}: want a code in 400..=599"))
+        })
+        .collect()
+}
+
+fn as_status(v: &Value) -> Result<u16, String> {
+    v.as_u64()
+        .filter(|c| (400..=599).contains(c))
+        .map(|c| c as u16)
+        .ok_or_else(|| format!("bad status {v}: want a code in 400..=599"))
+}
+
+fn as_u64(v: &Value, field: &str) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("{field} must be a non-negative integer"))
+}
+
+/// Applies a partial faults object to `current`; unknown fields are an error
+/// so a typo in a test does not silently do nothing.
+pub fn apply_update(current: &Faults, body: &Value) -> Result<FaultsUpdate, String> {
+    let obj = body.as_object().ok_or("faults must be a JSON object")?;
+    let mut up = FaultsUpdate {
+        faults: current.clone(),
+        ..Default::default()
+    };
+    let f = &mut up.faults;
+    for (k, v) in obj {
+        match k.as_str() {
+            "error_rate" => {
+                let r = v.as_f64().filter(|r| (0.0..=1.0).contains(r));
+                f.error_rate = r.ok_or("error_rate must be a number in 0..1")?;
+            }
+            "error_status" => f.error_status = parse_statuses(v)?,
+            "latency_ms" => f.latency_ms = as_u64(v, k)?,
+            "ttft_ms" => f.ttft_ms = as_u64(v, k)?,
+            "inter_token_ms" => f.inter_token_ms = as_u64(v, k)?,
+            "storm" => {
+                f.storm = match v {
+                    Value::Null | Value::Bool(false) => None,
+                    Value::Number(_) => Some(Storm {
+                        retry_after_s: as_u64(v, k)?,
+                    }),
+                    Value::Object(o) => {
+                        let s = o.get("retry_after_s").ok_or("storm needs retry_after_s")?;
+                        Some(Storm {
+                            retry_after_s: as_u64(s, "retry_after_s")?,
+                        })
+                    }
+                    _ => return Err("storm must be null or {\"retry_after_s\": S}".into()),
+                }
+            }
+            "outage" => f.outage = v.as_bool().ok_or("outage must be a boolean")?,
+            "rpm" => up.rpm = Some(as_u64(v, k)?),
+            "tpm" => up.tpm = Some(as_u64(v, k)?),
+            "seed" => up.seed = Some(as_u64(v, k)?),
+            other => return Err(format!("unknown fault field {other:?}")),
+        }
+    }
+    Ok(up)
+}
+
+/// SplitMix64: tiny, seedable and good enough to pick which requests fail.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn partial_update() {
+        let cur = Faults::default();
+        let up = apply_update(&cur, &json!({"error_rate": 0.5, "error_status": "500, 503", "storm": {"retry_after_s": 7}, "rpm": 5}))
+            .expect("valid");
+        assert_eq!(up.faults.error_rate, 0.5);
+        assert_eq!(up.faults.error_status, vec![500, 503]);
+        assert_eq!(up.faults.storm, Some(Storm { retry_after_s: 7 }));
+        assert_eq!(up.faults.latency_ms, 0);
+        assert_eq!((up.rpm, up.tpm), (Some(5), None));
+        let up2 = apply_update(&up.faults, &json!({"storm": null, "error_status": [503]}))
+            .expect("valid");
+        assert_eq!(up2.faults.storm, None);
+        assert_eq!(up2.faults.error_status, vec![503]);
+        assert_eq!(up2.faults.error_rate, 0.5);
+    }
+
+    #[test]
+    fn bad_updates_are_rejected() {
+        let cur = Faults::default();
+        assert!(apply_update(&cur, &json!({"error_rate": 2})).is_err());
+        assert!(apply_update(&cur, &json!({"error_status": 200})).is_err());
+        assert!(apply_update(&cur, &json!({"latency": 1})).is_err());
+        assert!(apply_update(&cur, &json!([1])).is_err());
+        assert!(apply_update(&cur, &json!({"outage": "yes"})).is_err());
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_uniformish() {
+        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        let xs: Vec<f64> = (0..1000).map(|_| a.next_f64()).collect();
+        let ys: Vec<f64> = (0..1000).map(|_| b.next_f64()).collect();
+        assert_eq!(xs, ys);
+        let below = xs.iter().filter(|x| **x < 0.3).count();
+        assert!((200..400).contains(&below), "{below}");
+    }
+}
