@@ -6,9 +6,11 @@
 pub mod config;
 pub mod decision;
 pub mod env;
+pub mod estimate;
 pub mod pbstruct;
 pub mod reply;
 pub mod telemetry;
+pub mod usage;
 
 /// Crate version and git revision, stamped by build.rs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
