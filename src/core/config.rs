@@ -20,6 +20,8 @@
 //! telemetry: { metrics: true, filter_state: true }
 //! ```
 
+use super::estimate::Encoding;
+use super::request::Api;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +37,10 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ROUTES: usize = 256;
 pub const MAX_CLUSTERS: usize = 64;
 pub const MAX_CHAIN_LEN: usize = 8;
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
+/// Default safety margin on input estimates; see tests/tokenbench/results/accuracy.md.
+pub const DEFAULT_INPUT_MARGIN: f64 = 0.15;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -94,12 +100,80 @@ pub struct Cluster {
     pub provider: Provider,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to do with a body the filter cannot read as its API's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidBody {
+    /// Answer 400 with an OpenAI-style `invalid_request_error`.
+    Reject,
+    /// Let it through, charged by size (bytes / 4 plus the output allowance).
+    Pass,
+}
+
+/// Whether the filter writes the output cap into request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforceMaxTokens {
+    /// Never touch the body's cap; absent caps are reserved at `default_max_tokens`.
+    Off,
+    /// Write `default_max_tokens` into requests that have no cap.
+    Fill,
+    /// As `fill`, and lower caps above `default_max_tokens` to it.
+    Cap,
+}
+
+/// The settings a route inherits from `defaults` unless it sets them itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub max_request_bytes: u64,
+    /// `None`: detect by path.
+    pub api: Option<Api>,
+    /// `None`: by model name, then by API.
+    pub encoding: Option<Encoding>,
+    /// Safety margin on the input estimate (0.1 = +10%).
+    pub input_margin: f64,
+    /// Output allowance for requests without a cap of their own.
+    pub default_max_tokens: u64,
+    pub enforce_max_tokens: EnforceMaxTokens,
+    /// OpenAI streaming: add `stream_options.include_usage` so usage is exact.
+    pub include_usage: bool,
+    pub invalid_body: InvalidBody,
+    /// Learn actual/estimated input per model and apply it to later estimates.
+    pub calibrate: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            api: None,
+            encoding: None,
+            input_margin: DEFAULT_INPUT_MARGIN,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            enforce_max_tokens: EnforceMaxTokens::Off,
+            include_usage: false,
+            invalid_body: InvalidBody::Reject,
+            calibrate: true,
+        }
+    }
+}
+
+const POLICY_FIELDS: &[&str] = &[
+    "api",
+    "calibrate",
+    "default_max_tokens",
+    "encoding",
+    "enforce_max_tokens",
+    "include_usage",
+    "input_margin",
+    "invalid_body",
+    "max_request_bytes",
+];
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
     pub name: String,
     /// Ordered failover chain; the first entry is the primary.
     pub clusters: Vec<Rc<Cluster>>,
-    pub max_request_bytes: u64,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,14 +183,14 @@ pub struct Telemetry {
 }
 
 /// The compiled configuration: everything the request path needs, looked up by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub log_level: LogLevel,
     pub unmatched: Unmatched,
     pub clusters: BTreeMap<String, Rc<Cluster>>,
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Policy-less routes still need limits such as the body cap.
-    pub default_max_request_bytes: u64,
+    pub defaults: Policy,
     pub telemetry: Telemetry,
 }
 
@@ -159,13 +233,11 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         },
     };
 
-    let mut default_max = DEFAULT_MAX_REQUEST_BYTES;
+    let mut defaults = Policy::default();
     if let Some((v, p)) = top.take("defaults") {
         let mut d = Obj::new(v, &p)?;
-        if let Some((v, p)) = d.take("max_request_bytes") {
-            default_max = body_cap(v, &p)?;
-        }
-        d.finish(&["max_request_bytes"])?;
+        defaults = policy(&mut d, &defaults)?;
+        d.finish(POLICY_FIELDS)?;
     }
 
     let mut clusters = BTreeMap::new();
@@ -248,17 +320,17 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                     chain.push(Rc::clone(c));
                 }
             }
-            let max_request_bytes = match r.take("max_request_bytes") {
-                None => default_max,
-                Some((v, p)) => body_cap(v, &p)?,
-            };
-            r.finish(&["clusters", "max_request_bytes"])?;
+            let policy = policy(&mut r, &defaults)?;
+            let mut known = vec!["clusters"];
+            known.extend_from_slice(POLICY_FIELDS);
+            known.sort_unstable();
+            r.finish(&known)?;
             routes.insert(
                 name.clone(),
                 Rc::new(RoutePolicy {
                     name: name.clone(),
                     clusters: chain,
-                    max_request_bytes,
+                    policy,
                 }),
             );
         }
@@ -292,9 +364,65 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         unmatched,
         clusters,
         routes,
-        default_max_request_bytes: default_max,
+        defaults,
         telemetry,
     })
+}
+
+/// Reads the inheritable policy fields of `o`, starting from `base`.
+fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
+    let mut p = base.clone();
+    if let Some((v, path)) = o.take("max_request_bytes") {
+        p.max_request_bytes = body_cap(v, &path)?;
+    }
+    if let Some((v, path)) = o.take("api") {
+        let mut names = vec!["auto"];
+        names.extend(Api::ALL.iter().map(|a| a.as_str()));
+        let s = str_enum(v, &path, &names)?;
+        p.api = Api::parse(s);
+    }
+    if let Some((v, path)) = o.take("encoding") {
+        let mut names = vec!["auto"];
+        names.extend(Encoding::ALL.iter().map(|e| e.as_str()));
+        let s = str_enum(v, &path, &names)?;
+        p.encoding = Encoding::parse(s);
+    }
+    if let Some((v, path)) = o.take("input_margin") {
+        match v.as_f64() {
+            Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = f,
+            _ => return Err(type_err(&path, "a number from 0 to 1 (0.1 = +10%)", v)),
+        }
+    }
+    if let Some((v, path)) = o.take("default_max_tokens") {
+        let n = uint(v, &path, "a positive integer (tokens)")?;
+        if n == 0 || n > MAX_OUTPUT_TOKENS {
+            return Err(err(
+                &path,
+                format!("must be between 1 and {MAX_OUTPUT_TOKENS}, got {n}"),
+            ));
+        }
+        p.default_max_tokens = n;
+    }
+    if let Some((v, path)) = o.take("enforce_max_tokens") {
+        p.enforce_max_tokens = match str_enum(v, &path, &["off", "fill", "cap"])? {
+            "fill" => EnforceMaxTokens::Fill,
+            "cap" => EnforceMaxTokens::Cap,
+            _ => EnforceMaxTokens::Off,
+        };
+    }
+    if let Some((v, path)) = o.take("include_usage") {
+        p.include_usage = boolean(v, &path)?;
+    }
+    if let Some((v, path)) = o.take("invalid_body") {
+        p.invalid_body = match str_enum(v, &path, &["reject", "pass"])? {
+            "pass" => InvalidBody::Pass,
+            _ => InvalidBody::Reject,
+        };
+    }
+    if let Some((v, path)) = o.take("calibrate") {
+        p.calibrate = boolean(v, &path)?;
+    }
+    Ok(p)
 }
 
 /// An object being read field by field; `finish` reports what was not consumed.
@@ -445,7 +573,7 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.unmatched, Unmatched::Pass);
         assert!(c.routes.is_empty());
-        assert_eq!(c.default_max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(c.defaults, Policy::default());
         assert_eq!(
             c.telemetry,
             Telemetry {
@@ -472,11 +600,11 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.unmatched, Unmatched::Reject);
         let chat = c.route("chat").unwrap();
-        assert_eq!(chat.max_request_bytes, 1000);
+        assert_eq!(chat.policy.max_request_bytes, 1000);
         let names: Vec<_> = chat.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(chat.clusters[1].provider, Provider::Anthropic);
-        assert_eq!(c.route("small").unwrap().max_request_bytes, 10);
+        assert_eq!(c.route("small").unwrap().policy.max_request_bytes, 10);
         assert_eq!(c.clusters["c"].provider, Provider::Generic);
         assert!(!c.telemetry.metrics);
         assert!(c.telemetry.filter_state);
@@ -486,7 +614,7 @@ mod tests {
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: clusters, max_request_bytes"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, max_request_bytes"
         );
         assert_eq!(
             msg(json!({"route": {}})),
@@ -513,6 +641,53 @@ mod tests {
             "invalid config at telemetry.metrics: expected true or false, got \"yes\""
         );
         assert_eq!(msg(json!([1])), "invalid config: expected a map, got [1]");
+    }
+
+    #[test]
+    fn policy_fields_inherit_and_override() {
+        let c = compile(&json!({
+            "defaults": {"api": "openai_chat", "input_margin": 0.2, "default_max_tokens": 512,
+                         "enforce_max_tokens": "fill", "include_usage": true, "invalid_body": "pass",
+                         "calibrate": false, "encoding": "cl100k"},
+            "routes": {"a": {}, "b": {"api": "auto", "encoding": "auto", "input_margin": 0, "enforce_max_tokens": "cap"}}
+        }))
+        .unwrap();
+        let a = &c.route("a").unwrap().policy;
+        assert_eq!(a.api, Some(Api::OpenAiChat));
+        assert_eq!(a.encoding, Some(Encoding::Cl100k));
+        assert_eq!((a.input_margin, a.default_max_tokens), (0.2, 512));
+        assert_eq!((a.enforce_max_tokens, a.include_usage, a.invalid_body, a.calibrate), (EnforceMaxTokens::Fill, true, InvalidBody::Pass, false));
+        let b = &c.route("b").unwrap().policy;
+        assert_eq!((b.api, b.encoding, b.input_margin, b.enforce_max_tokens), (None, None, 0.0, EnforceMaxTokens::Cap));
+        assert_eq!(b.default_max_tokens, 512);
+    }
+
+    #[test]
+    fn policy_field_errors_name_path_and_value() {
+        assert_eq!(
+            msg(json!({"routes": {"r": {"api": "openai"}}})),
+            "invalid config at routes.r.api: expected one of auto, openai_chat, openai_responses, openai_completions, openai_embeddings, anthropic_messages, gemini, got \"openai\""
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"input_margin": 1.5}})),
+            "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%), got 1.5"
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"default_max_tokens": 0}})),
+            "invalid config at defaults.default_max_tokens: must be between 1 and 1000000, got 0"
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"encoding": "gpt2"}})),
+            "invalid config at defaults.encoding: expected one of auto, o200k, cl100k, claude, gemini, llama, got \"gpt2\""
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"enforce_max_tokens": true}})),
+            "invalid config at defaults.enforce_max_tokens: expected one of off, fill, cap, got true"
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"clusters": []}})),
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, max_request_bytes"
+        );
     }
 
     #[test]

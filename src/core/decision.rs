@@ -20,7 +20,7 @@ pub enum Verdict {
     Reply(LocalReply),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub policy: Option<Rc<RoutePolicy>>,
     pub outcome: Outcome,
@@ -29,9 +29,9 @@ pub struct Decision {
 
 pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
     let policy = cfg.route(head.route).cloned();
-    let cap = policy
-        .as_ref()
-        .map_or(cfg.default_max_request_bytes, |p| p.max_request_bytes);
+    let cap = policy.as_ref().map_or(cfg.defaults.max_request_bytes, |p| {
+        p.policy.max_request_bytes
+    });
     if let Some(len) = head.content_length {
         if len > cap {
             let msg = format!(

@@ -38,6 +38,59 @@ impl Random for SplitMix64 {
     }
 }
 
+/// Why a shared-data operation did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else wrote the key since it was read: re-read and retry.
+    CasMismatch,
+    /// Any other host status (carried for logs).
+    Host(u32),
+}
+
+/// Envoy shared data as the core sees it: process-wide, shared by all workers.
+///
+/// Host semantics the implementations keep: `set` with `cas` 0 is unconditional;
+/// with a non-zero `cas` it fails with `CasMismatch` if the key changed since it
+/// was read; creating an absent key always succeeds, whatever the `cas` (so racing
+/// creators both "win": create keys deterministically). There is no delete.
+pub trait SharedStore {
+    /// The value and its CAS token, or `None` if the key was never written.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// An in-memory store with the host's semantics, for tests and native tools.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: std::cell::Cell<u32>,
+}
+
+impl MemStore {
+    pub fn keys(&self) -> usize {
+        self.map.borrow().len()
+    }
+}
+
+impl SharedStore for MemStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self.map.borrow().get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut map = self.map.borrow_mut();
+        if let Some((_, current)) = map.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        let next = self.next_cas.get().wrapping_add(1).max(1);
+        self.next_cas.set(next);
+        map.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+}
+
 /// A clock tests set by hand.
 #[derive(Debug, Default, Clone)]
 pub struct ManualClock(pub std::cell::Cell<u64>);
@@ -76,9 +129,17 @@ mod tests {
     }
 
     #[test]
-    fn manual_clock_can_go_backwards() {
-        let c = ManualClock::at(1000);
-        c.set(400);
-        assert_eq!(c.now_ms(), 400);
+    fn mem_store_keeps_host_cas_semantics() {
+        let s = MemStore::default();
+        assert_eq!(s.get("k").unwrap(), None);
+        // Creation ignores the CAS token, as the host does.
+        s.set("k", b"a", 12345).unwrap();
+        let (v, cas) = s.get("k").unwrap().unwrap();
+        assert_eq!(v, b"a");
+        s.set("k", b"b", cas).unwrap();
+        assert_eq!(s.set("k", b"c", cas), Err(StoreError::CasMismatch));
+        s.set("k", b"d", 0).unwrap();
+        assert_eq!(s.get("k").unwrap().unwrap().0, b"d");
+        assert_eq!(s.keys(), 1);
     }
 }

@@ -3,12 +3,15 @@
 //! Host access (clock, randomness, shared data, metrics) goes through the small
 //! traits in [`env`], so the core runs natively and on wasm32 in tests.
 
+pub mod accounting;
+pub mod calibrate;
 pub mod config;
 pub mod decision;
 pub mod env;
 pub mod estimate;
 pub mod pbstruct;
 pub mod reply;
+pub mod request;
 pub mod telemetry;
 pub mod usage;
 

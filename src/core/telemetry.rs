@@ -9,9 +9,15 @@
 use serde::Serialize;
 
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
-pub const LABELS: &[&str] = &["route", "outcome", "version", "revision"];
+pub const LABELS: &[&str] = &["route", "outcome", "kind", "source", "version", "revision"];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";
+/// Tokens by `kind`: estimated_input, reserved, input, output, cached_input.
+pub const TOKENS_TOTAL: &str = "llmcap_tokens_total";
+/// Settled requests by `source` (provider, streamed_text, reservation, refused).
+pub const RECONCILIATIONS_TOTAL: &str = "llmcap_reconciliations_total";
+/// |estimate - actual| / actual input tokens, in percent, for provider-reported usage.
+pub const ESTIMATE_ERROR_PERCENT: &str = "llmcap_estimate_error_percent";
 pub const BUILD_INFO: &str = "llmcap_build_info";
 
 /// Longest label value kept; longer ones are cut so names stay bounded.
@@ -27,6 +33,8 @@ pub enum Outcome {
     TooLarge,
     /// Refused locally: no policy for the route (`unmatched_routes: reject`).
     NoPolicy,
+    /// Refused locally: the body is not valid for its API (`invalid_body: reject`).
+    InvalidBody,
 }
 
 impl Outcome {
@@ -36,6 +44,7 @@ impl Outcome {
             Outcome::Unmatched => "unmatched",
             Outcome::TooLarge => "rejected_too_large",
             Outcome::NoPolicy => "rejected_no_policy",
+            Outcome::InvalidBody => "rejected_invalid_body",
         }
     }
 }
@@ -79,10 +88,27 @@ pub fn tag_regex(label: &str) -> String {
 
 /// What the filter leaves in filter state `wasm.llm_capacity` for access logs
 /// (`%FILTER_STATE(wasm.llm_capacity:PLAIN)%`): one compact JSON object.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct AccessLogState<'a> {
     pub route: &'a str,
     pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_estimate: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u64>,
+    /// How the charge was settled (provider, streamed_text, reservation, refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
 }
 
 impl AccessLogState<'_> {
@@ -125,10 +151,31 @@ mod tests {
     }
 
     #[test]
+    fn access_log_state_json_full() {
+        let s = AccessLogState {
+            route: "r",
+            outcome: "admitted",
+            api: Some("openai_chat"),
+            model: Some("gpt-4o"),
+            input_estimate: Some(10),
+            reserved: Some(60),
+            usage: Some("provider"),
+            input_tokens: Some(11),
+            output_tokens: Some(5),
+            cached_input_tokens: Some(0),
+        };
+        assert_eq!(
+            String::from_utf8(s.to_json()).unwrap(),
+            r#"{"route":"r","outcome":"admitted","api":"openai_chat","model":"gpt-4o","input_estimate":10,"reserved":60,"usage":"provider","input_tokens":11,"output_tokens":5,"cached_input_tokens":0}"#
+        );
+    }
+
+    #[test]
     fn access_log_state_json() {
         let s = AccessLogState {
             route: "chat",
             outcome: Outcome::TooLarge.as_str(),
+            ..Default::default()
         };
         assert_eq!(
             s.to_json(),

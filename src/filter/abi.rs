@@ -12,11 +12,17 @@ pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const EMPTY: u32 = 7;
 
+pub const CAS_MISMATCH: u32 = 8;
+
+pub const BUFFER_REQUEST_BODY: u32 = 0;
+pub const BUFFER_RESPONSE_BODY: u32 = 1;
 pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 pub const MAP_REQUEST_HEADERS: u32 = 0;
+pub const MAP_RESPONSE_HEADERS: u32 = 2;
 
 pub const METRIC_COUNTER: u32 = 0;
 pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
 
 pub const LOG_TRACE: u32 = 0;
 pub const LOG_DEBUG: u32 = 1;
@@ -28,6 +34,35 @@ pub const LOG_CRITICAL: u32 = 5;
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -96,6 +131,47 @@ fn status(s: u32) -> Result<(), u32> {
 pub fn log(level: u32, message: &str) {
     // A failed log call has nowhere to be reported; ignoring it is the only option.
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+pub fn now_ns() -> Option<u64> {
+    let mut t = 0u64;
+    let s = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
+    (s == OK).then_some(t)
+}
+
+/// Replaces `size` bytes at `start` (0, whole length = the whole buffer).
+pub fn set_buffer(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> Result<(), u32> {
+    status(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) })
+}
+
+pub fn replace_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+    status(unsafe {
+        proxy_replace_header_map_value(
+            map_type,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Shared data: `Ok(None)` for a key never written.
+pub fn shared_get(key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut size, &mut cas) } {
+        OK => Ok(Some((unsafe { take(ptr, size) }.unwrap_or_default(), cas))),
+        NOT_FOUND => Ok(None),
+        s => Err(s),
+    }
+}
+
+pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<(), u32> {
+    status(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 pub fn buffer(buffer_type: u32, start: usize, max: usize) -> Result<Option<Vec<u8>>, u32> {

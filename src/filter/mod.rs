@@ -4,10 +4,16 @@
 mod abi;
 mod metrics;
 
-use crate::core::config::{Config, LogLevel};
+use crate::core::accounting::{preflight, Preflight, ResponseTracker, Settlement, Source};
+use crate::core::calibrate;
+use crate::core::config::{Config, LogLevel, RoutePolicy};
 use crate::core::decision::{self, RequestHead, Verdict};
-use crate::core::reply::serialize_pairs;
-use crate::core::telemetry::{tagged_name, AccessLogState, BUILD_INFO};
+use crate::core::env::{Clock, SharedStore, StoreError};
+use crate::core::reply::{serialize_pairs, LocalReply};
+use crate::core::telemetry::{
+    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, RECONCILIATIONS_TOTAL,
+    REQUESTS_TOTAL, TOKENS_TOTAL,
+};
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -86,11 +92,11 @@ impl RootContext for Root {
             LogLevel::Error => log::LevelFilter::Error,
         });
         if config.telemetry.metrics {
-            let name = tagged_name(
+            self.metrics.borrow_mut().set_gauge(
                 &[("version", VERSION), ("revision", GIT_REVISION)],
                 BUILD_INFO,
+                1,
             );
-            self.metrics.borrow_mut().set_gauge(&name, 1);
         }
         log::info!(
             "llm-capacity: configuration accepted: {} route policies, {} clusters",
@@ -103,10 +109,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
-        Some(Box::new(Stream {
-            config,
-            metrics: Rc::clone(&self.metrics),
-        }))
+        Some(Box::new(Stream::new(config, Rc::clone(&self.metrics))))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -117,17 +120,195 @@ impl RootContext for Root {
 struct Stream {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
+    route: String,
+    outcome: Outcome,
+    policy: Option<Rc<RoutePolicy>>,
+    path: String,
+    reading_body: bool,
+    pre: Option<Preflight>,
+    tracker: Option<ResponseTracker>,
+    response_ended: bool,
+    settled: Option<Settlement>,
+}
+
+impl Stream {
+    fn new(config: Rc<Config>, metrics: Rc<RefCell<Metrics>>) -> Self {
+        Stream {
+            config,
+            metrics,
+            route: String::new(),
+            outcome: Outcome::Unmatched,
+            policy: None,
+            path: String::new(),
+            reading_body: false,
+            pre: None,
+            tracker: None,
+            response_ended: false,
+            settled: None,
+        }
+    }
+
+    fn reply(&mut self, outcome: Outcome, r: LocalReply) -> Action {
+        self.outcome = outcome;
+        self.count_outcome();
+        self.publish();
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match abi::send_local_response(r.status, r.details, &r.body, &serialize_pairs(&headers)) {
+            Ok(()) => Action::Pause,
+            Err(s) => {
+                // Could not answer: let the request through rather than hang it.
+                log::warn!("llm-capacity: local reply failed (host status {s}); passing request");
+                Action::Continue
+            }
+        }
+    }
+
+    fn count_outcome(&self) {
+        if self.config.telemetry.metrics {
+            self.metrics.borrow_mut().count(
+                &[("route", &self.route), ("outcome", self.outcome.as_str())],
+                REQUESTS_TOTAL,
+                1,
+            );
+        }
+    }
+
+    /// Writes the access-log filter state with everything known so far.
+    fn publish(&self) {
+        if !self.config.telemetry.filter_state {
+            return;
+        }
+        let mut state = AccessLogState {
+            route: &self.route,
+            outcome: self.outcome.as_str(),
+            ..Default::default()
+        };
+        if let Some(p) = &self.pre {
+            state.api = p.api.map(|a| a.as_str());
+            state.model = p.model.as_deref();
+            state.input_estimate = Some(p.input_estimate);
+            state.reserved = Some(p.reserved);
+        }
+        if let Some(s) = &self.settled {
+            state.usage = Some(s.source.as_str());
+            state.input_tokens = Some(s.input);
+            state.output_tokens = Some(s.output);
+            state.cached_input_tokens = Some(s.cached_input);
+        }
+        if let Err(s) = abi::set_property(&[FILTER_STATE_KEY], &state.to_json()) {
+            log::debug!("llm-capacity: cannot set filter state (host status {s})");
+        }
+    }
+
+    fn on_body_complete(&mut self, body_size: usize) -> Action {
+        let Some(policy) = self.policy.clone() else {
+            return Action::Continue;
+        };
+        let body = match abi::buffer(abi::BUFFER_REQUEST_BODY, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::warn!("llm-capacity: cannot read request body (host status {s})");
+                Vec::new()
+            }
+        };
+        let store = HostStore;
+        let pre = match preflight(&policy.policy, &self.path, &body, Some(&store)) {
+            Ok(p) => p,
+            Err(reply) => return self.reply(Outcome::InvalidBody, reply),
+        };
+        if let Some(new_body) = &pre.rewrite {
+            // Headers are still held (allow_on_headers_stop_iteration), so the
+            // content-length can follow the new body.
+            let ok =
+                abi::set_buffer(abi::BUFFER_REQUEST_BODY, 0, body_size, new_body).and_then(|()| {
+                    abi::replace_header(
+                        abi::MAP_REQUEST_HEADERS,
+                        "content-length",
+                        &new_body.len().to_string(),
+                    )
+                });
+            if let Err(s) = ok {
+                log::warn!(
+                    "llm-capacity: body rewrite failed (host status {s}); sending it unchanged"
+                );
+            }
+        }
+        if self.config.telemetry.metrics {
+            let mut m = self.metrics.borrow_mut();
+            m.count(
+                &[("route", &self.route), ("kind", "estimated_input")],
+                TOKENS_TOTAL,
+                pre.input_estimate,
+            );
+            m.count(
+                &[("route", &self.route), ("kind", "reserved")],
+                TOKENS_TOTAL,
+                pre.reserved,
+            );
+        }
+        self.tracker = Some(ResponseTracker::new(pre.api));
+        self.pre = Some(pre);
+        self.count_outcome();
+        self.publish();
+        Action::Continue
+    }
+
+    fn settle(&mut self) {
+        if self.settled.is_some() {
+            return;
+        }
+        let (Some(pre), Some(tracker)) = (&self.pre, &mut self.tracker) else {
+            return;
+        };
+        let s = tracker.settle(pre, self.response_ended);
+        if self.config.telemetry.metrics {
+            let mut m = self.metrics.borrow_mut();
+            let r = self.route.as_str();
+            m.count(
+                &[("route", r), ("source", s.source.as_str())],
+                RECONCILIATIONS_TOTAL,
+                1,
+            );
+            m.count(&[("route", r), ("kind", "input")], TOKENS_TOTAL, s.input);
+            m.count(&[("route", r), ("kind", "output")], TOKENS_TOTAL, s.output);
+            m.count(
+                &[("route", r), ("kind", "cached_input")],
+                TOKENS_TOTAL,
+                s.cached_input,
+            );
+            if s.source == Source::Provider && s.input > 0 && !pre.size_based {
+                let err = pre.input_estimate.abs_diff(s.input).saturating_mul(100) / s.input;
+                m.record(&[("route", r)], ESTIMATE_ERROR_PERCENT, err);
+            }
+        }
+        let learn = self.policy.as_ref().is_some_and(|p| p.policy.calibrate);
+        if let (true, Source::Provider, Some(model), false) =
+            (learn, s.source, &pre.model, pre.size_based)
+        {
+            if let Err(e) =
+                calibrate::observe(&HostStore, &HostClock, model, pre.input_raw, s.input)
+            {
+                log::debug!("llm-capacity: calibration sample dropped ({e:?})");
+            }
+        }
+        self.settled = Some(s);
+        self.publish();
+    }
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let route_bytes = abi::property(&["xds", "route_name"])
             .ok()
             .flatten()
             .unwrap_or_default();
-        let route = String::from_utf8_lossy(&route_bytes);
+        self.route = String::from_utf8_lossy(&route_bytes).into_owned();
         // Envoy's codec has already rejected malformed content-length values.
         let content_length = abi::header(abi::MAP_REQUEST_HEADERS, "content-length")
             .ok()
@@ -138,47 +319,133 @@ impl HttpContext for Stream {
                     .and_then(|s| s.trim().parse::<u64>().ok())
             });
         let head = RequestHead {
-            route: &route,
+            route: &self.route,
             content_length,
         };
         let d = decision::on_request_headers(&self.config, &head);
-
-        if self.config.telemetry.metrics {
-            self.metrics.borrow_mut().count_request(&route, d.outcome);
-        }
-        if self.config.telemetry.filter_state {
-            let state = AccessLogState {
-                route: &route,
-                outcome: d.outcome.as_str(),
-            };
-            if let Err(s) = abi::set_property(&[FILTER_STATE_KEY], &state.to_json()) {
-                log::debug!("llm-capacity: cannot set filter state (host status {s})");
+        self.policy = d.policy;
+        self.outcome = d.outcome;
+        match d.verdict {
+            Verdict::Reply(r) => self.reply(d.outcome, r),
+            Verdict::Continue if self.policy.is_some() && !end_of_stream => {
+                // Hold the headers while the body arrives: the estimate, a rejection or
+                // a rewrite (and its content-length) must come before anything leaves.
+                let path = abi::header(abi::MAP_REQUEST_HEADERS, ":path")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                self.path = String::from_utf8_lossy(&path).into_owned();
+                self.reading_body = true;
+                Action::Pause
+            }
+            Verdict::Continue => {
+                self.count_outcome();
+                self.publish();
+                Action::Continue
             }
         }
-        match d.verdict {
-            Verdict::Continue => Action::Continue,
-            Verdict::Reply(r) => {
-                let headers: Vec<(&str, &str)> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                match abi::send_local_response(
-                    r.status,
-                    r.details,
-                    &r.body,
-                    &serialize_pairs(&headers),
-                ) {
-                    Ok(()) => Action::Pause,
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        let cap = self
+            .policy
+            .as_ref()
+            .map_or(self.config.defaults.max_request_bytes, |p| {
+                p.policy.max_request_bytes
+            });
+        if body_size as u64 > cap {
+            // Chunked bodies have no content-length to check up front.
+            self.reading_body = false;
+            let msg = format!("Request body exceeds the limit of {cap} bytes for this route.");
+            return self.reply(
+                Outcome::TooLarge,
+                LocalReply::openai_error(413, "invalid_request_error", "request_too_large", &msg),
+            );
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffer until the whole body is here
+        }
+        self.reading_body = false;
+        self.on_body_complete(body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some(t) = &mut self.tracker {
+            let get = |name: &str| {
+                abi::header(abi::MAP_RESPONSE_HEADERS, name)
+                    .ok()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            };
+            let status = get(":status")
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
+            t.on_headers(
+                status,
+                get("content-type").as_deref(),
+                get("content-encoding").as_deref(),
+            );
+            if end_of_stream {
+                self.response_ended = true;
+                self.settle();
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(t) = &mut self.tracker {
+            if t.wants_body() && body_size > 0 {
+                match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
+                    Ok(Some(chunk)) => t.on_chunk(&chunk),
+                    Ok(None) => {}
                     Err(s) => {
-                        // Could not answer: let the request through rather than hang it.
-                        log::warn!(
-                            "llm-capacity: local reply failed (host status {s}); passing request"
-                        );
-                        Action::Continue
+                        log::debug!("llm-capacity: cannot read response chunk (host status {s})")
                     }
                 }
             }
+            if end_of_stream {
+                self.response_ended = true;
+                self.settle();
+            }
         }
+        // Never hold a response back: every chunk goes to the client at once.
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Streams that ended early (client gone, upstream reset) settle here.
+        self.settle();
+    }
+}
+
+/// Envoy shared data through our host layer.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        abi::shared_get(key).map_err(StoreError::Host)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        abi::shared_set(key, value, cas).map_err(|s| {
+            if s == abi::CAS_MISMATCH {
+                StoreError::CasMismatch
+            } else {
+                StoreError::Host(s)
+            }
+        })
+    }
+}
+
+/// Host wall clock. 0 if the host refuses, which callers treat as time going
+/// backwards (saturating arithmetic), never as a panic.
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now_ms(&self) -> u64 {
+        abi::now_ns().map_or(0, |ns| ns / 1_000_000)
     }
 }

@@ -46,7 +46,8 @@ def test_openai_sdk_non_streaming_and_streaming(emulator, start_envoy):
     for e in entries:
         assert e["route"] == "openai-chat"
         assert e["status"] == 200
-        assert json.loads(e["llm_capacity"]) == {"route": "openai-chat", "outcome": "admitted"}
+        st = json.loads(e["llm_capacity"])
+        assert (st["route"], st["outcome"], st["usage"]) == ("openai-chat", "admitted", "provider")
 
 
 def test_anthropic_sdk_non_streaming_and_streaming(emulator, start_envoy):
@@ -99,14 +100,20 @@ def test_oversized_body_gets_openai_413_and_never_reaches_provider(emulator, sta
     assert outcomes == ["rejected_too_large", "rejected_too_large", "admitted"]
 
 
-def test_malformed_json_passes_through_to_the_provider(emulator, start_envoy):
-    # Documented for this stage: the filter does not parse bodies yet, the provider answers.
-    env = start_envoy()
-    status, _, body = harness.raw_request(env.port, "POST", "/v1/chat/completions", b'{"model": "m", "messages": [',
+def test_invalid_body_pass_lets_the_provider_answer(emulator, start_envoy):
+    # invalid_body: pass sends unreadable bodies on, charged by size; the provider answers them.
+    plugin = harness.plugin_config(harness.load_envoy_config())
+    plugin["routes"]["openai-chat"]["invalid_body"] = "pass"
+    env = start_envoy(plugin=plugin)
+    bad = b'{"model": "m", "messages": ['
+    status, _, body = harness.raw_request(env.port, "POST", "/v1/chat/completions", bad,
                                           {"content-type": "application/json", "authorization": "Bearer k"})
     assert status == 400
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert emulator.stats()["requests_total"] == 1
+    st = json.loads(env.access_entries(1)[0]["llm_capacity"])
+    assert st["outcome"] == "admitted" and st["usage"] == "refused"
+    assert st["input_estimate"] == (len(bad) + 3) // 4
 
 
 def test_unmatched_routes_pass_or_are_rejected(emulator, start_envoy):

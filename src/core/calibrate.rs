@@ -1,0 +1,277 @@
+//! Self-calibration: each reconciled response teaches the ratio actual/estimated
+//! input tokens for its model; later estimates for that model are multiplied by it.
+//!
+//! State lives in Envoy shared data so every worker learns from every response.
+//! It is bounded: a fixed table of [`SLOTS`] keys, created on first use and never
+//! more (shared data has no delete). A model hashes to a slot and probes up to
+//! [`PROBES`] neighbours; each value names its model, so two models can never
+//! merge; when all probed slots belong to other models, the least recently
+//! updated is taken over.
+
+use super::env::{Clock, SharedStore, StoreError};
+use serde::{Deserialize, Serialize};
+
+pub const SLOTS: u32 = 64;
+pub const PROBES: u32 = 4;
+const KEY_PREFIX: &str = "llmcap/cal/";
+/// Weight of a new sample once warmed up: an exponentially decaying average over
+/// roughly the last 1/ALPHA responses.
+const ALPHA: f64 = 0.1;
+/// A single response cannot move the ratio outside this band (guards against a
+/// provider bug or a pathological request teaching nonsense).
+const MIN_RATIO: f64 = 0.25;
+const MAX_RATIO: f64 = 4.0;
+/// CAS retries before a sample is dropped; losing a sample under contention is harmless.
+const CAS_RETRIES: u32 = 4;
+const MAX_MODEL_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Slot {
+    /// Model name.
+    m: String,
+    /// Learned ratio actual/estimated.
+    r: f64,
+    /// Samples seen (saturating).
+    n: u32,
+    /// Last update, ms.
+    t: u64,
+}
+
+fn key(i: u32) -> String {
+    format!("{KEY_PREFIX}{i}")
+}
+
+fn slot_of(model: &str) -> u32 {
+    // FNV-1a: stable across VMs and builds, which the slot table relies on.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in model.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % SLOTS
+}
+
+fn read(store: &dyn SharedStore, i: u32) -> Result<Option<(Slot, u32)>, StoreError> {
+    Ok(store.get(&key(i))?.and_then(|(bytes, cas)| {
+        // An empty or foreign value counts as a free slot.
+        rmp_serde::from_slice::<Slot>(&bytes).ok().map(|s| (s, cas))
+    }))
+}
+
+fn model_key(model: &str) -> &str {
+    let mut end = model.len().min(MAX_MODEL_LEN);
+    while !model.is_char_boundary(end) {
+        end -= 1;
+    }
+    &model[..end]
+}
+
+/// The learned ratio for a model, or 1.0 when nothing is known (or on host errors).
+pub fn ratio(store: &dyn SharedStore, model: &str) -> f64 {
+    let model = model_key(model);
+    let start = slot_of(model);
+    for p in 0..PROBES {
+        match read(store, (start + p) % SLOTS) {
+            Ok(Some((s, _))) if s.m == model => return s.r,
+            Ok(Some(_)) => continue,
+            // A never-written slot ends the probe chain: the model would be here.
+            Ok(None) | Err(_) => return 1.0,
+        }
+    }
+    1.0
+}
+
+/// Feeds one reconciled response: `estimated` is the uncalibrated input estimate.
+pub fn observe(
+    store: &dyn SharedStore,
+    clock: &dyn Clock,
+    model: &str,
+    estimated: u64,
+    actual: u64,
+) -> Result<f64, StoreError> {
+    if estimated == 0 || actual == 0 {
+        return Ok(1.0);
+    }
+    let model = model_key(model);
+    let sample = (actual as f64 / estimated as f64).clamp(MIN_RATIO, MAX_RATIO);
+    let now = clock.now_ms();
+    let start = slot_of(model);
+    let mut last = Err(StoreError::CasMismatch);
+    for _ in 0..CAS_RETRIES {
+        // Find this model's slot, else a free one, else the stalest to take over.
+        let mut target: Option<(u32, Option<(Slot, u32)>)> = None;
+        let mut stalest: Option<(u32, Slot, u32)> = None;
+        for p in 0..PROBES {
+            let i = (start + p) % SLOTS;
+            match read(store, i)? {
+                Some((s, cas)) if s.m == model => {
+                    target = Some((i, Some((s, cas))));
+                    break;
+                }
+                Some((s, cas)) => {
+                    if stalest.as_ref().is_none_or(|(_, o, _)| s.t < o.t) {
+                        stalest = Some((i, s, cas));
+                    }
+                }
+                None => {
+                    target = Some((i, None));
+                    break;
+                }
+            }
+        }
+        let (i, current, cas) = match (target, stalest) {
+            (Some((i, Some((s, cas)))), _) => (i, Some(s), cas),
+            (Some((i, None)), _) => (i, None, 0),
+            // Take over: the CAS token makes sure we replace what we looked at.
+            (None, Some((i, _, cas))) => (i, None, cas),
+            (None, None) => return Ok(1.0),
+        };
+        let next = match current {
+            Some(s) => {
+                // Plain mean while young, decaying average after.
+                let w = (1.0 / f64::from(s.n.saturating_add(1))).max(ALPHA);
+                Slot {
+                    m: s.m,
+                    r: s.r + w * (sample - s.r),
+                    n: s.n.saturating_add(1),
+                    t: now,
+                }
+            }
+            None => Slot {
+                m: model.to_string(),
+                r: sample,
+                n: 1,
+                t: now,
+            },
+        };
+        let bytes = rmp_serde::to_vec(&next).map_err(|_| StoreError::Host(0))?;
+        match store.set(&key(i), &bytes, cas) {
+            Ok(()) => return Ok(next.r),
+            Err(StoreError::CasMismatch) => last = Err(StoreError::CasMismatch),
+            Err(e) => return Err(e),
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::env::{ManualClock, MemStore};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn unknown_models_have_ratio_one() {
+        let s = MemStore::default();
+        assert_eq!(ratio(&s, "gpt-4o"), 1.0);
+    }
+
+    #[test]
+    fn converges_to_the_true_ratio() {
+        let s = MemStore::default();
+        let c = ManualClock::at(1);
+        for _ in 0..50 {
+            observe(&s, &c, "gpt-4o", 100, 120).unwrap();
+        }
+        assert!((ratio(&s, "gpt-4o") - 1.2).abs() < 1e-9);
+        // The first sample counts fully; then it averages.
+        observe(&s, &c, "claude", 100, 50).unwrap();
+        assert!((ratio(&s, "claude") - 0.5).abs() < 1e-9);
+        observe(&s, &c, "claude", 100, 100).unwrap();
+        assert!((ratio(&s, "claude") - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn decays_toward_new_behaviour() {
+        let s = MemStore::default();
+        let c = ManualClock::at(1);
+        for _ in 0..100 {
+            observe(&s, &c, "m", 100, 100).unwrap();
+        }
+        for _ in 0..40 {
+            observe(&s, &c, "m", 100, 200).unwrap();
+        }
+        let r = ratio(&s, "m");
+        assert!(r > 1.95 && r < 2.0, "{r}");
+    }
+
+    #[test]
+    fn samples_are_clamped_and_zeroes_ignored() {
+        let s = MemStore::default();
+        let c = ManualClock::at(1);
+        observe(&s, &c, "m", 1, 1000).unwrap();
+        assert_eq!(ratio(&s, "m"), MAX_RATIO);
+        assert_eq!(observe(&s, &c, "z", 0, 10).unwrap(), 1.0);
+        assert_eq!(s.keys(), 1);
+    }
+
+    #[test]
+    fn table_stays_bounded_and_models_never_merge() {
+        let s = MemStore::default();
+        let c = ManualClock::at(0);
+        for i in 0..1000u64 {
+            c.set(i);
+            let model = format!("model-{i}");
+            observe(&s, &c, &model, 100, 100 + (i % 50)).unwrap();
+            // Immediately after its update a model reads its own value, never another's.
+            assert!((ratio(&s, &model) - (100 + (i % 50)) as f64 / 100.0).abs() < 1e-9);
+        }
+        assert!(s.keys() <= SLOTS as usize);
+        // Every stored slot names exactly one model with its own ratio.
+        for i in 0..SLOTS {
+            if let Some((slot, _)) = read(&s, i).unwrap() {
+                let n: u64 = slot.m.trim_start_matches("model-").parse().unwrap();
+                assert!((slot.r - (100 + (n % 50)) as f64 / 100.0).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_writer_is_detected_by_cas() {
+        // A store that changes the slot between our read and write once.
+        struct Racy {
+            inner: MemStore,
+            raced: std::cell::Cell<bool>,
+        }
+        impl SharedStore for Racy {
+            fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+                self.inner.get(key)
+            }
+            fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+                if !self.raced.replace(true) {
+                    let other = Slot {
+                        m: "m".into(),
+                        r: 2.0,
+                        n: 1,
+                        t: 0,
+                    };
+                    self.inner
+                        .set(key, &rmp_serde::to_vec(&other).unwrap(), 0)?;
+                }
+                self.inner.set(key, value, cas)
+            }
+        }
+        let s = Racy {
+            inner: MemStore::default(),
+            raced: std::cell::Cell::new(false),
+        };
+        let c = ManualClock::at(5);
+        s.inner
+            .set(
+                &key(slot_of("m")),
+                &rmp_serde::to_vec(&Slot {
+                    m: "m".into(),
+                    r: 1.0,
+                    n: 1,
+                    t: 0,
+                })
+                .unwrap(),
+                0,
+            )
+            .unwrap();
+        // Our sample (1.0) lands on top of the racer's 2.0, not on the stale 1.0.
+        let r = observe(&s, &c, "m", 100, 100).unwrap();
+        assert!((r - 1.5).abs() < 1e-9, "{r}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Shared by the native tool and the wasm speed benchmark: loading the corpus
+//! and turning samples into the text pieces the filter's request parser feeds to
+//! [`TextStats::add`].
+
+use llm_capacity::core::estimate::{Structure, TextStats};
+use serde_json::Value;
+use std::path::Path;
+
+/// The corpus classes, in report order.
+pub const CLASSES: [&str; 6] = ["english", "code", "json", "cjk", "cyrillic", "chat"];
+
+/// One corpus sample as the estimator sees it.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: String,
+    pub class: &'static str,
+    /// Language tag for text samples (`en`, `python`, `zh`, ...); `chat` for chats.
+    pub lang: String,
+    /// The text pieces, each passed to `TextStats::add` on its own.
+    pub pieces: Vec<String>,
+    pub structure: Structure,
+    /// The chat request body (chats only), for exact counting.
+    pub body: Option<Value>,
+}
+
+impl Sample {
+    pub fn stats(&self) -> TextStats {
+        let mut t = TextStats::default();
+        for p in &self.pieces {
+            t.add(p);
+        }
+        t
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.pieces.iter().map(String::len).sum()
+    }
+}
+
+/// Loads `<dir>/<class>.jsonl` for every class.
+pub fn load_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
+    let mut out = Vec::new();
+    for class in CLASSES {
+        let path = dir.join(format!("{class}.jsonl"));
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            if class == "chat" {
+                let (pieces, structure) = chat_pieces(&v["body"]);
+                out.push(Sample {
+                    id,
+                    class,
+                    lang: "chat".into(),
+                    pieces,
+                    structure,
+                    body: Some(v["body"].clone()),
+                });
+            } else {
+                out.push(Sample {
+                    id,
+                    class,
+                    lang: v["lang"].as_str().unwrap_or_default().to_string(),
+                    pieces: vec![v["text"].as_str().unwrap_or_default().to_string()],
+                    structure: Structure::default(),
+                    body: None,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a request parser passes to the estimator for an OpenAI chat body:
+/// message contents, names, tool call ids and (as compact JSON) tool calls and
+/// tools are text pieces; roles are covered by the per-message overhead; image
+/// parts are counted in `images`.
+pub fn chat_pieces(body: &Value) -> (Vec<String>, Structure) {
+    let mut pieces = Vec::new();
+    let mut s = Structure::default();
+    for m in body["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        s.messages += 1;
+        let Some(o) = m.as_object() else { continue };
+        for (k, v) in o {
+            match (k.as_str(), v) {
+                ("role", _) | (_, Value::Null) => {}
+                ("content", Value::String(t)) => pieces.push(t.clone()),
+                ("content", Value::Array(parts)) => {
+                    for p in parts {
+                        match p["type"].as_str() {
+                            Some("text") => pieces.push(p["text"].as_str().unwrap_or("").into()),
+                            Some("image_url") | Some("input_image") | Some("image") => {
+                                s.images += 1
+                            }
+                            _ => pieces.push(p.to_string()),
+                        }
+                    }
+                }
+                (_, Value::String(t)) => pieces.push(t.clone()),
+                (_, other) => pieces.push(other.to_string()),
+            }
+        }
+    }
+    if let Some(tools) = body["tools"].as_array() {
+        for t in tools {
+            s.tools += 1;
+            pieces.push(t.to_string());
+        }
+    }
+    (pieces, s)
+}
+
+/// Measures `TextStats::add` throughput per class (each sample's pieces added one
+/// by one, as the filter does) and returns a markdown table.
+pub fn speed_table(samples: &[Sample], min_seconds: f64) -> String {
+    use std::hint::black_box;
+    use std::time::Instant;
+    let mut rows = String::from("| class | corpus bytes | pieces | MB/s |\n|---|---:|---:|---:|\n");
+    let big: String = samples
+        .iter()
+        .filter(|s| s.class == "english")
+        .flat_map(|s| s.pieces.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let big = [big.clone(), big.clone(), big].concat();
+    let mut groups: Vec<(String, Vec<&str>)> = CLASSES
+        .iter()
+        .map(|c| {
+            let pieces = samples
+                .iter()
+                .filter(|s| s.class == *c)
+                .flat_map(|s| s.pieces.iter().map(String::as_str))
+                .collect();
+            (c.to_string(), pieces)
+        })
+        .collect();
+    groups.push((
+        "all classes".into(),
+        samples
+            .iter()
+            .flat_map(|s| s.pieces.iter().map(String::as_str))
+            .collect(),
+    ));
+    groups.push(("english, one ~1 MB piece".into(), vec![big.as_str()]));
+    for (name, pieces) in &groups {
+        let bytes: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut reps = 0u64;
+        let start = Instant::now();
+        // Warm up once, then repeat whole passes until the time is long enough.
+        let mut elapsed;
+        loop {
+            for p in pieces {
+                let mut t = TextStats::default();
+                t.add(black_box(p));
+                black_box(t);
+            }
+            reps += 1;
+            elapsed = start.elapsed().as_secs_f64();
+            if reps >= 3 && elapsed >= min_seconds {
+                break;
+            }
+        }
+        let mbs = bytes as f64 * reps as f64 / elapsed / 1e6;
+        rows.push_str(&format!(
+            "| {name} | {bytes} | {} | {mbs:.0} |\n",
+            pieces.len()
+        ));
+    }
+    rows
+}
