@@ -94,10 +94,7 @@ pub fn preflight(
     store: Option<&dyn SharedStore>,
 ) -> Result<Preflight, LocalReply> {
     let api = policy.api.or_else(|| Api::detect(path));
-    let parsed = match api {
-        Some(a) => Some(request::parse(a, path, body)),
-        None => None,
-    };
+    let parsed = api.map(|a| request::parse(a, path, body));
     let (facts, size_based) = match parsed {
         Some(Ok(f)) => (f, false),
         Some(Err(e)) if policy.invalid_body == InvalidBody::Reject => {
@@ -604,5 +601,67 @@ mod tests {
         t.on_chunk(&vec![b' '; MAX_JSON_RESPONSE_BYTES + 1]);
         assert!(!t.wants_body());
         assert_eq!(t.settle(&p, true).source, Source::Reservation);
+    }
+
+    #[test]
+    fn settles_from_provider_json_and_sse() {
+        let p = pre();
+        let mut t = ResponseTracker::new(p.api);
+        t.on_headers(200, Some("application/json"), None);
+        let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":5,"total_tokens":26,"prompt_tokens_details":{"cached_tokens":16}}}"#;
+        let (a, b) = body.split_at(40);
+        t.on_chunk(a);
+        t.on_chunk(b);
+        assert_eq!(
+            t.settle(&p, true),
+            Settlement {
+                source: Source::Provider,
+                input: 21,
+                output: 5,
+                cached_input: 16
+            }
+        );
+
+        let mut t = ResponseTracker::new(p.api);
+        t.on_headers(200, Some("text/event-stream; charset=utf-8"), None);
+        t.on_chunk(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello wor");
+        t.on_chunk(b"ld\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+        assert_eq!(
+            t.settle(&p, true),
+            Settlement {
+                source: Source::Provider,
+                input: 9,
+                output: 2,
+                cached_input: 0
+            }
+        );
+    }
+
+    #[test]
+    fn cut_stream_counts_streamed_text() {
+        let p = pre();
+        let mut t = ResponseTracker::new(p.api);
+        t.on_headers(200, Some("text/event-stream"), None);
+        t.on_chunk(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"The quick brown fox jumps over the lazy dog.\"}}]}\n\n");
+        let s = t.settle(&p, false);
+        assert_eq!(
+            (s.source, s.input),
+            (Source::StreamedText, p.input_estimate)
+        );
+        assert!(s.output >= 5 && s.output <= 20, "{s:?}");
+
+        // Anthropic: input known from message_start even if the stream is cut.
+        let ap = preflight(
+            &Policy::default(),
+            "/v1/messages",
+            br#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        )
+        .unwrap();
+        let mut t = ResponseTracker::new(ap.api);
+        t.on_headers(200, Some("text/event-stream"), None);
+        t.on_chunk(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n");
+        let s = t.settle(&ap, false);
+        assert_eq!((s.source, s.input), (Source::StreamedText, 42));
     }
 }

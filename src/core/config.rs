@@ -656,9 +656,20 @@ mod tests {
         assert_eq!(a.api, Some(Api::OpenAiChat));
         assert_eq!(a.encoding, Some(Encoding::Cl100k));
         assert_eq!((a.input_margin, a.default_max_tokens), (0.2, 512));
-        assert_eq!((a.enforce_max_tokens, a.include_usage, a.invalid_body, a.calibrate), (EnforceMaxTokens::Fill, true, InvalidBody::Pass, false));
+        assert_eq!(
+            (
+                a.enforce_max_tokens,
+                a.include_usage,
+                a.invalid_body,
+                a.calibrate
+            ),
+            (EnforceMaxTokens::Fill, true, InvalidBody::Pass, false)
+        );
         let b = &c.route("b").unwrap().policy;
-        assert_eq!((b.api, b.encoding, b.input_margin, b.enforce_max_tokens), (None, None, 0.0, EnforceMaxTokens::Cap));
+        assert_eq!(
+            (b.api, b.encoding, b.input_margin, b.enforce_max_tokens),
+            (None, None, 0.0, EnforceMaxTokens::Cap)
+        );
         assert_eq!(b.default_max_tokens, 512);
     }
 

@@ -324,11 +324,9 @@ fn chat(body: &[u8], f: &mut RequestFacts) -> Result<(), BodyError> {
         raw(&mut f.text, &m.tool_calls);
         raw(&mut f.text, &m.function_call);
     }
-    for t in [&r.tools, &r.functions] {
-        if let Some(t) = t {
-            f.structure.tools += count_array(t);
-            f.text.add(t.get());
-        }
+    for t in [&r.tools, &r.functions].into_iter().flatten() {
+        f.structure.tools += count_array(t);
+        f.text.add(t.get());
     }
     raw(&mut f.text, &r.response_format);
     f.choices = r.n.unwrap_or(1);
