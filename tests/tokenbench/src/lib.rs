@@ -2,7 +2,7 @@
 //! and turning samples into the text pieces the filter's request parser feeds to
 //! [`TextStats::add`].
 
-use llm_capacity::core::estimate::{Structure, TextStats};
+use llm_capacity::core::estimate::{Features, Structure, TextStats};
 use serde_json::Value;
 use std::path::Path;
 
@@ -30,6 +30,15 @@ impl Sample {
             t.add(p);
         }
         t
+    }
+
+    /// Exact feature counts over all pieces.
+    pub fn features(&self) -> Features {
+        let mut f = Features::default();
+        for p in &self.pieces {
+            f.add(p);
+        }
+        f
     }
 
     pub fn bytes(&self) -> usize {
@@ -73,10 +82,12 @@ pub fn load_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
     Ok(out)
 }
 
-/// What a request parser passes to the estimator for an OpenAI chat body:
-/// message contents, names, tool call ids and (as compact JSON) tool calls and
-/// tools are text pieces; roles are covered by the per-message overhead; image
-/// parts are counted in `images`.
+/// What the filter's request parser (src/core/request.rs) passes to the
+/// estimator for an OpenAI chat body: each message's role, name and content
+/// text, its `tool_calls` / `function_call` as JSON text, and the whole `tools`
+/// array as one JSON text; image parts are counted in `images`. (It does not add
+/// `tool_call_id`; the fitted per-message overhead absorbs that.) Raw JSON is
+/// taken as compact JSON, which is what SDKs send.
 pub fn chat_pieces(body: &Value) -> (Vec<String>, Structure) {
     let mut pieces = Vec::new();
     let mut s = Structure::default();
@@ -86,34 +97,48 @@ pub fn chat_pieces(body: &Value) -> (Vec<String>, Structure) {
         .unwrap_or(&[])
     {
         s.messages += 1;
-        let Some(o) = m.as_object() else { continue };
-        for (k, v) in o {
-            match (k.as_str(), v) {
-                ("role", _) | (_, Value::Null) => {}
-                ("content", Value::String(t)) => pieces.push(t.clone()),
-                ("content", Value::Array(parts)) => {
-                    for p in parts {
-                        match p["type"].as_str() {
-                            Some("text") => pieces.push(p["text"].as_str().unwrap_or("").into()),
-                            Some("image_url") | Some("input_image") | Some("image") => {
-                                s.images += 1
-                            }
-                            _ => pieces.push(p.to_string()),
-                        }
+        for key in ["role", "name"] {
+            if let Some(t) = m[key].as_str() {
+                pieces.push(t.to_string());
+            }
+        }
+        match &m["content"] {
+            Value::String(t) => pieces.push(t.clone()),
+            Value::Array(parts) => {
+                for p in parts {
+                    match p["text"].as_str() {
+                        Some(t) => pieces.push(t.to_string()),
+                        None => s.images += 1,
                     }
                 }
-                (_, Value::String(t)) => pieces.push(t.clone()),
-                (_, other) => pieces.push(other.to_string()),
+            }
+            _ => {}
+        }
+        for key in ["tool_calls", "function_call"] {
+            if !m[key].is_null() {
+                pieces.push(m[key].to_string());
             }
         }
     }
     if let Some(tools) = body["tools"].as_array() {
-        for t in tools {
-            s.tools += 1;
-            pieces.push(t.to_string());
-        }
+        s.tools += tools.len() as u32;
+        pieces.push(body["tools"].to_string());
     }
     (pieces, s)
+}
+
+/// One pass over all pieces, each added to a fresh `TextStats` as the filter
+/// does per request part. Not inlined, so engines can tier it up between calls.
+#[inline(never)]
+pub fn pass(pieces: &[&str]) -> u64 {
+    let mut sum = 0u64;
+    for p in pieces {
+        let mut t = TextStats::default();
+        t.add(p);
+        sum = sum.wrapping_add(t.bytes);
+        std::hint::black_box(&t);
+    }
+    sum
 }
 
 /// Measures `TextStats::add` throughput per class (each sample's pieces added one
@@ -150,16 +175,17 @@ pub fn speed_table(samples: &[Sample], min_seconds: f64) -> String {
     groups.push(("english, one ~1 MB piece".into(), vec![big.as_str()]));
     for (name, pieces) in &groups {
         let bytes: usize = pieces.iter().map(|p| p.len()).sum();
+        // Warm up first: wasm engines start in a baseline compiler and switch a
+        // function to optimised code on a later call, never mid-call.
+        let warm = Instant::now();
+        while warm.elapsed().as_secs_f64() < min_seconds / 4.0 {
+            black_box(pass(black_box(pieces)));
+        }
         let mut reps = 0u64;
         let start = Instant::now();
-        // Warm up once, then repeat whole passes until the time is long enough.
         let mut elapsed;
         loop {
-            for p in pieces {
-                let mut t = TextStats::default();
-                t.add(black_box(p));
-                black_box(t);
-            }
+            black_box(pass(black_box(pieces)));
             reps += 1;
             elapsed = start.elapsed().as_secs_f64();
             if reps >= 3 && elapsed >= min_seconds {
