@@ -77,6 +77,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             // The API listener task reacts to this (closes or re-binds the port).
             app.outage.send_replace(update.faults.outage);
+            // Answer only once the port is really closed (or bound again), so a
+            // test's next connection sees the new state.
+            let want = !update.faults.outage;
+            let mut l = app.listening.subscribe();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                l.wait_for(|&listening| listening == want),
+            )
+            .await;
             http::json(StatusCode::OK, &faults_json(&app))
         }
         _ => error(

@@ -46,6 +46,9 @@ pub struct App {
     id_rng: Mutex<Rng>,
     /// `true` while in outage; the API listener task watches it.
     pub outage: watch::Sender<bool>,
+    /// `true` while the API listener is bound; lets the admin answer only once an
+    /// outage change has really taken effect.
+    pub listening: watch::Sender<bool>,
     pub verbose: bool,
     seq: AtomicU64,
 }
@@ -53,6 +56,7 @@ pub struct App {
 impl App {
     pub fn new(faults: Faults, rpm: u64, tpm: u64, seed: u64, verbose: bool) -> Arc<Self> {
         let (outage, _) = watch::channel(faults.outage);
+        let (listening, _) = watch::channel(false);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -64,6 +68,7 @@ impl App {
             fault_rng: Mutex::new(Rng::new(seed)),
             id_rng: Mutex::new(Rng::new(nanos ^ u64::from(std::process::id()))),
             outage,
+            listening,
             verbose,
             seq: AtomicU64::new(0),
         })

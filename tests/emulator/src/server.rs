@@ -97,6 +97,7 @@ pub async fn serve_api(first: TcpListener, addr: SocketAddr, app: Arc<App>) {
     loop {
         while *rx.borrow_and_update() {
             listener = None; // close: new connections are refused
+            app.listening.send_replace(false);
             if rx.changed().await.is_err() {
                 return;
             }
@@ -112,6 +113,7 @@ pub async fn serve_api(first: TcpListener, addr: SocketAddr, app: Arc<App>) {
                 }
             },
         };
+        app.listening.send_replace(true);
         loop {
             tokio::select! {
                 r = l.accept() => match r {
