@@ -388,7 +388,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
         p.encoding = Encoding::parse(s);
     }
     if let Some((v, path)) = o.take("input_margin") {
-        match v.as_f64() {
+        match number(v) {
             Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = f,
             _ => return Err(type_err(&path, "a number from 0 to 1 (0.1 = +10%)", v)),
         }
@@ -515,12 +515,22 @@ pub(crate) fn uint(v: &Value, path: &str, what: &str) -> Result<u64, ConfigError
     if let Some(n) = v.as_u64() {
         return Ok(n);
     }
-    if let Some(f) = v.as_f64() {
+    if let Some(f) = number(v) {
         if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 {
             return Ok(f as u64);
         }
     }
     Err(type_err(path, what, v))
+}
+
+/// A number, also from a numeric string: Envoy's YAML-to-Struct conversion turns
+/// unquoted decimals such as `0.15` into strings.
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
 }
 
 fn body_cap(v: &Value, path: &str) -> Result<u64, ConfigError> {
@@ -682,6 +692,14 @@ mod tests {
         assert_eq!(
             msg(json!({"defaults": {"input_margin": 1.5}})),
             "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%), got 1.5"
+        );
+        // Numeric strings are numbers (Envoy's YAML conversion makes `0.15` a string).
+        let c =
+            compile(&json!({"defaults": {"input_margin": "0.15", "default_max_tokens": "100"}}))
+                .unwrap();
+        assert_eq!(
+            (c.defaults.input_margin, c.defaults.default_max_tokens),
+            (0.15, 100)
         );
         assert_eq!(
             msg(json!({"defaults": {"default_max_tokens": 0}})),
