@@ -37,7 +37,9 @@ pub struct Preflight {
     /// Calibrated input estimate.
     pub input_estimate: u64,
     pub output_allowance: u64,
-    /// Tokens reserved: input estimate with the margin, plus the output allowance.
+    /// Input estimate with the safety margin.
+    pub reserved_input: u64,
+    /// Tokens reserved: `reserved_input` plus the output allowance.
     pub reserved: u64,
     /// The body could not be read; the estimate comes from its size.
     pub size_based: bool,
@@ -145,8 +147,8 @@ pub fn preflight(
     } else {
         0
     };
-    let reserved = ((input_estimate as f64) * (1.0 + policy.input_margin)).ceil() as u64;
-    let reserved = reserved.saturating_add(output_allowance);
+    let reserved_input = ((input_estimate as f64) * (1.0 + policy.input_margin)).ceil() as u64;
+    let reserved = reserved_input.saturating_add(output_allowance);
 
     let rewrite = match (api, size_based) {
         (Some(a), false) => {
@@ -166,6 +168,7 @@ pub fn preflight(
         input_raw,
         input_estimate,
         output_allowance,
+        reserved_input,
         reserved,
         size_based,
         rewrite,

@@ -21,6 +21,7 @@
 //! ```
 
 use super::estimate::Encoding;
+use super::limiter::{Limits, Rate};
 use super::request::Api;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
 /// Default safety margin on input estimates; see tests/tokenbench/results/accuracy.md.
 pub const DEFAULT_INPUT_MARGIN: f64 = 0.15;
+pub const DEFAULT_BURST_SECONDS: f64 = 0.5;
+pub const DEFAULT_TENANT_SLOTS: u32 = 1024;
+pub const MAX_TENANT_SLOTS: u64 = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -138,6 +142,35 @@ pub struct Policy {
     pub invalid_body: InvalidBody,
     /// Learn actual/estimated input per model and apply it to later estimates.
     pub calibrate: bool,
+    /// Route-scope limits: the provider quota this Envoy may use.
+    pub limits: Option<Rc<LimitConfig>>,
+    /// Per-tenant limits on the route.
+    pub tenant: Option<Rc<TenantConfig>>,
+    pub rate_limit_headers: RateHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitConfig {
+    pub limits: Limits,
+    /// Count what would be rejected, reject nothing.
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub header: String,
+    pub slots: u32,
+    pub limits: Limits,
+    pub shadow: bool,
+}
+
+/// Which rate-limit headers answers carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateHeaders {
+    None,
+    OpenAi,
+    Ietf,
+    Both,
 }
 
 impl Default for Policy {
@@ -152,6 +185,9 @@ impl Default for Policy {
             include_usage: false,
             invalid_body: InvalidBody::Reject,
             calibrate: true,
+            limits: None,
+            tenant: None,
+            rate_limit_headers: RateHeaders::Both,
         }
     }
 }
@@ -165,7 +201,10 @@ const POLICY_FIELDS: &[&str] = &[
     "include_usage",
     "input_margin",
     "invalid_body",
+    "limits",
     "max_request_bytes",
+    "rate_limit_headers",
+    "tenant_limits",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -422,7 +461,167 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     if let Some((v, path)) = o.take("calibrate") {
         p.calibrate = boolean(v, &path)?;
     }
+    if let Some((v, path)) = o.take("limits") {
+        let mut l = Obj::new(v, &path)?;
+        let (limits, shadow) = limit_fields(&mut l)?;
+        l.finish(LIMIT_FIELDS)?;
+        check_some_limit(&limits, &path)?;
+        p.limits = Some(Rc::new(LimitConfig { limits, shadow }));
+    }
+    if let Some((v, path)) = o.take("tenant_limits") {
+        let mut l = Obj::new(v, &path)?;
+        let (limits, shadow) = limit_fields(&mut l)?;
+        let header = match l.take("header") {
+            Some((v, hp)) => match v.as_str() {
+                Some(h)
+                    if !h.is_empty()
+                        && h.len() <= MAX_NAME_LEN
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    h.to_ascii_lowercase()
+                }
+                _ => return Err(type_err(&hp, "a header name", v)),
+            },
+            None => {
+                return Err(err(
+                    &path,
+                    "header is required (the header naming the tenant)".to_string(),
+                ))
+            }
+        };
+        // A client could set any tenant it likes: the operator must say the mesh sets it.
+        match l.take("trust_header") {
+            Some((v, _)) if v.as_bool() == Some(true) => {}
+            Some((v, tp)) => {
+                return Err(err(&tp, format!("must be true to use header \"{header}\" as the tenant identity (only when the mesh sets or verifies it), got {}", show(v))))
+            }
+            None => {
+                return Err(err(&join(&path, "trust_header"), format!("is required: set it to true only if the mesh sets or verifies header \"{header}\"")))
+            }
+        }
+        let slots = match l.take("slots") {
+            None => DEFAULT_TENANT_SLOTS,
+            Some((v, sp)) => {
+                let n = uint(v, &sp, "a positive integer")?;
+                if n == 0 || n > MAX_TENANT_SLOTS {
+                    return Err(err(
+                        &sp,
+                        format!("must be between 1 and {MAX_TENANT_SLOTS}, got {n}"),
+                    ));
+                }
+                n as u32
+            }
+        };
+        let mut known: Vec<&str> = LIMIT_FIELDS.to_vec();
+        known.extend(["header", "slots", "trust_header"]);
+        known.sort_unstable();
+        l.finish(&known)?;
+        check_some_limit(&limits, &path)?;
+        p.tenant = Some(Rc::new(TenantConfig {
+            header,
+            slots,
+            limits,
+            shadow,
+        }));
+    }
+    if let Some((v, path)) = o.take("rate_limit_headers") {
+        p.rate_limit_headers = match str_enum(v, &path, &["both", "openai", "ietf", "none"])? {
+            "openai" => RateHeaders::OpenAi,
+            "ietf" => RateHeaders::Ietf,
+            "none" => RateHeaders::None,
+            _ => RateHeaders::Both,
+        };
+    }
     Ok(p)
+}
+
+const LIMIT_FIELDS: &[&str] = &[
+    "burst_seconds",
+    "headroom",
+    "input_tokens_per_minute",
+    "max_in_flight",
+    "output_tokens_per_minute",
+    "requests_per_minute",
+    "shadow",
+    "tokens_per_minute",
+];
+
+/// The limit fields shared by `limits` and `tenant_limits`.
+fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), ConfigError> {
+    let headroom = match l.take("headroom") {
+        None => 0.0,
+        Some((v, hp)) => match number(v) {
+            Some(f) if (0.0..1.0).contains(&f) => f,
+            _ => {
+                return Err(type_err(
+                    &hp,
+                    "a number from 0 to below 1 (0.1 = keep 10% back)",
+                    v,
+                ))
+            }
+        },
+    };
+    let burst = match l.take("burst_seconds") {
+        None => DEFAULT_BURST_SECONDS,
+        Some((v, bp)) => match number(v) {
+            Some(f) if f > 0.0 && f <= 60.0 => f,
+            _ => {
+                return Err(type_err(
+                    &bp,
+                    "a number of seconds above 0 and at most 60",
+                    v,
+                ))
+            }
+        },
+    };
+    let mut rate = |name: &'a str| -> Result<Option<Rate>, ConfigError> {
+        match l.take(name) {
+            None => Ok(None),
+            Some((v, rp)) => {
+                let n = uint(v, &rp, "a positive integer")?;
+                if n == 0 {
+                    return Err(err(
+                        &rp,
+                        "must be at least 1 (leave it out for no limit)".to_string(),
+                    ));
+                }
+                Ok(Some(Rate::new(n as f64 * (1.0 - headroom), burst)))
+            }
+        }
+    };
+    let limits = Limits {
+        requests: rate("requests_per_minute")?,
+        tokens: rate("tokens_per_minute")?,
+        input_tokens: rate("input_tokens_per_minute")?,
+        output_tokens: rate("output_tokens_per_minute")?,
+        max_in_flight: match l.take("max_in_flight") {
+            None => None,
+            Some((v, mp)) => {
+                let n = uint(v, &mp, "a positive integer")?;
+                if n == 0 || n > u64::from(u32::MAX) {
+                    return Err(err(
+                        &mp,
+                        format!("must be between 1 and {}, got {n}", u32::MAX),
+                    ));
+                }
+                Some(n as u32)
+            }
+        },
+    };
+    let shadow = match l.take("shadow") {
+        None => false,
+        Some((v, sp)) => boolean(v, &sp)?,
+    };
+    Ok((limits, shadow))
+}
+
+/// Checked after unknown fields, which are the likelier mistake.
+fn check_some_limit(limits: &Limits, path: &str) -> Result<(), ConfigError> {
+    if limits.is_empty() {
+        return Err(err(path, "sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight".to_string()));
+    }
+    Ok(())
 }
 
 /// An object being read field by field; `finish` reports what was not consumed.
@@ -624,7 +823,7 @@ mod tests {
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, max_request_bytes"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, rate_limit_headers, tenant_limits"
         );
         assert_eq!(
             msg(json!({"route": {}})),
@@ -715,7 +914,77 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"clusters": []}})),
-            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, max_request_bytes"
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, rate_limit_headers, tenant_limits"
+        );
+    }
+
+    #[test]
+    fn limits_compile_with_headroom_and_burst() {
+        let c = compile(&json!({"routes": {"r": {
+            "limits": {"requests_per_minute": 600, "tokens_per_minute": "100000", "headroom": 0.1, "burst_seconds": 2, "max_in_flight": 8},
+            "tenant_limits": {"header": "X-Tenant", "trust_header": true, "requests_per_minute": 60, "slots": 16, "shadow": true},
+            "rate_limit_headers": "ietf"
+        }}}))
+        .unwrap();
+        let p = &c.route("r").unwrap().policy;
+        let l = p.limits.as_ref().unwrap();
+        assert_eq!(
+            l.limits.requests,
+            Some(Rate {
+                per_minute: 540.0,
+                burst: 18.0
+            })
+        );
+        assert_eq!(l.limits.tokens.unwrap().per_minute, 90_000.0);
+        assert_eq!(
+            (l.limits.max_in_flight, l.limits.input_tokens, l.shadow),
+            (Some(8), None, false)
+        );
+        let t = p.tenant.as_ref().unwrap();
+        assert_eq!(
+            (t.header.as_str(), t.slots, t.shadow),
+            ("x-tenant", 16, true)
+        );
+        assert_eq!(
+            t.limits.requests,
+            Some(Rate {
+                per_minute: 60.0,
+                burst: 1.0
+            })
+        );
+        assert_eq!(p.rate_limit_headers, RateHeaders::Ietf);
+        assert_eq!(c.defaults.rate_limit_headers, RateHeaders::Both);
+    }
+
+    #[test]
+    fn limit_errors_name_path_and_value() {
+        assert_eq!(
+            msg(json!({"routes": {"r": {"limits": {"requests_per_minut": 5}}}})),
+            "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_minute, shadow, tokens_per_minute"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"limits": {"shadow": true}}}})),
+            "invalid config at routes.r.limits: sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"limits": {"requests_per_minute": 0}}}})),
+            "invalid config at routes.r.limits.requests_per_minute: must be at least 1 (leave it out for no limit)"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"limits": {"requests_per_minute": 5, "headroom": 1}}}})),
+            "invalid config at routes.r.limits.headroom: expected a number from 0 to below 1 (0.1 = keep 10% back), got 1"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_limits": {"header": "x-t", "requests_per_minute": 5}}}})),
+            "invalid config at routes.r.tenant_limits.trust_header: is required: set it to true only if the mesh sets or verifies header \"x-t\""
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_limits": {"header": "x-t", "trust_header": false, "requests_per_minute": 5}}}})),
+            "invalid config at routes.r.tenant_limits.trust_header: must be true to use header \"x-t\" as the tenant identity (only when the mesh sets or verifies it), got false"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_limits": {"requests_per_minute": 5}}}})),
+            "invalid config at routes.r.tenant_limits: header is required (the header naming the tenant)"
         );
     }
 

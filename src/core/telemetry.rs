@@ -9,13 +9,23 @@
 use serde::Serialize;
 
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
-pub const LABELS: &[&str] = &["route", "outcome", "kind", "source", "version", "revision"];
+pub const LABELS: &[&str] = &[
+    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision",
+];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";
 /// Tokens by `kind`: estimated_input, reserved, input, output, cached_input.
 pub const TOKENS_TOTAL: &str = "llmcap_tokens_total";
 /// Settled requests by `source` (provider, streamed_text, reservation, refused).
 pub const RECONCILIATIONS_TOTAL: &str = "llmcap_reconciliations_total";
+/// Requests refused by a limit, by `scope` (route, tenant) and `limit` (requests, tokens, ...).
+pub const RATE_LIMITED_TOTAL: &str = "llmcap_rate_limited_total";
+/// Requests a shadow-mode limit would have refused.
+pub const SHADOW_LIMITED_TOTAL: &str = "llmcap_shadow_limited_total";
+/// Limiter updates that failed (host error or CAS contention); the request was let through.
+pub const LIMITER_ERRORS_TOTAL: &str = "llmcap_limiter_errors_total";
+/// Tenants whose slot was taken over while still recent (the table is too small).
+pub const TENANT_EVICTIONS_TOTAL: &str = "llmcap_tenant_evictions_total";
 /// |estimate - actual| / actual input tokens, in percent, for provider-reported usage.
 pub const ESTIMATE_ERROR_PERCENT: &str = "llmcap_estimate_error_percent";
 pub const BUILD_INFO: &str = "llmcap_build_info";
@@ -35,6 +45,8 @@ pub enum Outcome {
     NoPolicy,
     /// Refused locally: the body is not valid for its API (`invalid_body: reject`).
     InvalidBody,
+    /// Refused locally: a rate or concurrency limit.
+    RateLimited,
 }
 
 impl Outcome {
@@ -45,6 +57,7 @@ impl Outcome {
             Outcome::TooLarge => "rejected_too_large",
             Outcome::NoPolicy => "rejected_no_policy",
             Outcome::InvalidBody => "rejected_invalid_body",
+            Outcome::RateLimited => "rejected_rate_limited",
         }
     }
 }
@@ -100,6 +113,13 @@ pub struct AccessLogState<'a> {
     pub input_estimate: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserved: Option<u64>,
+    /// The limit that refused the request (or would have, in shadow mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_limited: Option<&'static str>,
     /// How the charge was settled (provider, streamed_text, reservation, refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<&'static str>,
@@ -159,6 +179,9 @@ mod tests {
             model: Some("gpt-4o"),
             input_estimate: Some(10),
             reserved: Some(60),
+            limit: None,
+            scope: None,
+            shadow_limited: None,
             usage: Some("provider"),
             input_tokens: Some(11),
             output_tokens: Some(5),

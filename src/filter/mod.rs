@@ -8,11 +8,14 @@ use crate::core::accounting::{preflight, Preflight, ResponseTracker, Settlement,
 use crate::core::calibrate;
 use crate::core::config::{Config, LogLevel, RoutePolicy};
 use crate::core::decision::{self, RequestHead, Verdict};
-use crate::core::env::{Clock, SharedStore, StoreError};
+use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
+use crate::core::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
+use crate::core::ratelimit;
 use crate::core::reply::{serialize_pairs, LocalReply};
 use crate::core::telemetry::{
-    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, RECONCILIATIONS_TOTAL,
-    REQUESTS_TOTAL, TOKENS_TOTAL,
+    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, LIMITER_ERRORS_TOTAL,
+    RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL,
+    TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use metrics::Metrics;
@@ -23,6 +26,8 @@ use std::rc::Rc;
 
 /// Filter-state key the access log reads as `%FILTER_STATE(wasm.llm_capacity:PLAIN)%`.
 const FILTER_STATE_KEY: &str = "llm_capacity";
+/// Tenant ids longer than this are cut (they are stored in shared data).
+const MAX_TENANT_LEN: usize = 128;
 
 proxy_wasm::main! {{
     let _ = log::set_logger(&HOST_LOGGER);
@@ -54,10 +59,32 @@ impl log::Log for HostLogger {
     fn flush(&self) {}
 }
 
-#[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
     metrics: Rc<RefCell<Metrics>>,
+    /// Jitter for Retry-After; seeded once per VM from the host's entropy.
+    rng: Rc<RefCell<SplitMix64>>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            config: None,
+            metrics: Rc::default(),
+            rng: Rc::new(RefCell::new(host_random())),
+        }
+    }
+}
+
+/// Seeds a cheap per-VM generator from WASI `random_get` (getrandom), rather than
+/// paying a host call per random number.
+fn host_random() -> SplitMix64 {
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        // No entropy: still distinct per VM and start time, which is all jitter needs.
+        return SplitMix64(abi::now_ns().unwrap_or(0x5eed));
+    }
+    SplitMix64(u64::from_le_bytes(seed))
 }
 
 impl Context for Root {}
@@ -109,7 +136,11 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
-        Some(Box::new(Stream::new(config, Rc::clone(&self.metrics))))
+        Some(Box::new(Stream::new(
+            config,
+            Rc::clone(&self.metrics),
+            Rc::clone(&self.rng),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -117,10 +148,26 @@ impl RootContext for Root {
     }
 }
 
+/// A limit charged at admission, settled when the request ends.
+struct Charge {
+    key: String,
+    owner: String,
+    limits: Limits,
+    cost: Cost,
+}
+
 struct Stream {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
+    rng: Rc<RefCell<SplitMix64>>,
     route: String,
+    tenant: Option<String>,
+    charges: Vec<Charge>,
+    /// Rate-limit headers for the answer, from the admission snapshot.
+    rate_headers: Vec<(&'static str, String)>,
+    replied: bool,
+    limit: Option<(&'static str, &'static str)>,
+    shadow_limited: Option<&'static str>,
     outcome: Outcome,
     policy: Option<Rc<RoutePolicy>>,
     path: String,
@@ -132,11 +179,22 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(config: Rc<Config>, metrics: Rc<RefCell<Metrics>>) -> Self {
+    fn new(
+        config: Rc<Config>,
+        metrics: Rc<RefCell<Metrics>>,
+        rng: Rc<RefCell<SplitMix64>>,
+    ) -> Self {
         Stream {
             config,
             metrics,
+            rng,
             route: String::new(),
+            tenant: None,
+            charges: Vec::new(),
+            rate_headers: Vec::new(),
+            replied: false,
+            limit: None,
+            shadow_limited: None,
             outcome: Outcome::Unmatched,
             policy: None,
             path: String::new(),
@@ -150,6 +208,7 @@ impl Stream {
 
     fn reply(&mut self, outcome: Outcome, r: LocalReply) -> Action {
         self.outcome = outcome;
+        self.replied = true;
         self.count_outcome();
         self.publish();
         let headers: Vec<(&str, &str)> = r
@@ -193,6 +252,11 @@ impl Stream {
             state.input_estimate = Some(p.input_estimate);
             state.reserved = Some(p.reserved);
         }
+        if let Some((scope, limit)) = self.limit {
+            state.scope = Some(scope);
+            state.limit = Some(limit);
+        }
+        state.shadow_limited = self.shadow_limited;
         if let Some(s) = &self.settled {
             state.usage = Some(s.source.as_str());
             state.input_tokens = Some(s.input);
@@ -250,11 +314,195 @@ impl Stream {
                 pre.reserved,
             );
         }
+        let cost = Cost {
+            tokens: pre.reserved,
+            input_tokens: pre.reserved_input,
+            output_tokens: pre.output_allowance,
+        };
         self.tracker = Some(ResponseTracker::new(pre.api));
         self.pre = Some(pre);
+        if let Some(action) = self.admit(&policy, cost) {
+            return action;
+        }
         self.count_outcome();
         self.publish();
         Action::Continue
+    }
+
+    /// Charges the tenant, then the route. `Some` is the answer when a limit refuses.
+    fn admit(&mut self, policy: &RoutePolicy, cost: Cost) -> Option<Action> {
+        let p = &policy.policy;
+        if p.limits.is_none() && p.tenant.is_none() {
+            return None;
+        }
+        let store = HostStore;
+        let now = HostClock.now_ms();
+        let mut view: Option<Snapshot> = None;
+        // The tenant first: it is the narrower limit, and is refunded if the route refuses.
+        if let Some(tc) = &p.tenant {
+            let tenant = self.tenant.clone().unwrap_or_else(|| "-".to_string());
+            match limiter::tenant_key(&store, &self.route, &tenant, tc.slots, now) {
+                Ok((key, evicted)) => {
+                    if evicted {
+                        self.count(&[("route", &self.route)], TENANT_EVICTIONS_TOTAL);
+                    }
+                    match limiter::admit(&store, &key, &tenant, &tc.limits, &cost, now) {
+                        Ok(Admission::Admitted(snap)) => {
+                            self.charges.push(Charge {
+                                key,
+                                owner: tenant,
+                                limits: tc.limits.clone(),
+                                cost,
+                            });
+                            view = Some(snap);
+                        }
+                        Ok(Admission::Rejected {
+                            dim,
+                            retry_after_ms,
+                            snapshot,
+                        }) => {
+                            if tc.shadow {
+                                self.shadow("tenant", dim);
+                            } else {
+                                let limit = snapshot.get(dim).map(|d| d.limit);
+                                return Some(self.refuse(
+                                    Some(&tenant),
+                                    "tenant",
+                                    dim,
+                                    limit,
+                                    retry_after_ms,
+                                    &snapshot,
+                                ));
+                            }
+                        }
+                        Err(e) => self.limiter_error(e),
+                    }
+                }
+                Err(e) => self.limiter_error(e),
+            }
+        }
+        if let Some(lc) = &p.limits {
+            let key = limiter::route_key(&self.route);
+            let owner = self.route.clone();
+            match limiter::admit(&store, &key, &owner, &lc.limits, &cost, now) {
+                Ok(Admission::Admitted(snap)) => {
+                    self.charges.push(Charge {
+                        key,
+                        owner,
+                        limits: lc.limits.clone(),
+                        cost,
+                    });
+                    view = view.or(Some(snap));
+                }
+                Ok(Admission::Rejected {
+                    dim,
+                    retry_after_ms,
+                    snapshot,
+                }) => {
+                    if lc.shadow {
+                        self.shadow("route", dim);
+                    } else {
+                        // The request never leaves: give the tenant its charge back.
+                        self.release(true);
+                        let snapshot = view.unwrap_or(snapshot);
+                        let limit = snapshot.get(dim).map(|d| d.limit);
+                        return Some(self.refuse(
+                            None,
+                            "route",
+                            dim,
+                            limit,
+                            retry_after_ms,
+                            &snapshot,
+                        ));
+                    }
+                }
+                Err(e) => self.limiter_error(e),
+            }
+        }
+        if let Some(v) = view {
+            self.rate_headers = ratelimit::headers(&v, p.rate_limit_headers);
+        }
+        None
+    }
+
+    fn refuse(
+        &mut self,
+        tenant: Option<&str>,
+        scope: &'static str,
+        dim: Dim,
+        limit: Option<u64>,
+        wait_ms: u64,
+        snap: &Snapshot,
+    ) -> Action {
+        let mode = self
+            .policy
+            .as_ref()
+            .map_or(self.config.defaults.rate_limit_headers, |p| {
+                p.policy.rate_limit_headers
+            });
+        let wait_ms = ratelimit::jittered(wait_ms, self.rng.borrow_mut().next_u64());
+        let reply = ratelimit::rejection(
+            &self.route,
+            tenant,
+            dim,
+            limit,
+            wait_ms,
+            ratelimit::headers(snap, mode),
+        );
+        self.limit = Some((scope, dim.as_str()));
+        self.count(
+            &[
+                ("route", &self.route),
+                ("scope", scope),
+                ("limit", dim.as_str()),
+            ],
+            RATE_LIMITED_TOTAL,
+        );
+        self.reply(Outcome::RateLimited, reply)
+    }
+
+    fn shadow(&mut self, scope: &'static str, dim: Dim) {
+        self.shadow_limited = Some(dim.as_str());
+        self.count(
+            &[
+                ("route", &self.route),
+                ("scope", scope),
+                ("limit", dim.as_str()),
+            ],
+            SHADOW_LIMITED_TOTAL,
+        );
+    }
+
+    fn limiter_error(&self, e: StoreError) {
+        // Fail open: a shared-data hiccup must not take LLM traffic down.
+        log::warn!("llm-capacity: limiter update failed ({e:?}); request let through");
+        self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
+    }
+
+    fn count(&self, labels: &[(&str, &str)], name: &str) {
+        if self.config.telemetry.metrics {
+            self.metrics.borrow_mut().count(labels, name, 1);
+        }
+    }
+
+    /// Settles every charge: with the real usage, or as unsent.
+    fn release(&mut self, unsent: bool) {
+        let actual = match &self.settled {
+            Some(s) => Cost {
+                tokens: s.total(),
+                input_tokens: s.input,
+                output_tokens: s.output,
+            },
+            None => Cost::default(),
+        };
+        let now = HostClock.now_ms();
+        for c in self.charges.drain(..) {
+            if let Err(e) = limiter::settle(
+                &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, now,
+            ) {
+                log::warn!("llm-capacity: limiter settlement failed ({e:?})");
+            }
+        }
     }
 
     fn settle(&mut self) {
@@ -296,6 +544,7 @@ impl Stream {
             }
         }
         self.settled = Some(s);
+        self.release(false);
         self.publish();
     }
 }
@@ -325,6 +574,17 @@ impl HttpContext for Stream {
         let d = decision::on_request_headers(&self.config, &head);
         self.policy = d.policy;
         self.outcome = d.outcome;
+        if let Some(tc) = self.policy.as_ref().and_then(|p| p.policy.tenant.clone()) {
+            self.tenant = abi::header(abi::MAP_REQUEST_HEADERS, &tc.header)
+                .ok()
+                .flatten()
+                .map(|v| {
+                    String::from_utf8_lossy(&v)
+                        .chars()
+                        .take(MAX_TENANT_LEN)
+                        .collect()
+                });
+        }
         match d.verdict {
             Verdict::Reply(r) => self.reply(d.outcome, r),
             Verdict::Continue if self.policy.is_some() && !end_of_stream => {
@@ -339,6 +599,12 @@ impl HttpContext for Stream {
                 Action::Pause
             }
             Verdict::Continue => {
+                if let Some(policy) = self.policy.clone() {
+                    // No body: limits still count the request (no tokens).
+                    if let Some(action) = self.admit(&policy, Cost::default()) {
+                        return action;
+                    }
+                }
                 self.count_outcome();
                 self.publish();
                 Action::Continue
@@ -373,6 +639,12 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if !self.replied {
+            // Our view replaces the provider's: clients are limited by us first.
+            for (name, value) in &self.rate_headers {
+                let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
+            }
+        }
         if let Some(t) = &mut self.tracker {
             let get = |name: &str| {
                 abi::header(abi::MAP_RESPONSE_HEADERS, name)
@@ -419,6 +691,8 @@ impl HttpContext for Stream {
     fn on_log(&mut self) {
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle();
+        // Bodiless requests have no settlement; their charges release here.
+        self.release(false);
     }
 }
 
