@@ -147,6 +147,52 @@ pub struct Policy {
     /// Per-tenant limits on the route.
     pub tenant: Option<Rc<TenantConfig>>,
     pub rate_limit_headers: RateHeaders,
+    /// Wait for capacity instead of refusing at once.
+    pub queue: Option<QueueConfig>,
+    pub priority: Option<Rc<PriorityConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueConfig {
+    /// Longest a request waits for capacity (further bounded by the client's own
+    /// timeout when it sends one).
+    pub max_wait_ms: u64,
+    /// Requests waiting at once, per worker.
+    pub max_size: u32,
+    /// How often waiting requests retry.
+    pub poll_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorityConfig {
+    pub header: String,
+    /// Highest first.
+    pub classes: Vec<String>,
+    pub default_class: usize,
+    /// Share of each burst the lowest class leaves to the classes above it.
+    pub reserve: f64,
+}
+
+impl PriorityConfig {
+    /// Class index for a header value (0 = highest).
+    pub fn class_of(&self, value: Option<&str>) -> usize {
+        value
+            .and_then(|v| {
+                self.classes
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(v.trim()))
+            })
+            .unwrap_or(self.default_class)
+    }
+
+    /// The balance floor for a class: 0 for the highest, `reserve` for the lowest.
+    pub fn floor(&self, class: usize) -> f64 {
+        if self.classes.len() <= 1 {
+            0.0
+        } else {
+            self.reserve * class as f64 / (self.classes.len() - 1) as f64
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +234,8 @@ impl Default for Policy {
             limits: None,
             tenant: None,
             rate_limit_headers: RateHeaders::Both,
+            queue: None,
+            priority: None,
         }
     }
 }
@@ -203,6 +251,8 @@ const POLICY_FIELDS: &[&str] = &[
     "invalid_body",
     "limits",
     "max_request_bytes",
+    "priority",
+    "queue",
     "rate_limit_headers",
     "tenant_limits",
 ];
@@ -525,6 +575,117 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
             shadow,
         }));
     }
+    if let Some((v, path)) = o.take("queue") {
+        let mut q = Obj::new(v, &path)?;
+        let max_wait_ms = match q.take("max_wait_seconds") {
+            Some((v, wp)) => match number(v) {
+                Some(f) if f > 0.0 && f <= 300.0 => (f * 1000.0).round() as u64,
+                _ => {
+                    return Err(type_err(
+                        &wp,
+                        "a number of seconds above 0 and at most 300",
+                        v,
+                    ))
+                }
+            },
+            None => return Err(err(&path, "max_wait_seconds is required".to_string())),
+        };
+        let max_size = match q.take("max_size") {
+            None => 256,
+            Some((v, mp)) => {
+                let n = uint(v, &mp, "a positive integer")?;
+                if n == 0 || n > 100_000 {
+                    return Err(err(&mp, format!("must be between 1 and 100000, got {n}")));
+                }
+                n as u32
+            }
+        };
+        let poll_ms = match q.take("poll_ms") {
+            None => 20,
+            Some((v, pp)) => {
+                let n = uint(v, &pp, "a positive integer (milliseconds)")?;
+                if !(1..=1000).contains(&n) {
+                    return Err(err(&pp, format!("must be between 1 and 1000, got {n}")));
+                }
+                n as u32
+            }
+        };
+        q.finish(&["max_size", "max_wait_seconds", "poll_ms"])?;
+        p.queue = Some(QueueConfig {
+            max_wait_ms,
+            max_size,
+            poll_ms,
+        });
+    }
+    if let Some((v, path)) = o.take("priority") {
+        let mut q = Obj::new(v, &path)?;
+        let header = match q.take("header") {
+            Some((v, hp)) => match v.as_str() {
+                Some(h)
+                    if !h.is_empty()
+                        && h.len() <= MAX_NAME_LEN
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    h.to_ascii_lowercase()
+                }
+                _ => return Err(type_err(&hp, "a header name", v)),
+            },
+            None => {
+                return Err(err(
+                    &path,
+                    "header is required (the header naming the class)".to_string(),
+                ))
+            }
+        };
+        let classes: Vec<String> = match q.take("classes") {
+            None => vec!["high".into(), "normal".into(), "low".into()],
+            Some((v, cp)) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| type_err(&cp, "a list of class names, highest first", v))?;
+                let mut out = Vec::new();
+                for (i, c) in list.iter().enumerate() {
+                    let name = c
+                        .as_str()
+                        .filter(|n| !n.is_empty() && n.len() <= 32)
+                        .ok_or_else(|| type_err(&format!("{cp}[{i}]"), "a class name", c))?;
+                    out.push(name.to_string());
+                }
+                if out.is_empty() || out.len() > 8 {
+                    return Err(err(
+                        &cp,
+                        format!("must list 1 to 8 classes, got {}", out.len()),
+                    ));
+                }
+                out
+            }
+        };
+        let default_class = match q.take("default") {
+            None => classes.len() / 2,
+            Some((v, dp)) => {
+                let d = v.as_str().unwrap_or("");
+                classes
+                    .iter()
+                    .position(|c| c == d)
+                    .ok_or_else(|| type_err(&dp, &format!("one of {}", classes.join(", ")), v))?
+            }
+        };
+        let reserve = match q.take("reserve") {
+            None => 0.2,
+            Some((v, rp)) => match number(v) {
+                Some(f) if (0.0..1.0).contains(&f) => f,
+                _ => return Err(type_err(&rp, "a number from 0 to below 1", v)),
+            },
+        };
+        q.finish(&["classes", "default", "header", "reserve"])?;
+        p.priority = Some(Rc::new(PriorityConfig {
+            header,
+            classes,
+            default_class,
+            reserve,
+        }));
+    }
     if let Some((v, path)) = o.take("rate_limit_headers") {
         p.rate_limit_headers = match str_enum(v, &path, &["both", "openai", "ietf", "none"])? {
             "openai" => RateHeaders::OpenAi,
@@ -823,7 +984,7 @@ mod tests {
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, rate_limit_headers, tenant_limits"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, tenant_limits"
         );
         assert_eq!(
             msg(json!({"route": {}})),
@@ -914,7 +1075,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"clusters": []}})),
-            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, rate_limit_headers, tenant_limits"
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, tenant_limits"
         );
     }
 
@@ -954,6 +1115,36 @@ mod tests {
         );
         assert_eq!(p.rate_limit_headers, RateHeaders::Ietf);
         assert_eq!(c.defaults.rate_limit_headers, RateHeaders::Both);
+    }
+
+    #[test]
+    fn queue_and_priority() {
+        let c = compile(&json!({"defaults": {
+            "queue": {"max_wait_seconds": 2.5},
+            "priority": {"header": "X-Priority", "classes": ["gold", "silver", "bronze"], "default": "bronze", "reserve": 0.3}
+        }}))
+        .unwrap();
+        let q = c.defaults.queue.unwrap();
+        assert_eq!((q.max_wait_ms, q.max_size, q.poll_ms), (2500, 256, 20));
+        let p = c.defaults.priority.unwrap();
+        assert_eq!(p.header, "x-priority");
+        assert_eq!(
+            (
+                p.class_of(Some("GOLD")),
+                p.class_of(Some("x")),
+                p.class_of(None)
+            ),
+            (0, 2, 2)
+        );
+        assert_eq!((p.floor(0), p.floor(1), p.floor(2)), (0.0, 0.15, 0.3));
+        assert_eq!(
+            msg(json!({"defaults": {"queue": {"max_wait_seconds": 0}}})),
+            "invalid config at defaults.queue.max_wait_seconds: expected a number of seconds above 0 and at most 300, got 0"
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"priority": {"header": "p", "default": "gold"}}})),
+            "invalid config at defaults.priority.default: expected one of high, normal, low, got \"gold\""
+        );
     }
 
     #[test]

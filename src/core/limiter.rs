@@ -267,6 +267,21 @@ pub fn admit(
     cost: &Cost,
     now: u64,
 ) -> Result<Admission, StoreError> {
+    admit_above(store, key, owner, limits, cost, 0.0, now)
+}
+
+/// As [`admit`], for a priority class that must leave `floor` (a share of each
+/// bucket's burst) to higher classes: admitted only while the balance is above it.
+pub fn admit_above(
+    store: &dyn SharedStore,
+    key: &str,
+    owner: &str,
+    limits: &Limits,
+    cost: &Cost,
+    floor: f64,
+    now: u64,
+) -> Result<Admission, StoreError> {
+    let floor = floor.clamp(0.0, 1.0);
     for _ in 0..CAS_RETRIES {
         let (mut s, cas) = load(store, key, owner, limits, now)?;
         s.refill(limits, now);
@@ -274,8 +289,9 @@ pub fn admit(
         let mut worst: Option<(Dim, u64)> = None;
         for (i, d) in BUCKETS.iter().enumerate() {
             if let Some(r) = limits.rate(*d) {
-                if s.b[i] <= 0.0 {
-                    let wait = ((-s.b[i]) / r.per_ms()).floor() as u64 + 1;
+                let need = floor * r.burst;
+                if s.b[i] <= need {
+                    let wait = ((need - s.b[i]) / r.per_ms()).floor() as u64 + 1;
                     if worst.is_none_or(|(_, w)| wait > w) {
                         worst = Some((*d, wait));
                     }
@@ -634,6 +650,27 @@ mod tests {
         // A sent request keeps its unit.
         settle(&s, "k", "r", &l, &c, &c, false, 0).unwrap();
         assert!(!admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
+    }
+
+    #[test]
+    fn lower_classes_leave_headroom_to_higher_ones() {
+        let s = MemStore::default();
+        let l = rpm(600.0); // 10/s, burst 10
+        let c = Cost::default();
+        // A class that must leave half the burst gets 5, the top class the rest.
+        let low = (0..10)
+            .filter(|_| admitted(&admit_above(&s, "k", "r", &l, &c, 0.5, 0).unwrap()))
+            .count();
+        assert_eq!(low, 5);
+        let high = (0..10)
+            .filter(|_| admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()))
+            .count();
+        assert_eq!(high, 5);
+        match admit_above(&s, "k", "r", &l, &c, 0.5, 0).unwrap() {
+            // Needs the balance back above 5: 500 ms.
+            Admission::Rejected { retry_after_ms, .. } => assert_eq!(retry_after_ms, 501),
+            a => panic!("{a:?}"),
+        }
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub const TOKENS_TOTAL: &str = "llmcap_tokens_total";
 pub const RECONCILIATIONS_TOTAL: &str = "llmcap_reconciliations_total";
 /// Requests refused by a limit, by `scope` (route, tenant) and `limit` (requests, tokens, ...).
 pub const RATE_LIMITED_TOTAL: &str = "llmcap_rate_limited_total";
+/// Requests that waited in the queue, by `result` (admitted, timed_out, abandoned).
+pub const QUEUED_TOTAL: &str = "llmcap_queued_total";
+/// How long admitted requests waited in the queue, in milliseconds.
+pub const QUEUE_WAIT_MS: &str = "llmcap_queue_wait_milliseconds";
 /// Requests a shadow-mode limit would have refused.
 pub const SHADOW_LIMITED_TOTAL: &str = "llmcap_shadow_limited_total";
 /// Limiter updates that failed (host error or CAS contention); the request was let through.

@@ -35,6 +35,9 @@ pub const LOG_CRITICAL: u32 = 5;
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -131,6 +134,21 @@ fn status(s: u32) -> Result<(), u32> {
 pub fn log(level: u32, message: &str) {
     // A failed log call has nowhere to be reported; ignoring it is the only option.
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// Ticks for the current root context (0 stops them).
+pub fn set_tick_period(ms: u32) -> Result<(), u32> {
+    status(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Makes later calls act on that stream (from the root's tick); fails if it is gone.
+pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Resumes a paused request (stream type 0 = HTTP request).
+pub fn resume_request() -> Result<(), u32> {
+    status(unsafe { proxy_continue_stream(0) })
 }
 
 pub fn now_ns() -> Option<u64> {

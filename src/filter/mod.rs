@@ -2,6 +2,7 @@
 //! the core's decision, and reports. No policy logic lives here.
 
 mod abi;
+mod admission;
 mod metrics;
 
 use crate::core::accounting::{preflight, Preflight, ResponseTracker, Settlement, Source};
@@ -9,15 +10,16 @@ use crate::core::calibrate;
 use crate::core::config::{Config, LogLevel, RoutePolicy};
 use crate::core::decision::{self, RequestHead, Verdict};
 use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
-use crate::core::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
+use crate::core::limiter::Cost;
 use crate::core::ratelimit;
 use crate::core::reply::{serialize_pairs, LocalReply};
 use crate::core::telemetry::{
     AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, LIMITER_ERRORS_TOTAL,
-    RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL,
-    TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
+    QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL,
+    SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
 use crate::core::{load_config, GIT_REVISION, VERSION};
+use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waited, Waiter};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -64,6 +66,8 @@ struct Root {
     metrics: Rc<RefCell<Metrics>>,
     /// Jitter for Retry-After; seeded once per VM from the host's entropy.
     rng: Rc<RefCell<SplitMix64>>,
+    /// Requests of this root's streams waiting for capacity.
+    queue: Queue,
 }
 
 impl Default for Root {
@@ -72,6 +76,7 @@ impl Default for Root {
             config: None,
             metrics: Rc::default(),
             rng: Rc::new(RefCell::new(host_random())),
+            queue: Queue::default(),
         }
     }
 }
@@ -134,13 +139,24 @@ impl RootContext for Root {
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         Some(Box::new(Stream::new(
             config,
             Rc::clone(&self.metrics),
             Rc::clone(&self.rng),
+            Rc::clone(&self.queue),
+            context_id,
         )))
+    }
+
+    fn on_tick(&mut self) {
+        let rng = Rc::clone(&self.rng);
+        let waiting = admission::on_tick(&self.queue, &mut || rng.borrow_mut().next_u64());
+        if !waiting {
+            // Nobody waits: stop ticking until a stream enqueues again.
+            let _ = abi::set_tick_period(0);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -148,18 +164,15 @@ impl RootContext for Root {
     }
 }
 
-/// A limit charged at admission, settled when the request ends.
-struct Charge {
-    key: String,
-    owner: String,
-    limits: Limits,
-    cost: Cost,
-}
-
 struct Stream {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     rng: Rc<RefCell<SplitMix64>>,
+    queue: Queue,
+    context_id: u32,
+    waiter: Option<Rc<RefCell<Waiter>>>,
+    class: usize,
+    client_timeout_ms: Option<u64>,
     route: String,
     tenant: Option<String>,
     charges: Vec<Charge>,
@@ -183,11 +196,18 @@ impl Stream {
         config: Rc<Config>,
         metrics: Rc<RefCell<Metrics>>,
         rng: Rc<RefCell<SplitMix64>>,
+        queue: Queue,
+        context_id: u32,
     ) -> Self {
         Stream {
             config,
             metrics,
             rng,
+            queue,
+            context_id,
+            waiter: None,
+            class: 0,
+            client_timeout_ms: None,
             route: String::new(),
             tenant: None,
             charges: Vec::new(),
@@ -329,154 +349,146 @@ impl Stream {
         Action::Continue
     }
 
-    /// Charges the tenant, then the route. `Some` is the answer when a limit refuses.
-    fn admit(&mut self, policy: &RoutePolicy, cost: Cost) -> Option<Action> {
+    /// Runs the limits. `Some` is what to return to Envoy when the request does
+    /// not go on now (refused, or waiting in the queue).
+    fn admit(&mut self, policy: &Rc<RoutePolicy>, cost: Cost) -> Option<Action> {
         let p = &policy.policy;
         if p.limits.is_none() && p.tenant.is_none() {
             return None;
         }
-        let store = HostStore;
         let now = HostClock.now_ms();
-        let mut view: Option<Snapshot> = None;
-        // The tenant first: it is the narrower limit, and is refunded if the route refuses.
-        if let Some(tc) = &p.tenant {
-            let tenant = self.tenant.clone().unwrap_or_else(|| "-".to_string());
-            match limiter::tenant_key(&store, &self.route, &tenant, tc.slots, now) {
-                Ok((key, evicted)) => {
-                    if evicted {
-                        self.count(&[("route", &self.route)], TENANT_EVICTIONS_TOTAL);
-                    }
-                    match limiter::admit(&store, &key, &tenant, &tc.limits, &cost, now) {
-                        Ok(Admission::Admitted(snap)) => {
-                            self.charges.push(Charge {
-                                key,
-                                owner: tenant,
-                                limits: tc.limits.clone(),
-                                cost,
-                            });
-                            view = Some(snap);
-                        }
-                        Ok(Admission::Rejected {
-                            dim,
-                            retry_after_ms,
-                            snapshot,
-                        }) => {
-                            if tc.shadow {
-                                self.shadow("tenant", dim);
-                            } else {
-                                let limit = snapshot.get(dim).map(|d| d.limit);
-                                return Some(self.refuse(
-                                    Some(&tenant),
-                                    "tenant",
-                                    dim,
-                                    limit,
-                                    retry_after_ms,
-                                    &snapshot,
-                                ));
-                            }
-                        }
-                        Err(e) => self.limiter_error(e),
-                    }
+        let ticket = Ticket {
+            route: self.route.clone(),
+            tenant: self.tenant.clone(),
+            policy: Rc::clone(policy),
+            cost,
+            class: self.class,
+        };
+        let a = admission::attempt(&ticket, now);
+        self.note_attempt(&a);
+        let Some(refusal) = a.refused.clone() else {
+            self.admitted(a);
+            return None;
+        };
+        if let Some(q) = p.queue {
+            // Wait when capacity returns within the budget: the route's, and the
+            // client's own timeout when it says it.
+            let budget = self
+                .client_timeout_ms
+                .map_or(q.max_wait_ms, |c| c.min(q.max_wait_ms));
+            let room = self.queue.borrow().len() < q.max_size as usize;
+            if refusal.wait_ms <= budget && room {
+                let w = self.queue.borrow_mut().push(
+                    self.context_id,
+                    ticket,
+                    now,
+                    now.saturating_add(budget),
+                    refusal,
+                );
+                self.waiter = Some(w);
+                if let Err(s) = abi::set_tick_period(q.poll_ms) {
+                    log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
                 }
-                Err(e) => self.limiter_error(e),
+                return Some(Action::Pause);
             }
         }
-        if let Some(lc) = &p.limits {
-            let key = limiter::route_key(&self.route);
-            let owner = self.route.clone();
-            match limiter::admit(&store, &key, &owner, &lc.limits, &cost, now) {
-                Ok(Admission::Admitted(snap)) => {
-                    self.charges.push(Charge {
-                        key,
-                        owner,
-                        limits: lc.limits.clone(),
-                        cost,
-                    });
-                    view = view.or(Some(snap));
-                }
-                Ok(Admission::Rejected {
-                    dim,
-                    retry_after_ms,
-                    snapshot,
-                }) => {
-                    if lc.shadow {
-                        self.shadow("route", dim);
-                    } else {
-                        // The request never leaves: give the tenant its charge back.
-                        self.release(true);
-                        let snapshot = view.unwrap_or(snapshot);
-                        let limit = snapshot.get(dim).map(|d| d.limit);
-                        return Some(self.refuse(
-                            None,
-                            "route",
-                            dim,
-                            limit,
-                            retry_after_ms,
-                            &snapshot,
-                        ));
-                    }
-                }
-                Err(e) => self.limiter_error(e),
-            }
-        }
-        if let Some(v) = view {
-            self.rate_headers = ratelimit::headers(&v, p.rate_limit_headers);
-        }
-        None
+        let reply = admission::refusal_reply(&ticket, &refusal, self.rng.borrow_mut().next_u64());
+        Some(self.refused(&refusal, reply))
     }
 
-    fn refuse(
-        &mut self,
-        tenant: Option<&str>,
-        scope: &'static str,
-        dim: Dim,
-        limit: Option<u64>,
-        wait_ms: u64,
-        snap: &Snapshot,
-    ) -> Action {
+    fn note_attempt(&mut self, a: &Attempt) {
+        if a.evicted {
+            self.count(&[("route", &self.route)], TENANT_EVICTIONS_TOTAL);
+        }
+        for e in &a.errors {
+            // Fail open: a shared-data hiccup must not take LLM traffic down.
+            log::warn!("llm-capacity: limiter update failed ({e:?}); request let through");
+            self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
+        }
+        if let Some((scope, dim)) = a.shadow {
+            self.shadow_limited = Some(dim.as_str());
+            self.count(
+                &[
+                    ("route", &self.route),
+                    ("scope", scope),
+                    ("limit", dim.as_str()),
+                ],
+                SHADOW_LIMITED_TOTAL,
+            );
+        }
+    }
+
+    fn admitted(&mut self, a: Attempt) {
         let mode = self
             .policy
             .as_ref()
             .map_or(self.config.defaults.rate_limit_headers, |p| {
                 p.policy.rate_limit_headers
             });
-        let wait_ms = ratelimit::jittered(wait_ms, self.rng.borrow_mut().next_u64());
-        let reply = ratelimit::rejection(
-            &self.route,
-            tenant,
-            dim,
-            limit,
-            wait_ms,
-            ratelimit::headers(snap, mode),
-        );
-        self.limit = Some((scope, dim.as_str()));
-        self.count(
-            &[
-                ("route", &self.route),
-                ("scope", scope),
-                ("limit", dim.as_str()),
-            ],
-            RATE_LIMITED_TOTAL,
-        );
+        if let Some(v) = &a.view {
+            self.rate_headers = ratelimit::headers(v, mode);
+        }
+        self.charges = a.charges;
+    }
+
+    fn refused(&mut self, r: &Refusal, reply: LocalReply) -> Action {
+        self.note_refusal(r);
         self.reply(Outcome::RateLimited, reply)
     }
 
-    fn shadow(&mut self, scope: &'static str, dim: Dim) {
-        self.shadow_limited = Some(dim.as_str());
+    fn note_refusal(&mut self, r: &Refusal) {
+        self.limit = Some((r.scope, r.dim.as_str()));
         self.count(
             &[
                 ("route", &self.route),
-                ("scope", scope),
-                ("limit", dim.as_str()),
+                ("scope", r.scope),
+                ("limit", r.dim.as_str()),
             ],
-            SHADOW_LIMITED_TOTAL,
+            RATE_LIMITED_TOTAL,
         );
     }
 
-    fn limiter_error(&self, e: StoreError) {
-        // Fail open: a shared-data hiccup must not take LLM traffic down.
-        log::warn!("llm-capacity: limiter update failed ({e:?}); request let through");
-        self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
+    /// Picks up what happened while the request waited in the queue.
+    fn absorb_wait(&mut self) {
+        let Some(w) = self.waiter.take() else { return };
+        let result = w.borrow_mut().result.take();
+        match result {
+            Some(Waited::Admitted(a, waited_ms)) => {
+                self.note_attempt(&a);
+                self.admitted(*a);
+                if self.config.telemetry.metrics {
+                    let mut m = self.metrics.borrow_mut();
+                    m.count(
+                        &[("route", &self.route), ("result", "admitted")],
+                        QUEUED_TOTAL,
+                        1,
+                    );
+                    m.record(&[("route", &self.route)], QUEUE_WAIT_MS, waited_ms);
+                }
+                self.count_outcome();
+                self.publish();
+            }
+            Some(Waited::TimedOut(r)) => {
+                // The root already sent the 429.
+                self.note_refusal(&r);
+                self.count(
+                    &[("route", &self.route), ("result", "timed_out")],
+                    QUEUED_TOTAL,
+                );
+                self.outcome = Outcome::RateLimited;
+                self.replied = true;
+                self.count_outcome();
+                self.publish();
+            }
+            None => {
+                // Still waiting: the client went away.
+                self.queue.borrow_mut().remove(&w);
+                self.count(
+                    &[("route", &self.route), ("result", "abandoned")],
+                    QUEUED_TOTAL,
+                );
+            }
+        }
     }
 
     fn count(&self, labels: &[(&str, &str)], name: &str) {
@@ -495,14 +507,7 @@ impl Stream {
             },
             None => Cost::default(),
         };
-        let now = HostClock.now_ms();
-        for c in self.charges.drain(..) {
-            if let Err(e) = limiter::settle(
-                &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, now,
-            ) {
-                log::warn!("llm-capacity: limiter settlement failed ({e:?})");
-            }
-        }
+        admission::release(&mut self.charges, actual, unsent, HostClock.now_ms());
     }
 
     fn settle(&mut self) {
@@ -574,16 +579,28 @@ impl HttpContext for Stream {
         let d = decision::on_request_headers(&self.config, &head);
         self.policy = d.policy;
         self.outcome = d.outcome;
-        if let Some(tc) = self.policy.as_ref().and_then(|p| p.policy.tenant.clone()) {
-            self.tenant = abi::header(abi::MAP_REQUEST_HEADERS, &tc.header)
-                .ok()
-                .flatten()
-                .map(|v| {
-                    String::from_utf8_lossy(&v)
-                        .chars()
-                        .take(MAX_TENANT_LEN)
-                        .collect()
-                });
+        if let Some(policy) = self.policy.clone() {
+            let p = &policy.policy;
+            let get = |name: &str| {
+                abi::header(abi::MAP_REQUEST_HEADERS, name)
+                    .ok()
+                    .flatten()
+                    .map(|v| {
+                        String::from_utf8_lossy(&v)
+                            .chars()
+                            .take(MAX_TENANT_LEN)
+                            .collect::<String>()
+                    })
+            };
+            if let Some(tc) = &p.tenant {
+                self.tenant = get(&tc.header);
+            }
+            if let Some(pr) = &p.priority {
+                self.class = pr.class_of(get(&pr.header).as_deref());
+            }
+            if p.queue.is_some() {
+                self.client_timeout_ms = client_timeout_ms(&get);
+            }
         }
         match d.verdict {
             Verdict::Reply(r) => self.reply(d.outcome, r),
@@ -639,6 +656,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.absorb_wait();
         if !self.replied {
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.rate_headers {
@@ -689,10 +707,26 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        self.absorb_wait();
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle();
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
+    }
+}
+
+/// The client's own deadline, when it sends one: the official OpenAI and
+/// Anthropic SDKs send `x-stainless-timeout` (seconds); Envoy-aware clients
+/// `x-envoy-expected-rq-timeout-ms`.
+fn client_timeout_ms(get: &dyn Fn(&str) -> Option<String>) -> Option<u64> {
+    let stainless = get("x-stainless-timeout")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| (s * 1000.0) as u64);
+    let envoy = get("x-envoy-expected-rq-timeout-ms").and_then(|v| v.trim().parse::<u64>().ok());
+    match (stainless, envoy) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
