@@ -163,16 +163,18 @@ def localize(cfg: dict, upstream_port: int) -> dict:
 
 
 class Envoy:
-    def __init__(self, tmp: Path, cfg: dict, name: str = "envoy", expect_start: bool = True):
+    def __init__(self, tmp: Path, cfg: dict, name: str = "envoy", expect_start: bool = True,
+                 concurrency: int = 2, args: tuple[str, ...] = ()):
         self.tmp = tmp
+        self.concurrency = concurrency
         self.config_path = tmp / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.admin_file = tmp / f"{name}-admin.txt"
         self.log = tmp / f"{name}.log"
         self.access_log = tmp / f"{name}-access.log"
         self.proc = _spawn(
-            [ENVOY_BIN, "-c", self.config_path, "--concurrency", "2", "--use-dynamic-base-id",
-             "--admin-address-path", self.admin_file, "-l", "info"],
+            [ENVOY_BIN, "-c", self.config_path, "--concurrency", str(concurrency), "--use-dynamic-base-id",
+             "--admin-address-path", self.admin_file, "-l", "info", *args],
             # Envoy's own log goes to stderr, unbuffered (--log-path flushes late).
             stdout=self.access_log.open("wb"),
             stderr=self.log.open("wb"),
@@ -199,6 +201,12 @@ class Envoy:
 
     def wait_exit(self, timeout=30.0) -> int:
         return self.proc.wait(timeout)
+
+    def stats_json(self) -> dict[str, int]:
+        """Counters and gauges by their full Envoy name (labels still embedded)."""
+        with urllib.request.urlopen(self.admin_url + "/stats?format=json", timeout=5) as r:
+            stats = json.loads(r.read())["stats"]
+        return {s["name"]: s["value"] for s in stats if "value" in s}
 
     def stats_prometheus(self) -> str:
         with urllib.request.urlopen(self.admin_url + "/stats/prometheus", timeout=5) as r:
