@@ -207,6 +207,11 @@ impl Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
     Admitted(Snapshot),
+    /// Charged now; the request may go in `wait_ms`.
+    Scheduled {
+        wait_ms: u64,
+        snapshot: Snapshot,
+    },
     /// `retry_after_ms`: until the limiting bucket is positive again (no jitter).
     Rejected {
         dim: Dim,
@@ -281,10 +286,39 @@ pub fn admit_above(
     floor: f64,
     now: u64,
 ) -> Result<Admission, StoreError> {
+    admit_or_schedule(store, key, owner, limits, cost, floor, None, now)
+}
+
+/// As [`admit_above`], but a request that would wait at most `max_wait_ms` for
+/// its turn is charged now and told when to go ([`Admission::Scheduled`]): its
+/// place is held in the shared bucket itself, so every worker's later requests
+/// queue behind it and each wait is known exactly when it is promised.
+#[allow(clippy::too_many_arguments)]
+pub fn admit_or_schedule(
+    store: &dyn SharedStore,
+    key: &str,
+    owner: &str,
+    limits: &Limits,
+    cost: &Cost,
+    floor: f64,
+    max_wait_ms: Option<u64>,
+    now: u64,
+) -> Result<Admission, StoreError> {
     let floor = floor.clamp(0.0, 1.0);
     for _ in 0..CAS_RETRIES {
         let (mut s, cas) = load(store, key, owner, limits, now)?;
         s.refill(limits, now);
+        if let Some(max) = limits.max_in_flight {
+            if s.f >= max {
+                // No completion time is known, so this cannot be scheduled; a
+                // second is a reasonable wait to suggest.
+                return Ok(Admission::Rejected {
+                    dim: Dim::InFlight,
+                    retry_after_ms: 1000,
+                    snapshot: s.snapshot(limits),
+                });
+            }
+        }
         // The dimension that keeps the request out longest is the one reported.
         let mut worst: Option<(Dim, u64)> = None;
         for (i, d) in BUCKETS.iter().enumerate() {
@@ -298,19 +332,17 @@ pub fn admit_above(
                 }
             }
         }
-        if let Some(max) = limits.max_in_flight {
-            if s.f >= max && worst.is_none() {
-                // No completion time is known; a second is a reasonable wait.
-                worst = Some((Dim::InFlight, 1000));
+        let wait = match (worst, max_wait_ms) {
+            (None, _) => 0,
+            (Some((_, w)), Some(max)) if w <= max => w,
+            (Some((dim, retry_after_ms)), _) => {
+                return Ok(Admission::Rejected {
+                    dim,
+                    retry_after_ms,
+                    snapshot: s.snapshot(limits),
+                });
             }
-        }
-        if let Some((dim, retry_after_ms)) = worst {
-            return Ok(Admission::Rejected {
-                dim,
-                retry_after_ms,
-                snapshot: s.snapshot(limits),
-            });
-        }
+        };
         for (i, d) in BUCKETS.iter().enumerate() {
             if limits.rate(*d).is_some() {
                 s.b[i] -= cost.of(*d);
@@ -318,7 +350,13 @@ pub fn admit_above(
         }
         s.f = s.f.saturating_add(1);
         match store.set(key, &encode(&s)?, cas) {
-            Ok(()) => return Ok(Admission::Admitted(s.snapshot(limits))),
+            Ok(()) if wait == 0 => return Ok(Admission::Admitted(s.snapshot(limits))),
+            Ok(()) => {
+                return Ok(Admission::Scheduled {
+                    wait_ms: wait,
+                    snapshot: s.snapshot(limits),
+                })
+            }
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -671,6 +709,36 @@ mod tests {
             Admission::Rejected { retry_after_ms, .. } => assert_eq!(retry_after_ms, 501),
             a => panic!("{a:?}"),
         }
+    }
+
+    #[test]
+    fn scheduling_holds_places_in_order() {
+        let s = MemStore::default();
+        let l = rpm(600.0); // 10/s, burst 10
+        let c = Cost::default();
+        for _ in 0..10 {
+            assert!(admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
+        }
+        // Balance 0: the next ones are promised 1, 101, 201 ms...
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            match admit_or_schedule(&s, "k", "r", &l, &c, 0.0, Some(450), 0).unwrap() {
+                Admission::Scheduled { wait_ms, .. } => waits.push(wait_ms),
+                a => panic!("{a:?}"),
+            }
+        }
+        assert_eq!(waits, [1, 101, 201, 301, 401]);
+        // The next would wait 501 ms: over the budget, refused with that wait.
+        match admit_or_schedule(&s, "k", "r", &l, &c, 0.0, Some(450), 0).unwrap() {
+            Admission::Rejected { retry_after_ms, .. } => assert_eq!(retry_after_ms, 501),
+            a => panic!("{a:?}"),
+        }
+        // A request that is never sent gives its place back.
+        settle(&s, "k", "r", &l, &c, &c, true, 0).unwrap();
+        assert!(matches!(
+            admit_or_schedule(&s, "k", "r", &l, &c, 0.0, Some(450), 0).unwrap(),
+            Admission::Scheduled { wait_ms: 401, .. }
+        ));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Limits at admission: one attempt against the tenant and route buckets, and the
-//! per-worker queue of requests waiting for capacity.
+//! per-worker list of requests waiting for the time their place comes up.
 //!
-//! The queue lives in the worker's VM, shared by the root context (whose tick
-//! retries waiting requests and resumes them) and the streams (which enqueue
-//! themselves and leave when their client goes away). VMs are single-threaded,
-//! so `Rc<RefCell<..>>` is enough.
+//! A request that would wait at most its budget is charged at once and given a
+//! time to go (see `limiter::admit_or_schedule`): its place is held in the shared
+//! bucket, so waits are exact across workers and nothing is re-tried. The
+//! worker's root context ticks while anyone waits and resumes each request when
+//! its time comes. VMs are single-threaded, so `Rc<RefCell<..>>` is enough.
 
 use super::abi;
 use super::{HostClock, HostStore};
@@ -12,11 +13,11 @@ use crate::core::config::RoutePolicy;
 use crate::core::env::{Clock, StoreError};
 use crate::core::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
 use crate::core::ratelimit;
-use crate::core::reply::{serialize_pairs, LocalReply};
+use crate::core::reply::LocalReply;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Everything an admission attempt needs; kept while a request waits.
+/// Everything an admission attempt needs.
 pub struct Ticket {
     pub route: String,
     pub tenant: Option<String>,
@@ -24,6 +25,8 @@ pub struct Ticket {
     pub cost: Cost,
     /// Priority class, 0 = highest.
     pub class: usize,
+    /// How long the request may wait for its turn (0: no queueing).
+    pub max_wait_ms: u64,
 }
 
 /// A limit charged at admission, settled when the request ends.
@@ -51,9 +54,33 @@ pub struct Attempt {
     /// The snapshot answers describe (the tenant's when tenant limits apply).
     pub view: Option<Snapshot>,
     pub refused: Option<Refusal>,
+    /// How long the admitted request must wait for its turn.
+    pub wait_ms: u64,
     pub shadow: Option<(&'static str, Dim)>,
     pub evicted: bool,
     pub errors: Vec<StoreError>,
+}
+
+enum Step {
+    Go(Snapshot, u64),
+    Refused(Dim, u64, Snapshot),
+    Failed(StoreError),
+}
+
+fn step(key: &str, owner: &str, limits: &Limits, t: &Ticket, floor: f64, now: u64) -> Step {
+    let max_wait = (t.max_wait_ms > 0).then_some(t.max_wait_ms);
+    match limiter::admit_or_schedule(
+        &HostStore, key, owner, limits, &t.cost, floor, max_wait, now,
+    ) {
+        Ok(Admission::Admitted(s)) => Step::Go(s, 0),
+        Ok(Admission::Scheduled { wait_ms, snapshot }) => Step::Go(snapshot, wait_ms),
+        Ok(Admission::Rejected {
+            dim,
+            retry_after_ms,
+            snapshot,
+        }) => Step::Refused(dim, retry_after_ms, snapshot),
+        Err(e) => Step::Failed(e),
+    }
 }
 
 /// Charges the tenant, then the route. A refusal leaves nothing charged.
@@ -61,15 +88,14 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
     let mut a = Attempt::default();
     let p = &t.policy.policy;
     let floor = p.priority.as_ref().map_or(0.0, |pr| pr.floor(t.class));
-    let store = HostStore;
     // The tenant first: it is the narrower limit, and is refunded if the route refuses.
     if let Some(tc) = &p.tenant {
         let tenant = t.tenant.clone().unwrap_or_else(|| "-".to_string());
-        match limiter::tenant_key(&store, &t.route, &tenant, tc.slots, now) {
+        match limiter::tenant_key(&HostStore, &t.route, &tenant, tc.slots, now) {
             Ok((key, evicted)) => {
                 a.evicted = evicted;
-                match limiter::admit_above(&store, &key, &tenant, &tc.limits, &t.cost, floor, now) {
-                    Ok(Admission::Admitted(snap)) => {
+                match step(&key, &tenant, &tc.limits, t, floor, now) {
+                    Step::Go(snap, wait) => {
                         a.charges.push(Charge {
                             key,
                             owner: tenant,
@@ -77,28 +103,22 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
                             cost: t.cost,
                         });
                         a.view = Some(snap);
+                        a.wait_ms = wait;
                     }
-                    Ok(Admission::Rejected {
-                        dim,
-                        retry_after_ms,
-                        snapshot,
-                    }) => {
-                        if tc.shadow {
-                            a.shadow = Some(("tenant", dim));
-                        } else {
-                            let limit = snapshot.get(dim).map(|d| d.limit);
-                            a.refused = Some(Refusal {
-                                scope: "tenant",
-                                dim,
-                                limit,
-                                wait_ms: retry_after_ms,
-                                snapshot,
-                                tenant: Some(tenant),
-                            });
-                            return a;
-                        }
+                    Step::Refused(dim, wait_ms, snapshot) if !tc.shadow => {
+                        let limit = snapshot.get(dim).map(|d| d.limit);
+                        a.refused = Some(Refusal {
+                            scope: "tenant",
+                            dim,
+                            limit,
+                            wait_ms,
+                            snapshot,
+                            tenant: Some(tenant),
+                        });
+                        return a;
                     }
-                    Err(e) => a.errors.push(e),
+                    Step::Refused(dim, ..) => a.shadow = Some(("tenant", dim)),
+                    Step::Failed(e) => a.errors.push(e),
                 }
             }
             Err(e) => a.errors.push(e),
@@ -106,8 +126,8 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
     }
     if let Some(lc) = &p.limits {
         let key = limiter::route_key(&t.route);
-        match limiter::admit_above(&store, &key, &t.route, &lc.limits, &t.cost, floor, now) {
-            Ok(Admission::Admitted(snap)) => {
+        match step(&key, &t.route, &lc.limits, t, floor, now) {
+            Step::Go(snap, wait) => {
                 a.charges.push(Charge {
                     key,
                     owner: t.route.clone(),
@@ -115,30 +135,25 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
                     cost: t.cost,
                 });
                 a.view = a.view.or(Some(snap));
+                a.wait_ms = a.wait_ms.max(wait);
             }
-            Ok(Admission::Rejected {
-                dim,
-                retry_after_ms,
-                snapshot,
-            }) => {
-                if lc.shadow {
-                    a.shadow = Some(("route", dim));
-                } else {
-                    // The request does not leave: the tenant gets its charge back.
-                    release(&mut a.charges, Cost::default(), true, now);
-                    let snapshot = a.view.take().unwrap_or(snapshot);
-                    let limit = snapshot.get(dim).map(|d| d.limit);
-                    a.refused = Some(Refusal {
-                        scope: "route",
-                        dim,
-                        limit,
-                        wait_ms: retry_after_ms,
-                        snapshot,
-                        tenant: None,
-                    });
-                }
+            Step::Refused(dim, wait_ms, snapshot) if !lc.shadow => {
+                // The request does not leave: the tenant gets its charge back.
+                release(&mut a.charges, Cost::default(), true, now);
+                let snapshot = a.view.take().unwrap_or(snapshot);
+                let limit = snapshot.get(dim).map(|d| d.limit);
+                a.refused = Some(Refusal {
+                    scope: "route",
+                    dim,
+                    limit,
+                    wait_ms,
+                    snapshot,
+                    tenant: None,
+                });
+                a.wait_ms = 0;
             }
-            Err(e) => a.errors.push(e),
+            Step::Refused(dim, ..) => a.shadow = Some(("route", dim)),
+            Step::Failed(e) => a.errors.push(e),
         }
     }
     a
@@ -162,27 +177,17 @@ pub fn refusal_reply(t: &Ticket, r: &Refusal, random: u64) -> LocalReply {
     ratelimit::rejection(&t.route, r.tenant.as_deref(), r.dim, r.limit, wait, headers)
 }
 
-pub enum Waited {
-    /// Admitted after waiting this long.
-    Admitted(Box<Attempt>, u64),
-    /// The wait budget ran out; the 429 was sent.
-    TimedOut(Refusal),
-}
-
 pub struct Waiter {
     pub context_id: u32,
-    pub ticket: Ticket,
     pub since_ms: u64,
-    pub deadline_ms: u64,
-    seq: u64,
-    pub last: Refusal,
-    pub result: Option<Waited>,
+    pub go_at_ms: u64,
+    /// Set by the tick when the request was resumed.
+    pub resumed: bool,
 }
 
 #[derive(Default)]
 pub struct WaitQueue {
     waiters: Vec<Rc<RefCell<Waiter>>>,
-    seq: u64,
 }
 
 pub type Queue = Rc<RefCell<WaitQueue>>;
@@ -192,30 +197,14 @@ impl WaitQueue {
         self.waiters.len()
     }
 
-    /// Adds a waiter; its place is by priority class, then arrival.
-    pub fn push(
-        &mut self,
-        context_id: u32,
-        ticket: Ticket,
-        now: u64,
-        deadline_ms: u64,
-        last: Refusal,
-    ) -> Rc<RefCell<Waiter>> {
-        self.seq += 1;
+    pub fn push(&mut self, context_id: u32, now: u64, wait_ms: u64) -> Rc<RefCell<Waiter>> {
         let w = Rc::new(RefCell::new(Waiter {
             context_id,
-            ticket,
             since_ms: now,
-            deadline_ms,
-            seq: self.seq,
-            last,
-            result: None,
+            go_at_ms: now.saturating_add(wait_ms),
+            resumed: false,
         }));
         self.waiters.push(Rc::clone(&w));
-        self.waiters.sort_by_key(|w| {
-            let w = w.borrow();
-            (w.ticket.class, w.seq)
-        });
         w
     }
 
@@ -225,70 +214,29 @@ impl WaitQueue {
     }
 }
 
-/// One pass over the queue, from the root context's tick: admits what fits, in
-/// order (a route's later waiters do not pass one still blocked), and answers 429
-/// to those whose wait budget ran out. Returns whether anyone is still waiting.
-pub fn on_tick(queue: &Queue, random: &mut dyn FnMut() -> u64) -> bool {
+/// From the root context's tick: resumes every request whose time has come.
+/// Returns whether anyone is still waiting.
+pub fn on_tick(queue: &Queue) -> bool {
     let now = HostClock.now_ms();
-    let waiters: Vec<Rc<RefCell<Waiter>>> = queue.borrow().waiters.clone();
-    let mut blocked: Vec<String> = Vec::new();
-    for w in waiters {
-        let mut wb = w.borrow_mut();
-        if now >= wb.deadline_ms {
-            let reply = refusal_reply(&wb.ticket, &wb.last, random());
-            let refusal = wb.last.clone();
-            wb.result = Some(Waited::TimedOut(refusal));
-            let ctx = wb.context_id;
-            drop(wb);
-            queue.borrow_mut().remove(&w);
-            answer(ctx, &reply);
-            continue;
-        }
-        if blocked.contains(&wb.ticket.route) {
-            continue;
-        }
-        let a = attempt(&wb.ticket, now);
-        match a.refused.clone() {
-            Some(r) => {
-                wb.last = r;
-                blocked.push(wb.ticket.route.clone());
-            }
-            None => {
-                let waited = now.saturating_sub(wb.since_ms);
-                wb.result = Some(Waited::Admitted(Box::new(a), waited));
-                let ctx = wb.context_id;
-                drop(wb);
-                queue.borrow_mut().remove(&w);
-                // The paused request goes on; the stream picks its charges up later.
-                let resumed = abi::set_effective_context(ctx).and_then(|()| abi::resume_request());
-                if let Err(s) = resumed {
-                    log::warn!("llm-capacity: cannot resume a queued request (host status {s})");
-                    // Nobody will settle these: give them back now.
-                    if let Some(Waited::Admitted(mut a, _)) = w.borrow_mut().result.take() {
-                        release(&mut a.charges, Cost::default(), true, now);
-                    }
-                }
-            }
+    let due: Vec<Rc<RefCell<Waiter>>> = queue
+        .borrow()
+        .waiters
+        .iter()
+        .filter(|w| w.borrow().go_at_ms <= now)
+        .cloned()
+        .collect();
+    for w in due {
+        queue.borrow_mut().remove(&w);
+        let ctx = {
+            let mut wb = w.borrow_mut();
+            wb.resumed = true;
+            wb.context_id
+        };
+        // The stream settles its own charges: if it is gone, its on_log already did.
+        let resumed = abi::set_effective_context(ctx).and_then(|()| abi::resume_request());
+        if let Err(s) = resumed {
+            log::debug!("llm-capacity: queued request {ctx} is gone (host status {s})");
         }
     }
     queue.borrow().len() > 0
-}
-
-fn answer(ctx: u32, reply: &LocalReply) {
-    if abi::set_effective_context(ctx).is_err() {
-        return; // the stream is gone
-    }
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if let Err(s) = abi::send_local_response(
-        reply.status,
-        reply.details,
-        &reply.body,
-        &serialize_pairs(&headers),
-    ) {
-        log::warn!("llm-capacity: cannot answer a queued request (host status {s})");
-    }
 }

@@ -19,7 +19,7 @@ use crate::core::telemetry::{
     SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
 use crate::core::{load_config, GIT_REVISION, VERSION};
-use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waited, Waiter};
+use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -151,8 +151,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let rng = Rc::clone(&self.rng);
-        let waiting = admission::on_tick(&self.queue, &mut || rng.borrow_mut().next_u64());
+        let waiting = admission::on_tick(&self.queue);
         if !waiting {
             // Nobody waits: stop ticking until a stream enqueues again.
             let _ = abi::set_tick_period(0);
@@ -350,50 +349,48 @@ impl Stream {
     }
 
     /// Runs the limits. `Some` is what to return to Envoy when the request does
-    /// not go on now (refused, or waiting in the queue).
+    /// not go on now (refused, or waiting for its turn).
     fn admit(&mut self, policy: &Rc<RoutePolicy>, cost: Cost) -> Option<Action> {
         let p = &policy.policy;
         if p.limits.is_none() && p.tenant.is_none() {
             return None;
         }
         let now = HostClock.now_ms();
+        // The wait budget: the route's, and the client's own timeout when it says
+        // it; none when this worker's queue is full.
+        let max_wait_ms = match p.queue {
+            Some(q) if self.queue.borrow().len() < q.max_size as usize => self
+                .client_timeout_ms
+                .map_or(q.max_wait_ms, |c| c.min(q.max_wait_ms)),
+            _ => 0,
+        };
         let ticket = Ticket {
             route: self.route.clone(),
             tenant: self.tenant.clone(),
             policy: Rc::clone(policy),
             cost,
             class: self.class,
+            max_wait_ms,
         };
         let a = admission::attempt(&ticket, now);
         self.note_attempt(&a);
-        let Some(refusal) = a.refused.clone() else {
-            self.admitted(a);
-            return None;
-        };
-        if let Some(q) = p.queue {
-            // Wait when capacity returns within the budget: the route's, and the
-            // client's own timeout when it says it.
-            let budget = self
-                .client_timeout_ms
-                .map_or(q.max_wait_ms, |c| c.min(q.max_wait_ms));
-            let room = self.queue.borrow().len() < q.max_size as usize;
-            if refusal.wait_ms <= budget && room {
-                let w = self.queue.borrow_mut().push(
-                    self.context_id,
-                    ticket,
-                    now,
-                    now.saturating_add(budget),
-                    refusal,
-                );
-                self.waiter = Some(w);
-                if let Err(s) = abi::set_tick_period(q.poll_ms) {
-                    log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
-                }
-                return Some(Action::Pause);
-            }
+        if let Some(refusal) = a.refused.clone() {
+            let reply =
+                admission::refusal_reply(&ticket, &refusal, self.rng.borrow_mut().next_u64());
+            return Some(self.refused(&refusal, reply));
         }
-        let reply = admission::refusal_reply(&ticket, &refusal, self.rng.borrow_mut().next_u64());
-        Some(self.refused(&refusal, reply))
+        let wait = a.wait_ms;
+        self.admitted(a);
+        if wait == 0 {
+            return None;
+        }
+        // Charged already; hold the request until its place comes up.
+        self.waiter = Some(self.queue.borrow_mut().push(self.context_id, now, wait));
+        let poll = p.queue.map_or(20, |q| q.poll_ms);
+        if let Err(s) = abi::set_tick_period(poll) {
+            log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
+        }
+        Some(Action::Pause)
     }
 
     fn note_attempt(&mut self, a: &Attempt) {
@@ -448,46 +445,34 @@ impl Stream {
         );
     }
 
-    /// Picks up what happened while the request waited in the queue.
+    /// Picks up what happened while the request waited for its turn.
     fn absorb_wait(&mut self) {
         let Some(w) = self.waiter.take() else { return };
-        let result = w.borrow_mut().result.take();
-        match result {
-            Some(Waited::Admitted(a, waited_ms)) => {
-                self.note_attempt(&a);
-                self.admitted(*a);
-                if self.config.telemetry.metrics {
-                    let mut m = self.metrics.borrow_mut();
-                    m.count(
-                        &[("route", &self.route), ("result", "admitted")],
-                        QUEUED_TOTAL,
-                        1,
-                    );
-                    m.record(&[("route", &self.route)], QUEUE_WAIT_MS, waited_ms);
-                }
-                self.count_outcome();
-                self.publish();
-            }
-            Some(Waited::TimedOut(r)) => {
-                // The root already sent the 429.
-                self.note_refusal(&r);
-                self.count(
-                    &[("route", &self.route), ("result", "timed_out")],
+        let (resumed, since) = {
+            let wb = w.borrow();
+            (wb.resumed, wb.since_ms)
+        };
+        if resumed {
+            if self.config.telemetry.metrics {
+                let waited = HostClock.now_ms().saturating_sub(since);
+                let mut m = self.metrics.borrow_mut();
+                m.count(
+                    &[("route", &self.route), ("result", "admitted")],
                     QUEUED_TOTAL,
+                    1,
                 );
-                self.outcome = Outcome::RateLimited;
-                self.replied = true;
-                self.count_outcome();
-                self.publish();
+                m.record(&[("route", &self.route)], QUEUE_WAIT_MS, waited);
             }
-            None => {
-                // Still waiting: the client went away.
-                self.queue.borrow_mut().remove(&w);
-                self.count(
-                    &[("route", &self.route), ("result", "abandoned")],
-                    QUEUED_TOTAL,
-                );
-            }
+            self.count_outcome();
+            self.publish();
+        } else {
+            // The client went away while waiting: the place is given back.
+            self.queue.borrow_mut().remove(&w);
+            self.release(true);
+            self.count(
+                &[("route", &self.route), ("result", "abandoned")],
+                QUEUED_TOTAL,
+            );
         }
     }
 
