@@ -8,7 +8,7 @@
 //! merge; when all probed slots belong to other models, the least recently
 //! updated is taken over.
 
-use super::env::{Clock, SharedStore, StoreError};
+use super::env::{stable_hash, Clock, SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub const SLOTS: u32 = 64;
@@ -42,13 +42,7 @@ fn key(i: u32) -> String {
 }
 
 fn slot_of(model: &str) -> u32 {
-    // FNV-1a: stable across VMs and builds, which the slot table relies on.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in model.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % SLOTS
+    stable_hash(model) % SLOTS
 }
 
 fn read(store: &dyn SharedStore, i: u32) -> Result<Option<(Slot, u32)>, StoreError> {

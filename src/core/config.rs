@@ -521,25 +521,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     if let Some((v, path)) = o.take("tenant_limits") {
         let mut l = Obj::new(v, &path)?;
         let (limits, shadow) = limit_fields(&mut l)?;
-        let header = match l.take("header") {
-            Some((v, hp)) => match v.as_str() {
-                Some(h)
-                    if !h.is_empty()
-                        && h.len() <= MAX_NAME_LEN
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                {
-                    h.to_ascii_lowercase()
-                }
-                _ => return Err(type_err(&hp, "a header name", v)),
-            },
-            None => {
-                return Err(err(
-                    &path,
-                    "header is required (the header naming the tenant)".to_string(),
-                ))
-            }
-        };
+        let header = header_name(&mut l, &path, "tenant")?;
         // A client could set any tenant it likes: the operator must say the mesh sets it.
         match l.take("trust_header") {
             Some((v, _)) if v.as_bool() == Some(true) => {}
@@ -619,25 +601,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     }
     if let Some((v, path)) = o.take("priority") {
         let mut q = Obj::new(v, &path)?;
-        let header = match q.take("header") {
-            Some((v, hp)) => match v.as_str() {
-                Some(h)
-                    if !h.is_empty()
-                        && h.len() <= MAX_NAME_LEN
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                {
-                    h.to_ascii_lowercase()
-                }
-                _ => return Err(type_err(&hp, "a header name", v)),
-            },
-            None => {
-                return Err(err(
-                    &path,
-                    "header is required (the header naming the class)".to_string(),
-                ))
-            }
-        };
+        let header = header_name(&mut q, &path, "class")?;
         let classes: Vec<String> = match q.take("classes") {
             None => vec!["high".into(), "normal".into(), "low".into()],
             Some((v, cp)) => {
@@ -775,6 +739,27 @@ fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), ConfigError> {
         Some((v, sp)) => boolean(v, &sp)?,
     };
     Ok((limits, shadow))
+}
+
+/// The required `header` field of `tenant_limits` and `priority`, lower-cased.
+fn header_name<'a>(o: &mut Obj<'a>, path: &str, names: &str) -> Result<String, ConfigError> {
+    match o.take("header") {
+        Some((v, hp)) => match v.as_str() {
+            Some(h)
+                if !h.is_empty()
+                    && h.len() <= MAX_NAME_LEN
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Ok(h.to_ascii_lowercase())
+            }
+            _ => Err(type_err(&hp, "a header name", v)),
+        },
+        None => Err(err(
+            path,
+            format!("header is required (the header naming the {names})"),
+        )),
+    }
 }
 
 /// Checked after unknown fields, which are the likelier mistake.

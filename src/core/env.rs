@@ -38,6 +38,17 @@ impl Random for SplitMix64 {
     }
 }
 
+/// FNV-1a: a hash that is the same in every VM and build, which the fixed slot
+/// tables in shared data rely on (std's hashers are seeded or unspecified).
+pub fn stable_hash(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
 /// Why a shared-data operation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {

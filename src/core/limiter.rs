@@ -19,7 +19,7 @@
 //! Time comes from the host's wall clock; if it steps backwards the state keeps
 //! its last time (no refill, never a negative interval).
 
-use super::env::{SharedStore, StoreError};
+use super::env::{stable_hash, SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// CAS attempts before giving up on one update (the caller then fails open).
@@ -434,15 +434,6 @@ fn tenant_slot_key(route: &str, slot: u32) -> String {
     format!("llmcap/ten/{route}/{slot}")
 }
 
-fn fnv(s: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 /// Where a tenant's state lives on a route: a key out of a fixed table of `slots`.
 ///
 /// Probes [`TENANT_PROBES`] slots from the tenant's hash: its own slot if it has
@@ -457,7 +448,7 @@ pub fn tenant_key(
     now: u64,
 ) -> Result<(String, bool), StoreError> {
     let slots = slots.max(1);
-    let start = fnv(tenant) % slots;
+    let start = stable_hash(tenant) % slots;
     let mut free: Option<u32> = None;
     let mut idle: Option<u32> = None;
     let mut lru: Option<(u32, u64)> = None;
