@@ -69,12 +69,12 @@ def test_requests_whose_wait_does_not_fit_are_refused_at_once(emulator, start_en
 
 
 def test_sustained_twice_the_limit_waits_within_budget_or_is_refused_at_once(emulator, start_envoy):
-    # 120 rpm = 2/s offered 4/s for 8 s with a 3 s budget, on 2 workers. Each
-    # request either gets a place it can reach within 3 s (and waits no longer),
+    # 120 rpm = 2/s offered 4/s for 8 s with a 5 s budget, on 2 workers. Each
+    # request either gets a place it can reach within 5 s (and waits no longer),
     # or is refused at once with a Retry-After beyond the budget.
     env = start_envoy(plugin=plugin_with({
         "limits": {"requests_per_minute": 120, "burst_seconds": 0.5},
-        "queue": {"max_wait_seconds": 3, "poll_ms": 10},
+        "queue": {"max_wait_seconds": 5, "poll_ms": 10},
     }))
     client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="k-q", max_retries=0, timeout=20)
 
@@ -91,11 +91,11 @@ def test_sustained_twice_the_limit_waits_within_budget_or_is_refused_at_once(emu
         results = list(pool.map(call, range(32)))
     ok = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] == 429]
-    assert all(t <= 3.0 + 0.4 for _, t, _ in ok), ok
+    assert all(t <= 5.0 + 0.4 for _, t, _ in ok), ok
     assert all(t < 0.4 for _, t, _ in refused), refused
     # Refused only when the wait would not fit (the Retry-After carries jitter on top).
-    assert all(ms > 3000 for _, _, ms in refused), refused
-    # 8 s at 2/s plus the burst and the 3 s of places ahead: about 22.
-    assert 19 <= len(ok) <= 24, (len(ok), results)
+    assert all(ms > 5000 for _, _, ms in refused), refused
+    # Places exist up to 5 s after the last arrival (t = 7.75 s): about 1 + 2 x 12.75.
+    assert 23 <= len(ok) <= 28, (len(ok), results)
     assert refused, "twice the limit must refuse some"
     assert emulator.stats()["requests_total"] == len(ok)
