@@ -204,10 +204,20 @@ pub struct LimitConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
-    pub header: String,
+    pub source: TenantSource,
     pub slots: u32,
     pub limits: Limits,
     pub shadow: bool,
+}
+
+/// Where a request's tenant comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSource {
+    /// A header the operator declared trusted (set or verified by the mesh).
+    Header(String),
+    /// The downstream mTLS peer certificate: its URI SAN (in Istio, the caller's
+    /// SPIFFE identity), else its subject.
+    PeerCertificate,
 }
 
 /// Which rate-limit headers answers carry.
@@ -521,17 +531,35 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     if let Some((v, path)) = o.take("tenant_limits") {
         let mut l = Obj::new(v, &path)?;
         let (limits, shadow) = limit_fields(&mut l)?;
-        let header = header_name(&mut l, &path, "tenant")?;
-        // A client could set any tenant it likes: the operator must say the mesh sets it.
-        match l.take("trust_header") {
-            Some((v, _)) if v.as_bool() == Some(true) => {}
-            Some((v, tp)) => {
-                return Err(err(&tp, format!("must be true to use header \"{header}\" as the tenant identity (only when the mesh sets or verifies it), got {}", show(v))))
+        let source = match l.take("identity") {
+            Some((v, ip)) => {
+                str_enum(v, &ip, &["peer_certificate"])?;
+                if l.map.contains_key("header") {
+                    return Err(err(
+                        &join(&path, "header"),
+                        "cannot be combined with identity: choose one tenant source".to_string(),
+                    ));
+                }
+                TenantSource::PeerCertificate
             }
             None => {
-                return Err(err(&join(&path, "trust_header"), format!("is required: set it to true only if the mesh sets or verifies header \"{header}\"")))
+                if !l.map.contains_key("header") {
+                    return Err(err(&path, "needs a tenant source: header (with trust_header: true) or identity: peer_certificate".to_string()));
+                }
+                let header = header_name(&mut l, &path, "tenant")?;
+                // A client could set any tenant it likes: the operator must say the mesh sets it.
+                match l.take("trust_header") {
+                    Some((v, _)) if v.as_bool() == Some(true) => {}
+                    Some((v, tp)) => {
+                        return Err(err(&tp, format!("must be true to use header \"{header}\" as the tenant identity (only when the mesh sets or verifies it), got {}", show(v))))
+                    }
+                    None => {
+                        return Err(err(&join(&path, "trust_header"), format!("is required: set it to true only if the mesh sets or verifies header \"{header}\"")))
+                    }
+                }
+                TenantSource::Header(header)
             }
-        }
+        };
         let slots = match l.take("slots") {
             None => DEFAULT_TENANT_SLOTS,
             Some((v, sp)) => {
@@ -546,12 +574,12 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
             }
         };
         let mut known: Vec<&str> = LIMIT_FIELDS.to_vec();
-        known.extend(["header", "slots", "trust_header"]);
+        known.extend(["header", "identity", "slots", "trust_header"]);
         known.sort_unstable();
         l.finish(&known)?;
         check_some_limit(&limits, &path)?;
         p.tenant = Some(Rc::new(TenantConfig {
-            header,
+            source,
             slots,
             limits,
             shadow,
@@ -1088,8 +1116,13 @@ mod tests {
         );
         let t = p.tenant.as_ref().unwrap();
         assert_eq!(
-            (t.header.as_str(), t.slots, t.shadow),
-            ("x-tenant", 16, true)
+            (&t.source, t.slots, t.shadow),
+            (&TenantSource::Header("x-tenant".into()), 16, true)
+        );
+        let c = compile(&json!({"defaults": {"tenant_limits": {"identity": "peer_certificate", "requests_per_minute": 5}}})).unwrap();
+        assert_eq!(
+            c.defaults.tenant.unwrap().source,
+            TenantSource::PeerCertificate
         );
         assert_eq!(
             t.limits.requests,
@@ -1160,7 +1193,15 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"routes": {"r": {"tenant_limits": {"requests_per_minute": 5}}}})),
-            "invalid config at routes.r.tenant_limits: header is required (the header naming the tenant)"
+            "invalid config at routes.r.tenant_limits: needs a tenant source: header (with trust_header: true) or identity: peer_certificate"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_limits": {"identity": "peer_certificate", "header": "x", "requests_per_minute": 5}}}})),
+            "invalid config at routes.r.tenant_limits.header: cannot be combined with identity: choose one tenant source"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_limits": {"identity": "jwt", "requests_per_minute": 5}}}})),
+            "invalid config at routes.r.tenant_limits.identity: expected one of peer_certificate, got \"jwt\""
         );
     }
 

@@ -7,7 +7,7 @@ mod metrics;
 
 use crate::core::accounting::{preflight, Preflight, ResponseTracker, Settlement, Source};
 use crate::core::calibrate;
-use crate::core::config::{Config, LogLevel, RoutePolicy};
+use crate::core::config::{Config, LogLevel, RoutePolicy, TenantSource};
 use crate::core::decision::{self, RequestHead, Verdict};
 use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
 use crate::core::limiter::Cost;
@@ -578,7 +578,10 @@ impl HttpContext for Stream {
                     })
             };
             if let Some(tc) = &p.tenant {
-                self.tenant = get(&tc.header);
+                self.tenant = match &tc.source {
+                    TenantSource::Header(h) => get(h),
+                    TenantSource::PeerCertificate => peer_identity(),
+                };
             }
             if let Some(pr) = &p.priority {
                 self.class = pr.class_of(get(&pr.header).as_deref());
@@ -698,6 +701,25 @@ impl HttpContext for Stream {
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
     }
+}
+
+/// The downstream mTLS peer's identity: the certificate's URI SAN (a SPIFFE ID
+/// in Istio), else its subject; `None` without a client certificate.
+fn peer_identity() -> Option<String> {
+    ["uri_san_peer_certificate", "subject_peer_certificate"]
+        .iter()
+        .find_map(|attr| {
+            abi::property(&["connection", attr])
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    String::from_utf8_lossy(&v)
+                        .chars()
+                        .take(MAX_TENANT_LEN)
+                        .collect()
+                })
+        })
 }
 
 /// The client's own deadline, when it sends one: the official OpenAI and
