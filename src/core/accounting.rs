@@ -95,8 +95,25 @@ pub fn preflight(
     body: &[u8],
     store: Option<&dyn SharedStore>,
 ) -> Result<Preflight, LocalReply> {
+    preflight_encoded(policy, path, body, store, false)
+}
+
+/// As [`preflight`]; `encoded` says the body has a content-encoding (gzip, ...)
+/// the filter does not decode: it passes unread, charged by size, whatever
+/// `invalid_body` says (it is not invalid, only opaque).
+pub fn preflight_encoded(
+    policy: &Policy,
+    path: &str,
+    body: &[u8],
+    store: Option<&dyn SharedStore>,
+    encoded: bool,
+) -> Result<Preflight, LocalReply> {
     let api = policy.api.or_else(|| Api::detect(path));
-    let parsed = api.map(|a| request::parse(a, path, body));
+    let parsed = if encoded {
+        None
+    } else {
+        api.map(|a| request::parse(a, path, body))
+    };
     let (facts, size_based) = match parsed {
         Some(Ok(f)) => (f, false),
         Some(Err(e)) if policy.invalid_body == InvalidBody::Reject => {
@@ -515,6 +532,22 @@ mod tests {
         // Unknown APIs pass whatever the setting, charged by size.
         let pre = preflight(&reject, "/v1/unknown", &[b'x'; 8], None).unwrap();
         assert_eq!((pre.api, pre.size_based, pre.input_raw), (None, true, 2));
+    }
+
+    #[test]
+    fn encoded_bodies_pass_charged_by_size() {
+        let p = Policy {
+            default_max_tokens: 10,
+            include_usage: true,
+            ..Policy::default()
+        };
+        let gz = [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
+        let pre = preflight_encoded(&p, "/v1/chat/completions", &gz, None, true).unwrap();
+        assert_eq!(
+            (pre.api, pre.size_based, pre.input_raw, pre.output_allowance),
+            (Some(Api::OpenAiChat), true, 2, 10)
+        );
+        assert_eq!(pre.rewrite, None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod abi;
 mod admission;
 mod metrics;
 
-use crate::core::accounting::{preflight, Preflight, ResponseTracker, Settlement, Source};
+use crate::core::accounting::{preflight_encoded, Preflight, ResponseTracker, Settlement, Source};
 use crate::core::calibrate;
 use crate::core::config::{Config, LogLevel, RoutePolicy, TenantSource};
 use crate::core::decision::{self, RequestHead, Verdict};
@@ -172,6 +172,8 @@ struct Stream {
     waiter: Option<Rc<RefCell<Waiter>>>,
     class: usize,
     client_timeout_ms: Option<u64>,
+    /// The request body has a content-encoding the filter does not decode.
+    encoded_body: bool,
     route: String,
     tenant: Option<String>,
     charges: Vec<Charge>,
@@ -207,6 +209,7 @@ impl Stream {
             waiter: None,
             class: 0,
             client_timeout_ms: None,
+            encoded_body: false,
             route: String::new(),
             tenant: None,
             charges: Vec::new(),
@@ -299,7 +302,13 @@ impl Stream {
             }
         };
         let store = HostStore;
-        let pre = match preflight(&policy.policy, &self.path, &body, Some(&store)) {
+        let pre = match preflight_encoded(
+            &policy.policy,
+            &self.path,
+            &body,
+            Some(&store),
+            self.encoded_body,
+        ) {
             Ok(p) => p,
             Err(reply) => return self.reply(Outcome::InvalidBody, reply),
         };
@@ -595,6 +604,10 @@ impl HttpContext for Stream {
             Verdict::Continue if self.policy.is_some() && !end_of_stream => {
                 // Hold the headers while the body arrives: the estimate, a rejection or
                 // a rewrite (and its content-length) must come before anything leaves.
+                self.encoded_body = abi::header(abi::MAP_REQUEST_HEADERS, "content-encoding")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| !v.eq_ignore_ascii_case(b"identity"));
                 let path = abi::header(abi::MAP_REQUEST_HEADERS, ":path")
                     .ok()
                     .flatten()

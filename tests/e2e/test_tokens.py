@@ -1,5 +1,6 @@
 """Pre-flight estimates and reconciliation against the provider's exact usage, in real Envoy."""
 
+import gzip
 import json
 import re
 import socket
@@ -174,3 +175,19 @@ def test_upstream_errors_are_refused_not_charged(emulator, start_envoy):
         assert e.status_code == 503
     st = states(env, 1)[0]
     assert (st["usage"], st["input_tokens"], st["output_tokens"]) == ("refused", 0, 0)
+
+
+def test_gzip_bodies_pass_unread_charged_by_size(emulator, start_envoy):
+    env = start_envoy()
+    raw = json.dumps({"model": "gpt-4o", "messages": MSG}).encode()
+    body = gzip.compress(raw)
+    status, _, _ = harness.raw_request(env.port, "POST", "/v1/chat/completions", body,
+                                       {"content-type": "application/json", "content-encoding": "gzip",
+                                        "authorization": "Bearer k-gz"})
+    # The filter does not decode it (documented); the provider gets it as sent.
+    assert emulator.stats()["requests_total"] == 1
+    st = states(env, 1)[0]
+    assert st["outcome"] == "admitted"
+    assert st["input_estimate"] == (len(body) + 3) // 4
+    # The emulator, like a provider without gzip support, answers 400: refused, not charged.
+    assert (status, st["usage"], st["input_tokens"]) == (400, "refused", 0), st
