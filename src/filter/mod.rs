@@ -18,7 +18,7 @@ use crate::core::telemetry::{
     QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL,
     SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
-use crate::core::{load_config, GIT_REVISION, VERSION};
+use crate::core::{load_config, truncate, GIT_REVISION, VERSION};
 use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -552,20 +552,10 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let route_bytes = abi::property(&["xds", "route_name"])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.route = String::from_utf8_lossy(&route_bytes).into_owned();
+        self.route = abi::property_text(&["xds", "route_name"]).unwrap_or_default();
         // Envoy's codec has already rejected malformed content-length values.
-        let content_length = abi::header(abi::MAP_REQUEST_HEADERS, "content-length")
-            .ok()
-            .flatten()
-            .and_then(|v| {
-                std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-            });
+        let content_length = abi::header_text(abi::MAP_REQUEST_HEADERS, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let head = RequestHead {
             route: &self.route,
             content_length,
@@ -576,15 +566,8 @@ impl HttpContext for Stream {
         if let Some(policy) = self.policy.clone() {
             let p = &policy.policy;
             let get = |name: &str| {
-                abi::header(abi::MAP_REQUEST_HEADERS, name)
-                    .ok()
-                    .flatten()
-                    .map(|v| {
-                        String::from_utf8_lossy(&v)
-                            .chars()
-                            .take(MAX_TENANT_LEN)
-                            .collect::<String>()
-                    })
+                abi::header_text(abi::MAP_REQUEST_HEADERS, name)
+                    .map(|v| truncate(&v, MAX_TENANT_LEN).to_string())
             };
             if let Some(tc) = &p.tenant {
                 self.tenant = match &tc.source {
@@ -604,15 +587,9 @@ impl HttpContext for Stream {
             Verdict::Continue if self.policy.is_some() && !end_of_stream => {
                 // Hold the headers while the body arrives: the estimate, a rejection or
                 // a rewrite (and its content-length) must come before anything leaves.
-                self.encoded_body = abi::header(abi::MAP_REQUEST_HEADERS, "content-encoding")
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| !v.eq_ignore_ascii_case(b"identity"));
-                let path = abi::header(abi::MAP_REQUEST_HEADERS, ":path")
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                self.path = String::from_utf8_lossy(&path).into_owned();
+                self.encoded_body = abi::header_text(abi::MAP_REQUEST_HEADERS, "content-encoding")
+                    .is_some_and(|v| !v.eq_ignore_ascii_case("identity"));
+                self.path = abi::header_text(abi::MAP_REQUEST_HEADERS, ":path").unwrap_or_default();
                 self.reading_body = true;
                 Action::Pause
             }
@@ -665,12 +642,7 @@ impl HttpContext for Stream {
             }
         }
         if let Some(t) = &mut self.tracker {
-            let get = |name: &str| {
-                abi::header(abi::MAP_RESPONSE_HEADERS, name)
-                    .ok()
-                    .flatten()
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-            };
+            let get = |name: &str| abi::header_text(abi::MAP_RESPONSE_HEADERS, name);
             let status = get(":status")
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
@@ -721,18 +693,9 @@ impl HttpContext for Stream {
 fn peer_identity() -> Option<String> {
     ["uri_san_peer_certificate", "subject_peer_certificate"]
         .iter()
-        .find_map(|attr| {
-            abi::property(&["connection", attr])
-                .ok()
-                .flatten()
-                .filter(|v| !v.is_empty())
-                .map(|v| {
-                    String::from_utf8_lossy(&v)
-                        .chars()
-                        .take(MAX_TENANT_LEN)
-                        .collect()
-                })
-        })
+        .filter_map(|attr| abi::property_text(&["connection", attr]))
+        .find(|v| !v.is_empty())
+        .map(|v| truncate(&v, MAX_TENANT_LEN).to_string())
 }
 
 /// The client's own deadline, when it sends one: the official OpenAI and
