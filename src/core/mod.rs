@@ -5,12 +5,14 @@
 
 pub mod accounting;
 pub mod calibrate;
+pub mod circuit;
 pub mod config;
 pub mod decision;
 pub mod env;
 pub mod estimate;
 pub mod limiter;
 pub mod pbstruct;
+pub mod provider_headers;
 pub mod ratelimit;
 pub mod reply;
 pub mod request;

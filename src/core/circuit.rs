@@ -1,0 +1,1 @@
+//! Circuit state per upstream cluster (being written).

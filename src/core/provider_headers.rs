@@ -1,0 +1,1 @@
+//! Provider rate-limit and retry headers (being written).
