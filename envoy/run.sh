@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in 10000 9901 18080 18081; do
+for port in 10000 9901 18080 18081 18082 18083; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use: stop what holds it (another make run?)" >&2
     exit 1
@@ -26,6 +26,10 @@ done
 
 target/release/llm-emulator --listen 127.0.0.1:18080 --admin 127.0.0.1:18081 \
   2> .run/emulator.log &
+pids+=($!)
+# The fallback region of the openai-chat route.
+target/release/llm-emulator --listen 127.0.0.1:18082 --admin 127.0.0.1:18083 \
+  2> .run/emulator-fallback.log &
 pids+=($!)
 .venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --use-dynamic-base-id \
   > .run/access.log 2> .run/envoy.log &
@@ -40,13 +44,18 @@ done
 
 cat <<MSG
 llm-capacity is running: Envoy on http://$PROXY (admin http://127.0.0.1:9901),
-emulated OpenAI/Anthropic API behind it on 127.0.0.1:18080 (admin :18081).
+emulated OpenAI/Anthropic API behind it on 127.0.0.1:18080 (admin :18081),
+and the chat route's fallback region on 127.0.0.1:18082 (admin :18083).
 
 Try, in another terminal:
 
 curl -s http://$PROXY/v1/chat/completions -H 'content-type: application/json' -H 'authorization: Bearer demo-key' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'
 
 .venv/bin/python -c 'from openai import OpenAI; print(OpenAI(base_url="http://$PROXY/v1", api_key="demo-key").chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)'
+
+Failover: make the primary answer 429 with Retry-After: 5, then send chat requests:
+curl -s -XPOST http://127.0.0.1:18081/admin/faults -d '{"storm": {"retry_after_s": 5}}'
+(undo: -d '{"storm": null}')
 
 Metrics: curl -s http://127.0.0.1:9901/stats/prometheus | grep llmcap
 Logs: .run/envoy.log, access log .run/access.log, emulator .run/emulator.log

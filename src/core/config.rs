@@ -13,13 +13,18 @@
 //! unmatched_routes: pass          # pass | reject: routes without a policy
 //! defaults:                       # inherited by every route policy
 //!   max_request_bytes: 262144
+//! upstream_filter: true          # an upstream instance records every attempt
 //! clusters:                       # upstream clusters the filter may send to
-//!   openai: { provider: openai }
+//!   openai: { provider: openai, circuit: { consecutive_failures: 5 } }
+//!   small: { provider: openai }
 //! routes:                         # keyed by Envoy route name (xds.route_name)
-//!   chat: { clusters: [openai], max_request_bytes: 65536 }
+//!   chat:
+//!     clusters: [openai, { cluster: small, model: gpt-4o-mini }]
+//!     max_request_bytes: 65536
 //! telemetry: { metrics: true, filter_state: true }
 //! ```
 
+use super::circuit::CircuitConfig;
 use super::estimate::Encoding;
 use super::limiter::{Limits, Rate};
 use super::request::Api;
@@ -45,6 +50,7 @@ pub const DEFAULT_INPUT_MARGIN: f64 = 0.15;
 pub const DEFAULT_BURST_SECONDS: f64 = 0.5;
 pub const DEFAULT_TENANT_SLOTS: u32 = 1024;
 pub const MAX_TENANT_SLOTS: u64 = 65_536;
+pub const DEFAULT_RETRY_MIN_REMAINING_MS: u64 = 2_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -98,10 +104,21 @@ impl Provider {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: String,
     pub provider: Provider,
+    pub circuit: CircuitConfig,
+    /// Follow the provider's remaining-quota headers (`adaptive: true`).
+    pub adaptive: bool,
+}
+
+/// One entry of a route's failover chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub cluster: Rc<Cluster>,
+    /// The model this cluster serves the route with; `None` keeps the client's.
+    pub model: Option<String>,
 }
 
 /// What to do with a body the filter cannot read as its API's JSON.
@@ -150,6 +167,8 @@ pub struct Policy {
     /// Wait for capacity instead of refusing at once.
     pub queue: Option<QueueConfig>,
     pub priority: Option<Rc<PriorityConfig>>,
+    /// A request whose client deadline leaves less than this gets no retry.
+    pub retry_min_remaining_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -246,6 +265,7 @@ impl Default for Policy {
             rate_limit_headers: RateHeaders::Both,
             queue: None,
             priority: None,
+            retry_min_remaining_ms: DEFAULT_RETRY_MIN_REMAINING_MS,
         }
     }
 }
@@ -264,6 +284,7 @@ const POLICY_FIELDS: &[&str] = &[
     "priority",
     "queue",
     "rate_limit_headers",
+    "retry_min_remaining_seconds",
     "tenant_limits",
 ];
 
@@ -271,7 +292,7 @@ const POLICY_FIELDS: &[&str] = &[
 pub struct RoutePolicy {
     pub name: String,
     /// Ordered failover chain; the first entry is the primary.
-    pub clusters: Vec<Rc<Cluster>>,
+    pub clusters: Vec<Target>,
     pub policy: Policy,
 }
 
@@ -286,6 +307,9 @@ pub struct Telemetry {
 pub struct Config {
     pub log_level: LogLevel,
     pub unmatched: Unmatched,
+    /// An upstream instance of the filter (root_id ending in `upstream`) records
+    /// every attempt; otherwise the downstream one records the final answer.
+    pub upstream_filter: bool,
     pub clusters: BTreeMap<String, Rc<Cluster>>,
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Policy-less routes still need limits such as the body cap.
@@ -365,12 +389,22 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                     }
                 }
             };
-            c.finish(&["provider"])?;
+            let circuit = match c.take("circuit") {
+                None => CircuitConfig::default(),
+                Some((v, p)) => circuit_config(v, &p)?,
+            };
+            let adaptive = match c.take("adaptive") {
+                None => true,
+                Some((v, p)) => boolean(v, &p)?,
+            };
+            c.finish(&["adaptive", "circuit", "provider"])?;
             clusters.insert(
                 name.clone(),
                 Rc::new(Cluster {
                     name: name.clone(),
                     provider,
+                    circuit,
+                    adaptive,
                 }),
             );
         }
@@ -395,7 +429,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
             if let Some((v, p)) = r.take("clusters") {
                 let list = v
                     .as_array()
-                    .ok_or_else(|| type_err(&p, "a list of cluster names", v))?;
+                    .ok_or_else(|| type_err(&p, "a list of clusters", v))?;
                 if list.len() > MAX_CHAIN_LEN {
                     return Err(err(
                         &p,
@@ -404,19 +438,20 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                 }
                 for (i, item) in list.iter().enumerate() {
                     let ip = format!("{p}[{i}]");
-                    let cname = item
-                        .as_str()
-                        .ok_or_else(|| type_err(&ip, "a cluster name", item))?;
+                    let (cname, model) = chain_entry(item, &ip)?;
                     let c = clusters.get(cname).ok_or_else(|| {
                         err(
                             &ip,
                             format!("unknown cluster \"{cname}\" (define it under clusters)"),
                         )
                     })?;
-                    if chain.iter().any(|x: &Rc<Cluster>| x.name == cname) {
+                    if chain.iter().any(|x: &Target| x.cluster.name == cname) {
                         return Err(err(&ip, format!("cluster \"{cname}\" appears twice")));
                     }
-                    chain.push(Rc::clone(c));
+                    chain.push(Target {
+                        cluster: Rc::clone(c),
+                        model,
+                    });
                 }
             }
             let policy = policy(&mut r, &defaults)?;
@@ -450,6 +485,11 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         t.finish(&["filter_state", "metrics"])?;
     }
 
+    let upstream_filter = match top.take("upstream_filter") {
+        None => false,
+        Some((v, p)) => boolean(v, &p)?,
+    };
+
     top.finish(&[
         "clusters",
         "defaults",
@@ -457,10 +497,12 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         "routes",
         "telemetry",
         "unmatched_routes",
+        "upstream_filter",
     ])?;
     Ok(Config {
         log_level,
         unmatched,
+        upstream_filter,
         clusters,
         routes,
         defaults,
@@ -677,6 +719,9 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
             default_class,
             reserve,
         }));
+    }
+    if let Some((v, path)) = o.take("retry_min_remaining_seconds") {
+        p.retry_min_remaining_ms = seconds(v, &path, 0.0, 3600.0)?;
     }
     if let Some((v, path)) = o.take("rate_limit_headers") {
         p.rate_limit_headers = match str_enum(v, &path, &["both", "openai", "ietf", "none"])? {
@@ -902,6 +947,104 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
+/// Seconds in `[min, max]`, as milliseconds.
+fn seconds(v: &Value, path: &str, min: f64, max: f64) -> Result<u64, ConfigError> {
+    match number(v) {
+        Some(f) if f >= min && f <= max => Ok((f * 1000.0).round() as u64),
+        _ => Err(type_err(
+            path,
+            &format!("a number of seconds from {min} to {max}"),
+            v,
+        )),
+    }
+}
+
+/// A chain entry: `name`, or `{cluster: name, model: m}`.
+fn chain_entry<'v>(item: &'v Value, path: &str) -> Result<(&'v str, Option<String>), ConfigError> {
+    if let Some(name) = item.as_str() {
+        return Ok((name, None));
+    }
+    let mut o = Obj::new(item, path)
+        .map_err(|_| type_err(path, "a cluster name or {cluster, model}", item))?;
+    let name = match o.take("cluster") {
+        Some((v, p)) => v
+            .as_str()
+            .ok_or_else(|| type_err(&p, "a cluster name", v))?,
+        None => return Err(err(path, "cluster is required".to_string())),
+    };
+    let model = match o.take("model") {
+        None => None,
+        Some((v, p)) => Some(
+            v.as_str()
+                .filter(|m| {
+                    !m.is_empty() && m.len() <= MAX_NAME_LEN && !m.contains(['/', ':', '?', '#'])
+                })
+                .ok_or_else(|| type_err(&p, "a model name (1 to 128 characters, no / : ? #)", v))?
+                .to_string(),
+        ),
+    };
+    o.finish(&["cluster", "model"])?;
+    Ok((name, model))
+}
+
+fn circuit_config(v: &Value, path: &str) -> Result<CircuitConfig, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let mut c = CircuitConfig::default();
+    let int = |v: &Value, p: &str, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        let n = uint(v, p, "a non-negative integer")?;
+        if n < lo || n > hi {
+            return Err(err(p, format!("must be between {lo} and {hi}, got {n}")));
+        }
+        Ok(n)
+    };
+    if let Some((v, p)) = o.take("window_seconds") {
+        c.window_ms = seconds(v, &p, 1.0, 3600.0)?;
+    }
+    if let Some((v, p)) = o.take("min_requests") {
+        c.min_requests = int(v, &p, 1, 100_000)? as u32;
+    }
+    if let Some((v, p)) = o.take("error_rate") {
+        c.error_rate = match number(v) {
+            Some(f) if f > 0.0 && f <= 1.0 => f,
+            _ => return Err(type_err(&p, "a number above 0 and at most 1", v)),
+        };
+    }
+    if let Some((v, p)) = o.take("consecutive_failures") {
+        c.consecutive_failures = int(v, &p, 0, 100_000)? as u32;
+    }
+    if let Some((v, p)) = o.take("latency_p95_ms") {
+        c.latency_p95_ms = int(v, &p, 0, 3_600_000)?;
+    }
+    if let Some((v, p)) = o.take("open_seconds") {
+        c.open_ms = seconds(v, &p, 0.1, 3600.0)?;
+    }
+    if let Some((v, p)) = o.take("half_open_probes") {
+        c.half_open_probes = int(v, &p, 1, 100)? as u32;
+    }
+    if let Some((v, p)) = o.take("probe_timeout_seconds") {
+        c.probe_timeout_ms = seconds(v, &p, 1.0, 3600.0)?;
+    }
+    if let Some((v, p)) = o.take("default_cooldown_seconds") {
+        c.default_cooldown_ms = seconds(v, &p, 0.0, 3600.0)?;
+    }
+    if let Some((v, p)) = o.take("max_cooldown_seconds") {
+        c.max_cooldown_ms = seconds(v, &p, 1.0, 86_400.0)?;
+    }
+    o.finish(&[
+        "consecutive_failures",
+        "default_cooldown_seconds",
+        "error_rate",
+        "half_open_probes",
+        "latency_p95_ms",
+        "max_cooldown_seconds",
+        "min_requests",
+        "open_seconds",
+        "probe_timeout_seconds",
+        "window_seconds",
+    ])?;
+    Ok(c)
+}
+
 fn body_cap(v: &Value, path: &str) -> Result<u64, ConfigError> {
     let n = uint(v, path, "a positive integer (bytes)")?;
     if n == 0 || n > MAX_REQUEST_BYTES_CEILING {
@@ -980,9 +1123,13 @@ mod tests {
         assert_eq!(c.unmatched, Unmatched::Reject);
         let chat = c.route("chat").unwrap();
         assert_eq!(chat.policy.max_request_bytes, 1000);
-        let names: Vec<_> = chat.clusters.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<_> = chat
+            .clusters
+            .iter()
+            .map(|c| c.cluster.name.as_str())
+            .collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(chat.clusters[1].provider, Provider::Anthropic);
+        assert_eq!(chat.clusters[1].cluster.provider, Provider::Anthropic);
         assert_eq!(c.route("small").unwrap().policy.max_request_bytes, 10);
         assert_eq!(c.clusters["c"].provider, Provider::Generic);
         assert!(!c.telemetry.metrics);
@@ -990,14 +1137,105 @@ mod tests {
     }
 
     #[test]
+    fn failover_chain_and_circuit_settings() {
+        let c = compile(&json!({
+            "upstream_filter": true,
+            "clusters": {
+                "a": {"provider": "openai", "circuit": {
+                    "window_seconds": "5", "min_requests": 4.0, "error_rate": "0.25",
+                    "consecutive_failures": 3, "latency_p95_ms": 800, "open_seconds": 2,
+                    "half_open_probes": 2, "probe_timeout_seconds": 30,
+                    "default_cooldown_seconds": 0.5, "max_cooldown_seconds": 60}},
+                "b": {"adaptive": false}
+            },
+            "routes": {"chat": {
+                "clusters": ["a", {"cluster": "b", "model": "gpt-4o-mini"}],
+                "retry_min_remaining_seconds": 1.5
+            }}
+        }))
+        .unwrap();
+        assert!(c.upstream_filter);
+        let a = &c.clusters["a"];
+        assert_eq!(
+            (
+                a.circuit.window_ms,
+                a.circuit.min_requests,
+                a.circuit.error_rate
+            ),
+            (5000, 4, 0.25)
+        );
+        assert_eq!(
+            (
+                a.circuit.consecutive_failures,
+                a.circuit.latency_p95_ms,
+                a.circuit.open_ms
+            ),
+            (3, 800, 2000)
+        );
+        assert_eq!(
+            (a.circuit.half_open_probes, a.circuit.probe_timeout_ms),
+            (2, 30_000)
+        );
+        assert_eq!(
+            (a.circuit.default_cooldown_ms, a.circuit.max_cooldown_ms),
+            (500, 60_000)
+        );
+        assert!(a.adaptive && !c.clusters["b"].adaptive);
+        let chat = c.route("chat").unwrap();
+        assert_eq!(chat.clusters[0].model, None);
+        assert_eq!(chat.clusters[1].model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(chat.policy.retry_min_remaining_ms, 1500);
+        assert_eq!(
+            c.route("chat").map(|r| r.clusters[1].cluster.name.as_str()),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn failover_errors_name_their_path() {
+        assert_eq!(
+            msg(json!({"clusters": {"a": {"circuit": {"error_rate": 0}}}})),
+            "invalid config at clusters.a.circuit.error_rate: expected a number above 0 and at most 1, got 0"
+        );
+        assert_eq!(
+            msg(json!({"clusters": {"a": {"circuit": {"half_open_probes": 0}}}})),
+            "invalid config at clusters.a.circuit.half_open_probes: must be between 1 and 100, got 0"
+        );
+        assert_eq!(
+            msg(json!({"clusters": {"a": {"circuit": {"window": 10}}}})),
+            "invalid config at clusters.a.circuit.window: unknown field; expected one of: consecutive_failures, default_cooldown_seconds, error_rate, half_open_probes, latency_p95_ms, max_cooldown_seconds, min_requests, open_seconds, probe_timeout_seconds, window_seconds"
+        );
+        assert_eq!(
+            msg(json!({"clusters": {"a": {}}, "routes": {"r": {"clusters": [{"model": "m"}]}}})),
+            "invalid config at routes.r.clusters[0]: cluster is required"
+        );
+        assert_eq!(
+            msg(json!({"clusters": {"a": {}}, "routes": {"r": {"clusters": [{"cluster": "a", "model": "x/y"}]}}})),
+            "invalid config at routes.r.clusters[0].model: expected a model name (1 to 128 characters, no / : ? #), got \"x/y\""
+        );
+        assert_eq!(
+            msg(json!({"clusters": {"a": {}}, "routes": {"r": {"clusters": [7]}}})),
+            "invalid config at routes.r.clusters[0]: expected a cluster name or {cluster, model}, got 7"
+        );
+        assert_eq!(
+            msg(json!({"upstream_filter": "yes"})),
+            "invalid config at upstream_filter: expected true or false, got \"yes\""
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"retry_min_remaining_seconds": -1}})),
+            "invalid config at defaults.retry_min_remaining_seconds: expected a number of seconds from 0 to 3600, got -1"
+        );
+    }
+
+    #[test]
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, tenant_limits"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, tenant_limits"
         );
         assert_eq!(
             msg(json!({"route": {}})),
-            "invalid config at route: unknown field; expected one of: clusters, defaults, log_level, routes, telemetry, unmatched_routes"
+            "invalid config at route: unknown field; expected one of: clusters, defaults, log_level, routes, telemetry, unmatched_routes, upstream_filter"
         );
     }
 
@@ -1084,7 +1322,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"clusters": []}})),
-            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, tenant_limits"
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, tenant_limits"
         );
     }
 

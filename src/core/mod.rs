@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod env;
 pub mod estimate;
+pub mod failover;
 pub mod limiter;
 pub mod pbstruct;
 pub mod provider_headers;

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
 pub const LABELS: &[&str] = &[
-    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision",
+    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "upstream",
+    "class", "state",
 ];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";
@@ -33,6 +34,20 @@ pub const TENANT_EVICTIONS_TOTAL: &str = "llmcap_tenant_evictions_total";
 /// |estimate - actual| / actual input tokens, in percent, for provider-reported usage.
 pub const ESTIMATE_ERROR_PERCENT: &str = "llmcap_estimate_error_percent";
 pub const BUILD_INFO: &str = "llmcap_build_info";
+/// Upstream attempts by `upstream` cluster and `class` (ok, client_error,
+/// rate_limited, server_error, reset): one per router attempt.
+pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llmcap_upstream_attempts_total";
+/// Circuit state per `upstream`: 0 closed, 1 half-open, 2 open.
+pub const CIRCUIT_STATE: &str = "llmcap_circuit_state";
+/// Circuit transitions per `upstream`, by the `state` entered.
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "llmcap_circuit_transitions_total";
+/// Cool-downs started or extended by a provider's wait (429, 503 + Retry-After).
+pub const COOLDOWNS_TOTAL: &str = "llmcap_cooldowns_total";
+/// Requests whose first attempt went to a cluster other than the route's primary.
+pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
+/// The provider's last reported remaining quota per `upstream` and `limit`
+/// (requests, tokens).
+pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
 
 /// Longest label value kept; longer ones are cut so names stay bounded.
 const MAX_LABEL_LEN: usize = 96;
@@ -51,6 +66,8 @@ pub enum Outcome {
     InvalidBody,
     /// Refused locally: a rate or concurrency limit.
     RateLimited,
+    /// Refused locally: every cluster of the route is open, cooling down or out of quota.
+    NoUpstream,
 }
 
 impl Outcome {
@@ -62,6 +79,7 @@ impl Outcome {
             Outcome::NoPolicy => "rejected_no_policy",
             Outcome::InvalidBody => "rejected_invalid_body",
             Outcome::RateLimited => "rejected_rate_limited",
+            Outcome::NoUpstream => "rejected_no_upstream",
         }
     }
 }
@@ -133,6 +151,13 @@ pub struct AccessLogState<'a> {
     pub output_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input_tokens: Option<u64>,
+    /// The cluster the first attempt went to, and whether it was not the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 impl AccessLogState<'_> {
@@ -190,6 +215,9 @@ mod tests {
             input_tokens: Some(11),
             output_tokens: Some(5),
             cached_input_tokens: Some(0),
+            upstream: None,
+            failover: false,
+            probe: false,
         };
         assert_eq!(
             String::from_utf8(s.to_json()).unwrap(),

@@ -110,6 +110,20 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
@@ -287,4 +301,65 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
     status(unsafe { proxy_record_metric(id, value) })
+}
+
+pub fn remove_header(map_type: u32, name: &str) -> Result<(), u32> {
+    status(unsafe { proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()) })
+}
+
+/// Every header of a map as (lowercase name, lossy UTF-8 value); empty when the
+/// map is unavailable.
+pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    let bytes = match unsafe { proxy_get_header_map_pairs(map_type, &mut ptr, &mut size) } {
+        OK => unsafe { take(ptr, size) }.unwrap_or_default(),
+        _ => return Vec::new(),
+    };
+    decode_pairs(&bytes).unwrap_or_default()
+}
+
+/// The ABI's pair encoding: u32 count, count x (u32 name size, u32 value size),
+/// then each name and value NUL-terminated. `None` if malformed.
+fn decode_pairs(b: &[u8]) -> Option<Vec<(String, String)>> {
+    let u32_at = |i: usize| -> Option<usize> {
+        let s = b.get(i..i + 4)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+    };
+    let n = u32_at(0)?;
+    let mut sizes = Vec::with_capacity(n.min(1024));
+    for i in 0..n {
+        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+    }
+    let mut at = 4 + n * 8;
+    let mut out = Vec::with_capacity(sizes.len());
+    for (k, v) in sizes {
+        let key = b.get(at..at + k)?;
+        at += k + 1;
+        let val = b.get(at..at + v)?;
+        at += v + 1;
+        out.push((lossy(key.to_vec()), lossy(val.to_vec())));
+    }
+    Some(out)
+}
+
+/// Envoy's `clear_route_cache` foreign function: the route (and its cluster)
+/// is resolved again, seeing headers and filter state set since.
+pub fn clear_route_cache() -> Result<(), u32> {
+    let name = "clear_route_cache";
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    let s = unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            null_mut::<u8>() as *const u8,
+            0,
+            &mut ptr,
+            &mut size,
+        )
+    };
+    // Free whatever result the host handed over.
+    drop(unsafe { take(ptr, size) });
+    status(s)
 }

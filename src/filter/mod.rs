@@ -3,20 +3,26 @@
 
 mod abi;
 mod admission;
+mod health;
 mod metrics;
+mod upstream;
 
 use crate::core::accounting::{preflight_encoded, Preflight, ResponseTracker, Settlement, Source};
 use crate::core::calibrate;
+use crate::core::circuit;
 use crate::core::config::{Config, LogLevel, RoutePolicy, TenantSource};
 use crate::core::decision::{self, RequestHead, Verdict};
 use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
+use crate::core::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
 use crate::core::limiter::Cost;
+use crate::core::provider_headers;
 use crate::core::ratelimit;
 use crate::core::reply::{serialize_pairs, LocalReply};
+use crate::core::request::Api;
 use crate::core::telemetry::{
-    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, LIMITER_ERRORS_TOTAL,
-    QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL,
-    SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
+    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL,
+    LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
+    REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
 use crate::core::{load_config, truncate, GIT_REVISION, VERSION};
 use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
@@ -68,6 +74,8 @@ struct Root {
     rng: Rc<RefCell<SplitMix64>>,
     /// Requests of this root's streams waiting for capacity.
     queue: Queue,
+    /// Placed as an upstream HTTP filter (root_id ending in `upstream`).
+    upstream: bool,
 }
 
 impl Default for Root {
@@ -77,6 +85,7 @@ impl Default for Root {
             metrics: Rc::default(),
             rng: Rc::new(RefCell::new(host_random())),
             queue: Queue::default(),
+            upstream: false,
         }
     }
 }
@@ -130,10 +139,17 @@ impl RootContext for Root {
                 1,
             );
         }
+        self.upstream =
+            abi::property_text(&["plugin_root_id"]).is_some_and(|r| r.ends_with("upstream"));
         log::info!(
-            "llm-capacity: configuration accepted: {} route policies, {} clusters",
+            "llm-capacity: configuration accepted: {} route policies, {} clusters{}",
             config.routes.len(),
-            config.clusters.len()
+            config.clusters.len(),
+            if self.upstream {
+                " (upstream instance)"
+            } else {
+                ""
+            }
         );
         self.config = Some(Rc::new(config));
         true
@@ -141,6 +157,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
+        if self.upstream {
+            return Some(Box::new(upstream::Attempt::new(
+                config,
+                Rc::clone(&self.metrics),
+            )));
+        }
         Some(Box::new(Stream::new(
             config,
             Rc::clone(&self.metrics),
@@ -190,6 +212,12 @@ struct Stream {
     tracker: Option<ResponseTracker>,
     response_ended: bool,
     settled: Option<Settlement>,
+    /// When the request arrived, for the deadline left for retries.
+    started_ms: u64,
+    /// Where the request goes (`None`: the route has no cluster chain).
+    plan: Option<Plan>,
+    /// When the request left for the upstream (latency, downstream-only health).
+    sent_ms: u64,
 }
 
 impl Stream {
@@ -225,6 +253,9 @@ impl Stream {
             tracker: None,
             response_ended: false,
             settled: None,
+            started_ms: 0,
+            plan: None,
+            sent_ms: 0,
         }
     }
 
@@ -279,6 +310,13 @@ impl Stream {
             state.limit = Some(limit);
         }
         state.shadow_limited = self.shadow_limited;
+        if let (Some(plan), Some(policy)) = (&self.plan, &self.policy) {
+            if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
+                state.upstream = Some(&t.cluster.name);
+            }
+            state.failover = plan.slots.first().is_some_and(|&i| i > 0);
+            state.probe = plan.probe;
+        }
         if let Some(s) = &self.settled {
             state.usage = Some(s.source.as_str());
             state.input_tokens = Some(s.input);
@@ -312,7 +350,33 @@ impl Stream {
             Ok(p) => p,
             Err(reply) => return self.reply(Outcome::InvalidBody, reply),
         };
-        if let Some(new_body) = &pre.rewrite {
+        if let Err(action) = self.route_upstream(&policy, pre.reserved) {
+            self.pre = Some(pre);
+            return action;
+        }
+        // The first attempt's body carries its cluster's model; the upstream
+        // instance rewrites it again for attempts that go elsewhere.
+        let target_model = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.slots.first())
+            .and_then(|&i| policy.clusters.get(i))
+            .and_then(|t| t.model.as_deref())
+            .filter(|m| pre.model.as_deref() != Some(*m));
+        let mut new_body = pre.rewrite.clone();
+        if let Some(m) = target_model {
+            if pre.api == Some(Api::Gemini) {
+                if let Some(p) = failover::gemini_path_with_model(&self.path, m) {
+                    let _ = abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", &p);
+                }
+            } else if !pre.size_based {
+                let base = new_body.as_deref().unwrap_or(&body);
+                if let Some(b) = failover::body_with_model(base, m) {
+                    new_body = Some(b);
+                }
+            }
+        }
+        if let Some(new_body) = &new_body {
             // Headers are still held (allow_on_headers_stop_iteration), so the
             // content-length can follow the new body.
             let ok =
@@ -329,6 +393,7 @@ impl Stream {
                 );
             }
         }
+        self.publish_plan(&policy, target_model.or(pre.model.as_deref()));
         if self.config.telemetry.metrics {
             let mut m = self.metrics.borrow_mut();
             m.count(
@@ -352,9 +417,156 @@ impl Stream {
         if let Some(action) = self.admit(&policy, cost) {
             return action;
         }
+        self.sent_ms = HostClock.now_ms();
         self.count_outcome();
         self.publish();
         Action::Continue
+    }
+
+    /// Plans the attempts over the route's cluster chain. `Err` is the local
+    /// answer when no cluster can take the request now.
+    fn route_upstream(&mut self, policy: &Rc<RoutePolicy>, tokens: u64) -> Result<(), Action> {
+        if policy.clusters.is_empty() {
+            return Ok(());
+        }
+        let now = HostClock.now_ms();
+        let plan = match failover::plan(&HostStore, &policy.clusters, now, tokens) {
+            Ok(p) => p,
+            Err(u) => {
+                let r = failover::unavailable_reply(&u, now, self.rng.borrow_mut().next_u64());
+                return Err(self.reply(Outcome::NoUpstream, r));
+            }
+        };
+        let chain = policy.clusters.len();
+        if chain > 1 {
+            // The route's matcher cluster specifier reads these, for the first
+            // attempt (after clear_route_cache) and for each retry.
+            for (n, &i) in plan.slots.iter().enumerate() {
+                if let Some(t) = policy.clusters.get(i) {
+                    let _ = abi::set_property(
+                        &[&failover::slot_property(n + 1)],
+                        t.cluster.name.as_bytes(),
+                    );
+                }
+            }
+            if let Err(s) = abi::clear_route_cache() {
+                log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+            }
+        }
+        let remaining = self
+            .client_timeout_ms
+            .map(|t| t.saturating_sub(now.saturating_sub(self.started_ms)));
+        if let Some(n) = failover::max_retries(
+            &plan,
+            chain,
+            remaining,
+            policy.policy.retry_min_remaining_ms,
+        ) {
+            let _ = abi::replace_header(
+                abi::MAP_REQUEST_HEADERS,
+                "x-envoy-max-retries",
+                &n.to_string(),
+            );
+        }
+        if let Some(&first) = plan.slots.first() {
+            if plan.probe {
+                if let Some(t) = policy.clusters.get(first) {
+                    health::transition(
+                        &self.config,
+                        &self.metrics,
+                        &t.cluster.name,
+                        circuit::Mode::HalfOpen,
+                    );
+                }
+            }
+            if first > 0 {
+                if let Some(t) = policy.clusters.get(first) {
+                    self.count(
+                        &[("route", &self.route), ("upstream", &t.cluster.name)],
+                        FAILOVERS_TOTAL,
+                    );
+                }
+            }
+        }
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Tells the upstream instance which route this is and which model the
+    /// body carries, so each attempt can carry its own cluster's model.
+    fn publish_plan(&self, policy: &RoutePolicy, body_model: Option<&str>) {
+        let Some(plan) = &self.plan else { return };
+        if !self.config.upstream_filter {
+            return;
+        }
+        let probe = plan
+            .probe
+            .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
+            .flatten()
+            .map(|t| t.cluster.name.as_str());
+        let text = failover::encode_plan(&policy.name, body_model, probe);
+        if let Err(s) = abi::set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
+            log::debug!("llm-capacity: cannot publish the plan (host status {s})");
+        }
+    }
+
+    /// A probe that never left (refused by a limit, client gone) gives its claim back.
+    fn release_probe(&mut self) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        if !plan.probe {
+            return;
+        }
+        plan.probe = false;
+        let first = plan.slots.first().copied();
+        if let Some(t) = first.and_then(|i| self.policy.as_ref()?.clusters.get(i).cloned()) {
+            let key = circuit::key(&t.cluster.name);
+            let _ =
+                circuit::release_probe(&HostStore, &key, &t.cluster.circuit, HostClock.now_ms());
+        }
+    }
+
+    /// Without an upstream instance, the final answer is the only health signal.
+    fn observe_final(&mut self, status: u32) {
+        if self.config.upstream_filter || self.sent_ms == 0 {
+            return;
+        }
+        let (Some(plan), Some(policy)) = (self.plan.take(), self.policy.clone()) else {
+            return;
+        };
+        let attempts = abi::property(&["upstream", "request_attempt_count"])
+            .ok()
+            .flatten()
+            .and_then(|b| b.get(..8).and_then(|s| s.try_into().ok()))
+            .map_or(1, u64::from_le_bytes)
+            .max(1);
+        let slot = plan
+            .slots
+            .get(attempts as usize - 1)
+            .or(plan.slots.last())
+            .copied();
+        let Some(t) = slot.and_then(|i| policy.clusters.get(i)) else {
+            return;
+        };
+        let now = HostClock.now_ms();
+        let headers = abi::header_pairs(abi::MAP_RESPONSE_HEADERS);
+        let signal =
+            provider_headers::parse(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), now);
+        health::observe(
+            &self.config,
+            &self.metrics,
+            &t.cluster.name,
+            plan.probe && attempts == 1,
+            Class::of_status(status),
+            Some(now.saturating_sub(self.sent_ms)),
+            &signal,
+            now,
+        );
+        self.plan = Some(Plan {
+            probe: false,
+            ..plan
+        });
     }
 
     /// Runs the limits. `Some` is what to return to Envoy when the request does
@@ -438,6 +650,7 @@ impl Stream {
     }
 
     fn refused(&mut self, r: &Refusal, reply: LocalReply) -> Action {
+        self.release_probe();
         self.note_refusal(r);
         self.reply(Outcome::RateLimited, reply)
     }
@@ -478,6 +691,7 @@ impl Stream {
             // The client went away while waiting: the place is given back.
             self.queue.borrow_mut().remove(&w);
             self.release(true);
+            self.release_probe();
             self.count(
                 &[("route", &self.route), ("result", "abandoned")],
                 QUEUED_TOTAL,
@@ -564,6 +778,11 @@ impl HttpContext for Stream {
         self.policy = d.policy;
         self.outcome = d.outcome;
         if let Some(policy) = self.policy.clone() {
+            self.started_ms = HostClock.now_ms();
+            if !policy.clusters.is_empty() {
+                // The route's cluster matcher keys on it: only Envoy may set it.
+                let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, "x-envoy-attempt-count");
+            }
             let p = &policy.policy;
             let get = |name: &str| {
                 abi::header_text(abi::MAP_REQUEST_HEADERS, name)
@@ -578,9 +797,7 @@ impl HttpContext for Stream {
             if let Some(pr) = &p.priority {
                 self.class = pr.class_of(get(&pr.header).as_deref());
             }
-            if p.queue.is_some() {
-                self.client_timeout_ms = client_timeout_ms(&get);
-            }
+            self.client_timeout_ms = client_timeout_ms(&get);
         }
         match d.verdict {
             Verdict::Reply(r) => self.reply(d.outcome, r),
@@ -595,10 +812,15 @@ impl HttpContext for Stream {
             }
             Verdict::Continue => {
                 if let Some(policy) = self.policy.clone() {
+                    if let Err(action) = self.route_upstream(&policy, 0) {
+                        return action;
+                    }
+                    self.publish_plan(&policy, None);
                     // No body: limits still count the request (no tokens).
                     if let Some(action) = self.admit(&policy, Cost::default()) {
                         return action;
                     }
+                    self.sent_ms = HostClock.now_ms();
                 }
                 self.count_outcome();
                 self.publish();
@@ -639,6 +861,14 @@ impl HttpContext for Stream {
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.rate_headers {
                 let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
+            }
+            if self.plan.is_some() {
+                // Meant for the router's retry back-off, not for the client.
+                let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
+                let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .unwrap_or(0);
+                self.observe_final(status);
             }
         }
         if let Some(t) = &mut self.tracker {

@@ -15,8 +15,8 @@ def start_envoy(tmp_path, emulator):
     """Starts Envoy from envoy/envoy.yaml (optionally with another plugin config)."""
     started = []
 
-    def start(plugin=None, name="envoy", expect_start=True, base=None, concurrency=2, args=()):
-        cfg = harness.localize(base or harness.load_envoy_config(), emulator.api_port)
+    def start(plugin=None, name="envoy", expect_start=True, base=None, concurrency=2, args=(), ports=None):
+        cfg = harness.localize(base or harness.load_envoy_config(), emulator.api_port, ports)
         if plugin is not None:
             harness.set_plugin_config(cfg, plugin)
         env = harness.Envoy(tmp_path, cfg, name=name, expect_start=expect_start, concurrency=concurrency,

@@ -139,17 +139,32 @@ def wasm_filter(cfg: dict) -> dict:
     raise KeyError("no wasm filter")
 
 
+def upstream_wasm_filter(cfg: dict) -> dict | None:
+    """The per-attempt instance of the filter (router upstream_http_filters), if any."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for f in hcm["http_filters"]:
+        if f["name"] == "envoy.filters.http.router":
+            for u in f["typed_config"].get("upstream_http_filters", []):
+                if u["name"] == "envoy.filters.http.wasm":
+                    return u["typed_config"]["config"]
+    return None
+
+
 def plugin_config(cfg: dict) -> dict:
     return wasm_filter(cfg)["configuration"]["value"]
 
 
 def set_plugin_config(cfg: dict, value: dict) -> dict:
-    wasm_filter(cfg)["configuration"] = {"@type": "type.googleapis.com/google.protobuf.Struct", "value": value}
+    """Sets the plugin config of both instances (downstream and per-attempt)."""
+    for f in (wasm_filter(cfg), upstream_wasm_filter(cfg)):
+        if f is not None:
+            f["configuration"] = {"@type": "type.googleapis.com/google.protobuf.Struct", "value": value}
     return cfg
 
 
-def localize(cfg: dict, upstream_port: int) -> dict:
-    """Ephemeral ports everywhere, absolute .wasm path, upstream clusters on the emulator."""
+def localize(cfg: dict, upstream_port: int, ports: dict[str, int] | None = None) -> dict:
+    """Ephemeral ports everywhere, absolute .wasm path, upstream clusters on the
+    emulator (or on the port `ports` gives for a cluster name)."""
     cfg = copy.deepcopy(cfg)
     cfg["admin"]["address"]["socket_address"]["port_value"] = 0
     for lst in cfg["static_resources"]["listeners"]:
@@ -157,8 +172,10 @@ def localize(cfg: dict, upstream_port: int) -> dict:
     for cl in cfg["static_resources"]["clusters"]:
         for ep in cl["load_assignment"]["endpoints"]:
             for lb in ep["lb_endpoints"]:
-                lb["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
-    wasm_filter(cfg)["vm_config"]["code"]["local"]["filename"] = str(WASM)
+                lb["endpoint"]["address"]["socket_address"]["port_value"] = (ports or {}).get(cl["name"], upstream_port)
+    for f in (wasm_filter(cfg), upstream_wasm_filter(cfg)):
+        if f is not None:
+            f["vm_config"]["code"]["local"]["filename"] = str(WASM)
     return cfg
 
 

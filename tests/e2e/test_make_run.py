@@ -11,7 +11,7 @@ import pytest
 
 import harness
 
-PORTS = (10000, 9901, 18080, 18081)
+PORTS = (10000, 9901, 18080, 18081, 18082, 18083)
 
 
 def port_open(port):

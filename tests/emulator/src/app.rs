@@ -563,6 +563,11 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
             .unwrap_or(false),
     };
 
+    // When the request arrived (unix ms): tests check that nothing reached a
+    // provider before the Retry-After it gave had passed.
+    let received_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let faults = app.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -624,6 +629,7 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         prompt_tokens: prompt,
         completion_tokens: completion,
         headers: stats::header_map(&headers),
+        received_ms,
     });
     resp
 }

@@ -32,6 +32,8 @@ pub struct Recent {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub headers: BTreeMap<String, String>,
+    /// Arrival time, unix milliseconds.
+    pub received_ms: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -108,6 +110,7 @@ mod tests {
             path: "/v1/chat/completions".into(),
             key: key.map(String::from),
             model: Some("m".into()),
+            received_ms: 0,
             stream: false,
             status,
             prompt_tokens: p,
