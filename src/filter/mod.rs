@@ -470,13 +470,20 @@ impl Stream {
         }
         if let Some(&first) = plan.slots.first() {
             if plan.probe {
+                // A probe is either the half-open one (the gate just moved the
+                // circuit there) or the one after a cool-down (still closed).
                 if let Some(t) = policy.clusters.get(first) {
-                    health::transition(
-                        &self.config,
-                        &self.metrics,
-                        &t.cluster.name,
-                        circuit::Mode::HalfOpen,
-                    );
+                    let key = circuit::key(&t.cluster.name);
+                    let half_open = circuit::view(&HostStore, &key, &t.cluster.circuit, now)
+                        .is_ok_and(|v| v.mode == circuit::Mode::HalfOpen);
+                    if half_open {
+                        health::transition(
+                            &self.config,
+                            &self.metrics,
+                            &t.cluster.name,
+                            circuit::Mode::HalfOpen,
+                        );
+                    }
                 }
             }
             if first > 0 {
