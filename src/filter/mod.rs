@@ -865,17 +865,18 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.absorb_wait();
         if !self.replied {
-            // Our view replaces the provider's: clients are limited by us first.
-            for (name, value) in &self.rate_headers {
-                let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
-            }
             if self.plan.is_some() {
                 // Meant for the router's retry back-off, not for the client.
                 let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
                 let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
                     .and_then(|s| s.parse::<u32>().ok())
                     .unwrap_or(0);
+                // Before our rate-limit headers replace the provider's.
                 self.observe_final(status);
+            }
+            // Our view replaces the provider's: clients are limited by us first.
+            for (name, value) in &self.rate_headers {
+                let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
             }
         }
         if let Some(t) = &mut self.tracker {

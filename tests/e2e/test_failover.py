@@ -233,3 +233,15 @@ def test_short_client_deadline_gets_no_retry(start_envoy, pair):
     status, _, _, _ = raw_chat(env, headers={"x-stainless-timeout": "60"})
     assert status == 200
     assert fb.stats()["requests_total"] == 1
+
+
+def test_without_upstream_instance_the_final_answer_feeds_the_circuit(start_envoy, pair):
+    primary, fb = pair
+    p = plugin({"consecutive_failures": 3, "open_seconds": 30}, chain=[PRIMARY])
+    p["upstream_filter"] = False
+    env = start(start_envoy, pair, plugin=p)
+    primary.faults(error_rate=1.0, error_status=[500])
+    assert [raw_chat(env)[0] for _ in range(3)] == [500, 500, 500]
+    status, h, _, took = raw_chat(env)
+    assert status == 503 and h["x-llm-capacity"] == "upstream_unavailable" and took < 0.5, (status, h)
+    assert primary.stats()["requests_total"] == 3
