@@ -4,6 +4,7 @@
 //! traits in [`env`], so the core runs natively and on wasm32 in tests.
 
 pub mod accounting;
+pub mod budget;
 pub mod calibrate;
 pub mod circuit;
 pub mod config;

@@ -1,0 +1,1 @@
+//! Session and tenant budgets (being written).
