@@ -56,6 +56,7 @@ def main() -> int:
     hcm.pop("access_log", None)
     plugin = copy.deepcopy(harness.plugin_config(cfg))
     plugin["routes"]["openai-chat"]["session_budget"] = {"header": "x-session-id", "max_calls": 1000, "slots": a.slots}
+    plugin["routes"]["openai-chat"]["limits"] = None  # only the budget: every request admitted
     harness.set_plugin_config(cfg, plugin)
     env = harness.Envoy(tmp, cfg)
     url = env.base_url + "/v1/chat/completions"
@@ -64,6 +65,7 @@ def main() -> int:
         loadgen.run(url, rate=None, duration=30, max_in_flight=8, max_requests=500,
                     headers=lambda i: {"x-session-id": f"warm-{i % 10}"})
         rows = [(0, rss_kib(env.proc.pid), 0, 0.0)]
+        refused = 0
         step = a.sessions // a.checkpoints
         sent = 0
         t0 = time.monotonic()
@@ -72,6 +74,7 @@ def main() -> int:
             run = loadgen.run(url, rate=None, duration=600, max_in_flight=16, max_requests=step,
                               headers=lambda i, base=base: {"x-session-id": f"s-{base + i}"})
             bad = len(run.results) - len(run.ok())
+            refused += bad
             sent += len(run.results)
             ev = sum(v for k, v in env.stats_json().items() if "llmcap_budget_evictions_total" in k)
             rows.append((sent, rss_kib(env.proc.pid), ev, time.monotonic() - t0))
@@ -90,7 +93,8 @@ def main() -> int:
         for n, kib, ev, t in rows:
             lines.append(f"| {n} | {kib / 1024:.1f} | {ev} | {t:.0f} |")
         first, last = rows[1][1], rows[-1][1]
-        lines += ["", f"Growth from the first checkpoint to the last: {(last - first) / 1024:+.1f} MiB."]
+        lines += ["", f"Growth from the first checkpoint to the last: {(last - first) / 1024:+.1f} MiB. "
+                  f"Answers other than 200: {refused}."]
         Path(a.out).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
