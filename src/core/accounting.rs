@@ -308,6 +308,17 @@ impl ResponseTracker {
         }
     }
 
+    /// The model that answered, when the answer names it.
+    pub fn response_model(&self) -> Option<String> {
+        if let Some(p) = &self.sse {
+            return p.model().map(str::to_string);
+        }
+        if self.json.is_empty() || self.json_overflow {
+            return None;
+        }
+        crate::core::usage::model_from_json(&self.json)
+    }
+
     /// Decides the charge. `ended` says whether the response reached its end.
     pub fn settle(&mut self, pre: &Preflight, ended: bool) -> Settlement {
         let reservation = Settlement {

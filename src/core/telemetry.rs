@@ -10,8 +10,8 @@ use serde::Serialize;
 
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
 pub const LABELS: &[&str] = &[
-    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "upstream",
-    "class", "state",
+    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "cluster",
+    "class", "state", "model",
 ];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";
@@ -34,18 +34,18 @@ pub const TENANT_EVICTIONS_TOTAL: &str = "llmcap_tenant_evictions_total";
 /// |estimate - actual| / actual input tokens, in percent, for provider-reported usage.
 pub const ESTIMATE_ERROR_PERCENT: &str = "llmcap_estimate_error_percent";
 pub const BUILD_INFO: &str = "llmcap_build_info";
-/// Upstream attempts by `upstream` cluster and `class` (ok, client_error,
+/// Upstream attempts by `cluster` and `class` (ok, client_error,
 /// rate_limited, server_error, reset): one per router attempt.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llmcap_upstream_attempts_total";
-/// Circuit state per `upstream`: 0 closed, 1 half-open, 2 open.
+/// Circuit state per `cluster`: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "llmcap_circuit_state";
-/// Circuit transitions per `upstream`, by the `state` entered.
+/// Circuit transitions per `cluster`, by the `state` entered.
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "llmcap_circuit_transitions_total";
 /// Cool-downs started or extended by a provider's wait (429, 503 + Retry-After).
 pub const COOLDOWNS_TOTAL: &str = "llmcap_cooldowns_total";
 /// Requests whose first attempt went to a cluster other than the route's primary.
 pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
-/// The provider's last reported remaining quota per `upstream` and `limit`
+/// The provider's last reported remaining quota per `cluster` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
 /// Calls refused by a budget, by `scope` (session, tenant) and `limit` (the cap).
@@ -134,19 +134,54 @@ pub fn tag_regex(label: &str) -> String {
 }
 
 /// What the filter leaves in filter state `wasm.llm_capacity` for access logs
-/// (`%FILTER_STATE(wasm.llm_capacity:PLAIN)%`): one compact JSON object.
+/// (`%FILTER_STATE(wasm.llm_capacity:PLAIN)%`): one compact JSON object. Fields
+/// the OpenTelemetry GenAI conventions name use their names (`gen_ai.*`); the
+/// rest are ours. Never prompt or completion text, never credentials.
 #[derive(Debug, Default, Serialize)]
 pub struct AccessLogState<'a> {
     pub route: &'a str,
     pub outcome: &'static str,
+    #[serde(
+        rename = "gen_ai.operation.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub operation: Option<&'static str>,
+    #[serde(
+        rename = "gen_ai.provider.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider: Option<&'static str>,
+    #[serde(
+        rename = "gen_ai.request.model",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub model: Option<&'a str>,
+    #[serde(
+        rename = "gen_ai.response.model",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_model: Option<&'a str>,
+    #[serde(
+        rename = "gen_ai.usage.input_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_tokens: Option<u64>,
+    #[serde(
+        rename = "gen_ai.usage.output_tokens",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_estimate: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserved: Option<u64>,
+    /// How the charge was settled (provider, streamed_text, reservation, refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
     /// The limit that refused the request (or would have, in shadow mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
@@ -154,22 +189,39 @@ pub struct AccessLogState<'a> {
     pub scope: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow_limited: Option<&'static str>,
-    /// How the charge was settled (provider, streamed_text, reservation, refused).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cached_input_tokens: Option<u64>,
     /// The cluster the first attempt went to, and whether it was not the primary.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<&'a str>,
+    pub cluster: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub failover: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// Time spent waiting in the queue, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
+}
+
+/// The GenAI operation name of an API (OpenTelemetry `gen_ai.operation.name`).
+pub fn operation_name(api: super::request::Api) -> &'static str {
+    use super::request::Api;
+    match api {
+        Api::OpenAiChat | Api::AnthropicMessages => "chat",
+        Api::OpenAiResponses => "chat",
+        Api::OpenAiCompletions => "text_completion",
+        Api::OpenAiEmbeddings => "embeddings",
+        Api::Gemini => "generate_content",
+    }
+}
+
+/// The GenAI provider name of a cluster's provider (`gen_ai.provider.name`).
+pub fn provider_name(p: super::config::Provider) -> Option<&'static str> {
+    use super::config::Provider;
+    match p {
+        Provider::OpenAi => Some("openai"),
+        Provider::Anthropic => Some("anthropic"),
+        Provider::Gemini => Some("gcp.gemini"),
+        Provider::Generic => None,
+    }
 }
 
 impl AccessLogState<'_> {
@@ -223,17 +275,18 @@ mod tests {
             limit: None,
             scope: None,
             shadow_limited: None,
-            usage: Some("provider"),
+            usage_source: Some("provider"),
             input_tokens: Some(11),
             output_tokens: Some(5),
             cached_input_tokens: Some(0),
-            upstream: None,
+            cluster: None,
             failover: false,
             probe: false,
+            ..Default::default()
         };
         assert_eq!(
             String::from_utf8(s.to_json()).unwrap(),
-            r#"{"route":"r","outcome":"admitted","api":"openai_chat","model":"gpt-4o","input_estimate":10,"reserved":60,"usage":"provider","input_tokens":11,"output_tokens":5,"cached_input_tokens":0}"#
+            r#"{"route":"r","outcome":"admitted","gen_ai.request.model":"gpt-4o","gen_ai.usage.input_tokens":11,"gen_ai.usage.output_tokens":5,"api":"openai_chat","input_estimate":10,"reserved":60,"usage_source":"provider","cached_input_tokens":0}"#
         );
     }
 

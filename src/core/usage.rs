@@ -117,6 +117,24 @@ pub enum Dialect {
 }
 
 /// Usage from a complete (non-streamed) JSON response body, if it has any.
+/// Model names kept from answers are cut to this length.
+const MAX_MODEL_LEN: usize = 128;
+
+/// The model named by a whole JSON answer (`model`; Gemini `modelVersion`).
+pub fn model_from_json(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(default, borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default, borrow, rename = "modelVersion")]
+        model_version: Option<std::borrow::Cow<'a, str>>,
+    }
+    let n: Named = serde_json::from_slice(body).ok()?;
+    n.model
+        .or(n.model_version)
+        .map(|m| super::truncate(&m, MAX_MODEL_LEN).to_string())
+}
+
 pub fn usage_from_json(dialect: Dialect, body: &[u8]) -> Option<Usage> {
     let text = String::from_utf8_lossy(body);
     let text: &str = &text;
@@ -254,6 +272,8 @@ struct StreamState {
     anthropic: AnthropicParts,
     /// Gemini: a chunk with a finishReason has been seen.
     finished: bool,
+    /// The model named by the stream (OpenAI chunks, Anthropic message_start).
+    model: Option<String>,
 }
 
 impl SseUsageParser {
@@ -284,6 +304,11 @@ impl SseUsageParser {
     /// Best usage known so far.
     pub fn usage(&self) -> Option<Usage> {
         self.state.usage
+    }
+
+    /// The model that answered, as the stream names it.
+    pub fn model(&self) -> Option<&str> {
+        self.state.model.as_deref()
     }
 
     /// True once the provider's final usage report has been seen.
@@ -380,6 +405,9 @@ impl StreamState {
         if chunk.error.is_some() {
             self.error_seen = true;
         }
+        if let (None, Some(m)) = (&self.model, &chunk.model) {
+            self.model = Some(super::truncate(&m.0, MAX_MODEL_LEN).to_string());
+        }
         let choices = chunk.choices.unwrap_or_default();
         for choice in &choices {
             emit(choice.text.as_ref(), on_text);
@@ -465,6 +493,9 @@ impl StreamState {
                 }
             }
             "message_start" => {
+                if let Some(m) = event.message.as_ref().and_then(|m| m.model.as_deref()) {
+                    self.model = Some(super::truncate(m, MAX_MODEL_LEN).to_string());
+                }
                 if let Some(u) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
                     self.anthropic.merge(u);
                     self.usage = self.anthropic.usage();

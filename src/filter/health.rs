@@ -28,9 +28,9 @@ pub fn transition(config: &Config, metrics: &RefCell<Metrics>, cluster: &str, m:
     log::info!("llm-capacity: circuit for cluster {cluster} is now {name}");
     if config.telemetry.metrics {
         let mut mm = metrics.borrow_mut();
-        mm.set_gauge(&[("upstream", cluster)], CIRCUIT_STATE, value);
+        mm.set_gauge(&[("cluster", cluster)], CIRCUIT_STATE, value);
         mm.count(
-            &[("upstream", cluster), ("state", name)],
+            &[("cluster", cluster), ("state", name)],
             CIRCUIT_TRANSITIONS_TOTAL,
             1,
         );
@@ -66,7 +66,7 @@ pub fn observe(
         if matches!(o, Outcome::RateLimited { .. }) && config.telemetry.metrics {
             metrics
                 .borrow_mut()
-                .count(&[("upstream", cluster)], COOLDOWNS_TOTAL, 1);
+                .count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
         }
     }
     if c.adaptive && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()) {
@@ -79,14 +79,14 @@ pub fn observe(
     if config.telemetry.metrics {
         let mut m = metrics.borrow_mut();
         m.count(
-            &[("upstream", cluster), ("class", class.as_str())],
+            &[("cluster", cluster), ("class", class.as_str())],
             UPSTREAM_ATTEMPTS_TOTAL,
             1,
         );
         for (dim, q) in [("requests", signal.requests), ("tokens", signal.tokens)] {
             if let Some(r) = q.remaining {
                 m.set_gauge(
-                    &[("upstream", cluster), ("limit", dim)],
+                    &[("cluster", cluster), ("limit", dim)],
                     PROVIDER_REMAINING,
                     r,
                 );

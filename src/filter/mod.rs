@@ -21,10 +21,11 @@ use crate::core::ratelimit;
 use crate::core::reply::{serialize_pairs, LocalReply};
 use crate::core::request::Api;
 use crate::core::telemetry::{
-    AccessLogState, Outcome, BUDGET_EVICTIONS_TOTAL, BUDGET_EXCEEDED_TOTAL, BUILD_INFO,
-    ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS,
-    RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL,
-    SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
+    operation_name, provider_name, AccessLogState, Outcome, BUDGET_EVICTIONS_TOTAL,
+    BUDGET_EXCEEDED_TOTAL, BUILD_INFO, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL,
+    LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
+    REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL,
+    TOKENS_TOTAL,
 };
 use crate::core::{load_config, truncate, GIT_REVISION, VERSION};
 use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
@@ -221,6 +222,9 @@ struct Stream {
     /// When the request left for the upstream (latency, downstream-only health).
     sent_ms: u64,
     budgets: budgets::Budgets,
+    /// The model the answer names (access log `gen_ai.response.model`).
+    response_model: Option<String>,
+    queue_wait_ms: Option<u64>,
 }
 
 impl Stream {
@@ -260,6 +264,8 @@ impl Stream {
             plan: None,
             sent_ms: 0,
             budgets: budgets::Budgets::default(),
+            response_model: None,
+            queue_wait_ms: None,
         }
     }
 
@@ -305,10 +311,13 @@ impl Stream {
         };
         if let Some(p) = &self.pre {
             state.api = p.api.map(|a| a.as_str());
+            state.operation = p.api.map(operation_name);
             state.model = p.model.as_deref();
             state.input_estimate = Some(p.input_estimate);
             state.reserved = Some(p.reserved);
         }
+        state.response_model = self.response_model.as_deref();
+        state.queue_wait_ms = self.queue_wait_ms;
         if let Some((scope, limit)) = self.limit {
             state.scope = Some(scope);
             state.limit = Some(limit);
@@ -316,13 +325,14 @@ impl Stream {
         state.shadow_limited = self.shadow_limited;
         if let (Some(plan), Some(policy)) = (&self.plan, &self.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
-                state.upstream = Some(&t.cluster.name);
+                state.cluster = Some(&t.cluster.name);
+                state.provider = provider_name(t.cluster.provider);
             }
             state.failover = plan.slots.first().is_some_and(|&i| i > 0);
             state.probe = plan.probe;
         }
         if let Some(s) = &self.settled {
-            state.usage = Some(s.source.as_str());
+            state.usage_source = Some(s.source.as_str());
             state.input_tokens = Some(s.input);
             state.output_tokens = Some(s.output);
             state.cached_input_tokens = Some(s.cached_input);
@@ -408,13 +418,22 @@ impl Stream {
         self.publish_plan(&policy, target_model.or(pre.model.as_deref()));
         if self.config.telemetry.metrics {
             let mut m = self.metrics.borrow_mut();
+            let model = pre.model.as_deref().unwrap_or("");
             m.count(
-                &[("route", &self.route), ("kind", "estimated_input")],
+                &[
+                    ("route", &self.route),
+                    ("model", model),
+                    ("kind", "estimated_input"),
+                ],
                 TOKENS_TOTAL,
                 pre.input_estimate,
             );
             m.count(
-                &[("route", &self.route), ("kind", "reserved")],
+                &[
+                    ("route", &self.route),
+                    ("model", model),
+                    ("kind", "reserved"),
+                ],
                 TOKENS_TOTAL,
                 pre.reserved,
             );
@@ -501,7 +520,7 @@ impl Stream {
             if first > 0 {
                 if let Some(t) = policy.clusters.get(first) {
                     self.count(
-                        &[("route", &self.route), ("upstream", &t.cluster.name)],
+                        &[("route", &self.route), ("cluster", &t.cluster.name)],
                         FAILOVERS_TOTAL,
                     );
                 }
@@ -732,8 +751,9 @@ impl Stream {
             (wb.resumed, wb.since_ms)
         };
         if resumed {
+            let waited = HostClock.now_ms().saturating_sub(since);
+            self.queue_wait_ms = Some(waited);
             if self.config.telemetry.metrics {
-                let waited = HostClock.now_ms().saturating_sub(since);
                 let mut m = self.metrics.borrow_mut();
                 m.count(
                     &[("route", &self.route), ("result", "admitted")],
@@ -784,6 +804,7 @@ impl Stream {
             return;
         };
         let s = tracker.settle(pre, self.response_ended);
+        self.response_model = tracker.response_model();
         if self.config.telemetry.metrics {
             let mut m = self.metrics.borrow_mut();
             let r = self.route.as_str();
@@ -792,13 +813,20 @@ impl Stream {
                 RECONCILIATIONS_TOTAL,
                 1,
             );
-            m.count(&[("route", r), ("kind", "input")], TOKENS_TOTAL, s.input);
-            m.count(&[("route", r), ("kind", "output")], TOKENS_TOTAL, s.output);
-            m.count(
-                &[("route", r), ("kind", "cached_input")],
-                TOKENS_TOTAL,
-                s.cached_input,
-            );
+            // The model label bounds itself: the per-VM metric table folds
+            // names past its cap (a client cannot mint stats without limit).
+            let model = pre.model.as_deref().unwrap_or("");
+            for (kind, n) in [
+                ("input", s.input),
+                ("output", s.output),
+                ("cached_input", s.cached_input),
+            ] {
+                m.count(
+                    &[("route", r), ("model", model), ("kind", kind)],
+                    TOKENS_TOTAL,
+                    n,
+                );
+            }
             if s.source == Source::Provider && s.input > 0 && !pre.size_based {
                 let err = pre.input_estimate.abs_diff(s.input).saturating_mul(100) / s.input;
                 m.record(&[("route", r)], ESTIMATE_ERROR_PERCENT, err);

@@ -12,6 +12,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -243,3 +244,19 @@ class Envoy:
 
     def stop(self):
         stop(self.proc)
+
+
+def prom_samples(env) -> list[tuple[str, dict, float]]:
+    out = []
+    for line in env.stats_prometheus().splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def metric(env, name: str, **labels) -> float | None:
+    """Sum of the Prometheus samples of `name` whose labels include `labels`; None if there is none."""
+    vals = [v for n, ls, v in prom_samples(env) if n == name and all(ls.get(k) == v2 for k, v2 in labels.items())]
+    return sum(vals) if vals else None

@@ -106,8 +106,8 @@ def test_429_storm_moves_traffic_and_respects_retry_after(start_envoy, pair):
     assert all(g >= 4950 for g in gaps), times
     assert 4 <= len(later) <= 6, times  # about one probe per 5 s over 30 s
     s = env.stats_json()
-    assert stat(env, "upstream=.=emulator;.;llmcap_cooldowns_total") >= len(later)
-    assert stat(env, "route=.=openai-chat;.;upstream=.=emulator-fallback;.;llmcap_failovers_total") >= 0.9 * n, s
+    assert stat(env, "cluster=.=emulator;.;llmcap_cooldowns_total") >= len(later)
+    assert stat(env, "route=.=openai-chat;.;cluster=.=emulator-fallback;.;llmcap_failovers_total") >= 0.9 * n, s
 
 
 def test_outage_opens_circuit_and_probes_bring_primary_back(start_envoy, pair):
@@ -121,9 +121,9 @@ def test_outage_opens_circuit_and_probes_bring_primary_back(start_envoy, pair):
         time.sleep(0.05)
     # Connect failures were retried by Envoy on the fallback: no client saw them.
     assert statuses and all(s == 200 for s in statuses), statuses
-    assert stat(env, "upstream=.=emulator;.;state=.=open;.;llmcap_circuit_transitions_total") >= 1
+    assert stat(env, "cluster=.=emulator;.;state=.=open;.;llmcap_circuit_transitions_total") >= 1
     # Open: the primary is skipped, so almost every request made one attempt.
-    assert stat(env, "upstream=.=emulator;.;class=.=reset;.;llmcap_upstream_attempts_total") <= 6
+    assert stat(env, "cluster=.=emulator;.;class=.=reset;.;llmcap_upstream_attempts_total") <= 6
     primary.faults(outage=False)
     primary.reset()
     deadline = time.monotonic() + 10
@@ -132,7 +132,7 @@ def test_outage_opens_circuit_and_probes_bring_primary_back(start_envoy, pair):
         time.sleep(0.1)
     # A probe closed the circuit and traffic is back on the primary.
     assert primary.stats()["requests_total"] >= 5
-    assert stat(env, "upstream=.=emulator;.;state=.=closed;.;llmcap_circuit_transitions_total") >= 1
+    assert stat(env, "cluster=.=emulator;.;state=.=closed;.;llmcap_circuit_transitions_total") >= 1
     before = fb.stats()["requests_total"]
     for _ in range(5):
         assert raw_chat(env)[0] == 200
@@ -198,7 +198,7 @@ def test_adaptive_quota_moves_traffic_before_the_provider_says_429(start_envoy, 
     ps = primary.stats()
     assert ps["by_status"] == {"200": 5}, ps["by_status"]
     assert fb.stats()["requests_total"] == 5
-    assert stat(env, "upstream=.=emulator;.;limit=.=requests;.;llmcap_provider_remaining") == 0
+    assert stat(env, "cluster=.=emulator;.;limit=.=requests;.;llmcap_provider_remaining") == 0
 
 
 def test_each_attempt_carries_its_clusters_model(start_envoy, pair):

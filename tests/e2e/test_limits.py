@@ -59,20 +59,8 @@ def url(env) -> str:
     return env.base_url + CHAT
 
 
-def prom_samples(env) -> list[tuple[str, dict, float]]:
-    out = []
-    for line in env.stats_prometheus().splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$", line)
-        if m:
-            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-            out.append((m.group(1), labels, float(m.group(3))))
-    return out
-
-
-def metric(env, name: str, **labels) -> float | None:
-    """Sum of the Prometheus samples of `name` whose labels include `labels`; None if there is none."""
-    vals = [v for n, ls, v in prom_samples(env) if n == name and all(ls.get(k) == v2 for k, v2 in labels.items())]
-    return sum(vals) if vals else None
+prom_samples = harness.prom_samples
+metric = harness.metric
 
 
 def metric_lines(env, fragment: str) -> str:
@@ -297,7 +285,7 @@ def test_tpm_holds_at_5x_overload_with_reconciliation(emu, start_envoy):
     assert actual <= 1.01 * bound, f"{actual} tokens > 1.01 x {bound:.0f} over {w:.2f}s: {s}"
     assert actual >= 0.97 * rate_tok * w, f"{actual} tokens < 97% of {rate_tok * w:.0f} over {w:.2f}s: {s}"
     assert k["requests"] == len(ok)
-    assert all(x["usage"] == "provider" for x in st if x["outcome"] == "admitted")
+    assert all(x["usage_source"] == "provider" for x in st if x["outcome"] == "admitted")
     got = metric(env, "llmcap_rate_limited_total", route=ROUTE, scope="route", limit="tokens")
     assert got == len(rejected), f"{got} != {len(rejected)}\n{metric_lines(env, 'rate_limited')}"
 

@@ -36,17 +36,22 @@ def test_openai_usage_is_reconciled_exactly(emulator, start_envoy):
 
     s = states(env, 3)
     for st, usage in zip(s, [r1.usage, chunks[-1].usage, chunks2[-1].usage]):
-        assert st["usage"] == "provider", st
-        assert st["api"] == "openai_chat" and st["model"] == "gpt-4o"
-        assert (st["input_tokens"], st["output_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+        assert st["usage_source"] == "provider", st
+        assert st["api"] == "openai_chat" and st["gen_ai.request.model"] == "gpt-4o"
+        assert (st["gen_ai.usage.input_tokens"], st["gen_ai.usage.output_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
         assert st["reserved"] >= st["input_estimate"] + 4096  # default output allowance
+        # OpenTelemetry GenAI names for the rest of the picture.
+        assert st["gen_ai.response.model"].startswith("gpt-4o"), st
+        assert (st["gen_ai.provider.name"], st["gen_ai.operation.name"], st["cluster"]) == ("openai", "chat", "emulator")
     prompt, completion = emulator_totals(emulator, "k-oa")
-    assert sum(x["input_tokens"] for x in s) == prompt
-    assert sum(x["output_tokens"] for x in s) == completion
+    assert sum(x["gen_ai.usage.input_tokens"] for x in s) == prompt
+    assert sum(x["gen_ai.usage.output_tokens"] for x in s) == completion
 
     prom = env.stats_prometheus()
-    assert re.search(rf'^llmcap_tokens_total\{{route="openai-chat",kind="input"\}} {prompt}$', prom, re.M), prom[-2000:]
-    assert re.search(rf'^llmcap_tokens_total\{{route="openai-chat",kind="output"\}} {completion}$', prom, re.M)
+    tok = [(ls, v) for n, ls, v in harness.prom_samples(env) if n == "llmcap_tokens_total" and ls.get("route") == "openai-chat"]
+    assert sum(v for ls, v in tok if ls["kind"] == "input") == prompt, prom[-2000:]
+    assert sum(v for ls, v in tok if ls["kind"] == "output") == completion
+    assert {ls["model"] for ls, _ in tok} == {"gpt-4o"}
     assert re.search(r'^llmcap_reconciliations_total\{route="openai-chat",source="provider"\} 3$', prom, re.M)
     assert "llmcap_estimate_error_percent_bucket" in prom
 
@@ -61,10 +66,10 @@ def test_anthropic_usage_is_reconciled_exactly(emulator, start_envoy):
         final = stream.get_final_message()
     s = states(env, 2)
     for st, u in zip(s, [m.usage, final.usage]):
-        assert st["usage"] == "provider" and st["api"] == "anthropic_messages"
-        assert (st["input_tokens"], st["output_tokens"]) == (u.input_tokens, u.output_tokens)
+        assert st["usage_source"] == "provider" and st["api"] == "anthropic_messages"
+        assert (st["gen_ai.usage.input_tokens"], st["gen_ai.usage.output_tokens"]) == (u.input_tokens, u.output_tokens)
         assert st["reserved"] >= st["input_estimate"] + 100
-    assert emulator_totals(emulator, "k-an") == (sum(x["input_tokens"] for x in s), sum(x["output_tokens"] for x in s))
+    assert emulator_totals(emulator, "k-an") == (sum(x["gen_ai.usage.input_tokens"] for x in s), sum(x["gen_ai.usage.output_tokens"] for x in s))
 
 
 def test_responses_embeddings_gemini_are_reconciled(emulator, start_envoy):
@@ -82,13 +87,13 @@ def test_responses_embeddings_gemini_are_reconciled(emulator, start_envoy):
     g = json.loads(raw)["usageMetadata"]
     s = states(env, 3)
     assert [x["api"] for x in s] == ["openai_responses", "openai_embeddings", "gemini"]
-    assert all(x["usage"] == "provider" for x in s), s
-    assert (s[0]["input_tokens"], s[0]["output_tokens"]) == (r.usage.input_tokens, r.usage.output_tokens)
-    assert (s[1]["input_tokens"], s[1]["output_tokens"]) == (e.usage.prompt_tokens, 0)
-    assert (s[2]["input_tokens"], s[2]["output_tokens"]) == (g["promptTokenCount"], g["candidatesTokenCount"])
+    assert all(x["usage_source"] == "provider" for x in s), s
+    assert (s[0]["gen_ai.usage.input_tokens"], s[0]["gen_ai.usage.output_tokens"]) == (r.usage.input_tokens, r.usage.output_tokens)
+    assert (s[1]["gen_ai.usage.input_tokens"], s[1]["gen_ai.usage.output_tokens"]) == (e.usage.prompt_tokens, 0)
+    assert (s[2]["gen_ai.usage.input_tokens"], s[2]["gen_ai.usage.output_tokens"]) == (g["promptTokenCount"], g["candidatesTokenCount"])
     assert s[0]["reserved"] >= s[0]["input_estimate"] + 50
     assert s[1]["reserved"] < s[1]["input_estimate"] * 2  # embeddings reserve no output
-    assert s[2]["model"] == "gemini-2.5-flash"
+    assert s[2]["gen_ai.request.model"] == "gemini-2.5-flash"
 
 
 def test_calibration_learns_the_provider_count(emulator, start_envoy):
@@ -98,8 +103,8 @@ def test_calibration_learns_the_provider_count(emulator, start_envoy):
     for _ in range(12):
         c.chat.completions.create(model="gpt-4o-mini", messages=long_msg)
     s = states(env, 12)
-    actual = s[-1]["input_tokens"]
-    assert all(x["input_tokens"] == actual for x in s)
+    actual = s[-1]["gen_ai.usage.input_tokens"]
+    assert all(x["gen_ai.usage.input_tokens"] == actual for x in s)
     # After a few responses the estimate for this model tracks the provider within 5%.
     assert abs(s[-1]["input_estimate"] - actual) <= 0.05 * actual, s[-1]
 
@@ -160,9 +165,9 @@ def test_stream_cut_by_client_settles_from_streamed_text(emulator, start_envoy):
                 break
     stream.close()
     st = states(env, 1)[0]
-    assert st["usage"] == "streamed_text", st
-    assert st["input_tokens"] == st["input_estimate"]
-    assert 1 <= st["output_tokens"] < 60
+    assert st["usage_source"] == "streamed_text", st
+    assert st["gen_ai.usage.input_tokens"] == st["input_estimate"]
+    assert 1 <= st["gen_ai.usage.output_tokens"] < 60
 
 
 def test_upstream_errors_are_refused_not_charged(emulator, start_envoy):
@@ -174,7 +179,7 @@ def test_upstream_errors_are_refused_not_charged(emulator, start_envoy):
     except openai.APIStatusError as e:
         assert e.status_code == 503
     st = states(env, 1)[0]
-    assert (st["usage"], st["input_tokens"], st["output_tokens"]) == ("refused", 0, 0)
+    assert (st["usage_source"], st["gen_ai.usage.input_tokens"], st["gen_ai.usage.output_tokens"]) == ("refused", 0, 0)
 
 
 def test_gzip_bodies_pass_unread_charged_by_size(emulator, start_envoy):
@@ -190,4 +195,4 @@ def test_gzip_bodies_pass_unread_charged_by_size(emulator, start_envoy):
     assert st["outcome"] == "admitted"
     assert st["input_estimate"] == (len(body) + 3) // 4
     # The emulator, like a provider without gzip support, answers 400: refused, not charged.
-    assert (status, st["usage"], st["input_tokens"]) == (400, "refused", 0), st
+    assert (status, st["usage_source"], st["gen_ai.usage.input_tokens"]) == (400, "refused", 0), st

@@ -47,7 +47,7 @@ def test_openai_sdk_non_streaming_and_streaming(emulator, start_envoy):
         assert e["route"] == "openai-chat"
         assert e["status"] == 200
         st = json.loads(e["llm_capacity"])
-        assert (st["route"], st["outcome"], st["usage"]) == ("openai-chat", "admitted", "provider")
+        assert (st["route"], st["outcome"], st["usage_source"]) == ("openai-chat", "admitted", "provider")
 
 
 def test_anthropic_sdk_non_streaming_and_streaming(emulator, start_envoy):
@@ -112,7 +112,7 @@ def test_invalid_body_pass_lets_the_provider_answer(emulator, start_envoy):
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert emulator.stats()["requests_total"] == 1
     st = json.loads(env.access_entries(1)[0]["llm_capacity"])
-    assert st["outcome"] == "admitted" and st["usage"] == "refused"
+    assert st["outcome"] == "admitted" and st["usage_source"] == "refused"
     assert st["input_estimate"] == (len(bad) + 3) // 4
 
 

@@ -999,3 +999,28 @@ fn a_dropped_event_ends_only_at_its_blank_line() {
         assert_eq!(out.text, "after");
     }
 }
+
+#[test]
+fn answering_model_is_read_from_json_and_streams() {
+    assert_eq!(
+        model_from_json(br#"{"id":"x","model":"gpt-4o-2024-08-06","usage":{}}"#).as_deref(),
+        Some("gpt-4o-2024-08-06")
+    );
+    assert_eq!(
+        model_from_json(br#"{"candidates":[],"modelVersion":"gemini-2.5-flash"}"#).as_deref(),
+        Some("gemini-2.5-flash")
+    );
+    assert_eq!(model_from_json(b"not json"), None);
+    let mut p = SseUsageParser::new(Dialect::OpenAiChat);
+    p.feed(
+        b"data: {\"model\":\"gpt-4o-mini-2024\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        &mut |_| {},
+    );
+    assert_eq!(p.model(), Some("gpt-4o-mini-2024"));
+    let mut a = SseUsageParser::new(Dialect::Anthropic);
+    a.feed(
+        b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+        &mut |_| {},
+    );
+    assert_eq!(a.model(), Some("claude-sonnet-4-5"));
+}

@@ -132,6 +132,9 @@ pub(super) struct GeminiUsage {
 pub(super) struct UsageBody {
     #[serde(default)]
     pub(super) usage: Option<WireUsage>,
+    /// The model that answered (Anthropic `message_start`).
+    #[serde(default)]
+    pub(super) model: Option<String>,
 }
 
 /// A whole Gemini response body, or one element of a streamed JSON array.
@@ -144,6 +147,8 @@ pub(super) struct GeminiBody {
 /// One OpenAI chat or legacy completions stream chunk.
 #[derive(Debug, Deserialize)]
 pub(super) struct ChatChunk<'a> {
+    #[serde(default, borrow)]
+    pub(super) model: Option<Text<'a>>,
     #[serde(default, borrow)]
     pub(super) choices: Option<Vec<ChatChoice<'a>>>,
     #[serde(default)]
