@@ -336,6 +336,9 @@ pub struct Config {
     /// An upstream instance of the filter (root_id ending in `upstream`) records
     /// every attempt; otherwise the downstream one records the final answer.
     pub upstream_filter: bool,
+    /// Hold request headers while the body is read (needs Envoy's
+    /// `allow_on_headers_stop_iteration`); `false` for hosts that cannot set it.
+    pub hold_headers: bool,
     pub clusters: BTreeMap<String, Rc<Cluster>>,
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Per-model prices for spend budgets.
@@ -521,10 +524,15 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         None => false,
         Some((v, p)) => boolean(v, &p)?,
     };
+    let hold_headers = match top.take("hold_headers") {
+        None => true,
+        Some((v, p)) => boolean(v, &p)?,
+    };
 
     top.finish(&[
         "clusters",
         "defaults",
+        "hold_headers",
         "log_level",
         "prices",
         "routes",
@@ -536,6 +544,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         log_level,
         unmatched,
         upstream_filter,
+        hold_headers,
         prices,
         clusters,
         routes,
@@ -1409,6 +1418,20 @@ mod tests {
     }
 
     #[test]
+    fn hold_headers_defaults_to_true() {
+        assert!(compile(&json!({})).unwrap().hold_headers);
+        assert!(
+            !compile(&json!({"hold_headers": false}))
+                .unwrap()
+                .hold_headers
+        );
+        assert_eq!(
+            msg(json!({"hold_headers": 0})),
+            "invalid config at hold_headers: expected true or false, got 0"
+        );
+    }
+
+    #[test]
     fn budgets_and_prices_compile() {
         let c = compile(&json!({
             "prices": {"gpt-4o": {"input": "2.5", "output": 10}, "gpt-4o-mini*": {"input": 0.15, "output": 0.6, "cached_input": 0.075}},
@@ -1522,7 +1545,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"route": {}})),
-            "invalid config at route: unknown field; expected one of: clusters, defaults, log_level, prices, routes, telemetry, unmatched_routes, upstream_filter"
+            "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, prices, routes, telemetry, unmatched_routes, upstream_filter"
         );
     }
 

@@ -385,8 +385,9 @@ impl Stream {
             self.pre = Some(pre);
             return action;
         }
-        let mut new_body = pre.rewrite.clone();
-        if let Some(m) = target_model {
+        // Without held headers the content-length cannot follow a new body.
+        let mut new_body = pre.rewrite.clone().filter(|_| self.config.hold_headers);
+        if let Some(m) = target_model.filter(|_| self.config.hold_headers) {
             if pre.api == Some(Api::Gemini) {
                 if let Some(p) = failover::gemini_path_with_model(&self.path, m) {
                     let _ = abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", &p);
@@ -461,7 +462,14 @@ impl Stream {
             return Ok(());
         }
         let now = HostClock.now_ms();
-        let plan = match failover::plan(&HostStore, &policy.clusters, now, tokens) {
+        // Without held headers the route's own cluster is where the request
+        // goes: only that one is gated.
+        let candidates = if self.config.hold_headers {
+            &policy.clusters[..]
+        } else {
+            policy.clusters.get(..1).unwrap_or_default()
+        };
+        let plan = match failover::plan(&HostStore, candidates, now, tokens) {
             Ok(p) => p,
             Err(u) => {
                 let r = failover::unavailable_reply(&u, now, self.rng.borrow_mut().next_u64());
@@ -469,6 +477,12 @@ impl Stream {
             }
         };
         let chain = policy.clusters.len();
+        if !self.config.hold_headers {
+            // Headers already left: the circuits still gate the request, but the
+            // route's cluster and retries can no longer be steered.
+            self.plan = Some(plan);
+            return Ok(());
+        }
         if chain > 1 {
             // The route's matcher cluster specifier reads these, for the first
             // attempt (after clear_route_cache) and for each retry.
@@ -929,6 +943,12 @@ impl HttpContext for Stream {
                     .is_some_and(|v| !v.eq_ignore_ascii_case("identity"));
                 self.path = abi::header_text(abi::MAP_REQUEST_HEADERS, ":path").unwrap_or_default();
                 self.reading_body = true;
+                if !self.config.hold_headers {
+                    // The host cannot hold headers and still deliver the body
+                    // (no allow_on_headers_stop_iteration): let them go, and hold
+                    // the body instead, which every host supports.
+                    return Action::Continue;
+                }
                 Action::Pause
             }
             Verdict::Continue => {
