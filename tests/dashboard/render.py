@@ -8,16 +8,16 @@ PromQL is evaluated over the scraped series by tests/dashboard/promql.py (the
 functions the dashboard uses, with Prometheus' semantics) and drawn with
 matplotlib in the dashboard's own grid.
 
-Scenario (seconds from the start; about 2.5 minutes, plus a few seconds of
+Scenario (seconds from the start; 160 s, plus a few seconds of
 start-up and plotting):
 
-    0-150    steady load, 12 req/s, gpt-4o and gpt-4o-mini, prompts from tests/corpus,
+    0-160    steady load, 12 req/s, gpt-4o and gpt-4o-mini, prompts from tests/corpus,
              500 agent sessions (x-session-id) well inside their budget
     25-50    429 storm on the primary (Retry-After: 5 s): cool-downs, probes, failover
     70-90    outage of the primary: resets, circuit open, half-open probes; then recovery
     100-126  three over-limit bursts of 4 s (+50 short or +25 long requests/s): queue
              waits, refusals by the route's requests and tokens per minute
-    5-150    a slow agent loop that runs into its session's max_calls
+    5-155    a slow agent loop that runs into its session's max_calls
     129-144  runaway agent sessions: a loop breaker (calls_per_minute), a spend cap, a token cap
 
 Usage:
@@ -58,11 +58,11 @@ CHAT = "/v1/chat/completions"
 PRIMARY, FALLBACK = "emulator", "emulator-fallback"
 
 # Grafana's $__rate_interval for this render (1 s scrapes; a real Prometheus at
-# 15 s scrapes would give 1m): short enough to show each phase of a 2.5 minute run.
+# 15 s scrapes would give 1m): short enough to show each phase of a 160 s run.
 RATE_INTERVAL = "10s"
 STEP_S = 1.0
 
-DURATION_S = 150.0
+DURATION_S = 160.0
 STEADY_RPS = 12.0
 STORM = (25.0, 50.0)
 OUTAGE = (70.0, 90.0)
