@@ -116,7 +116,6 @@ pub enum Dialect {
     Gemini,
 }
 
-/// Usage from a complete (non-streamed) JSON response body, if it has any.
 /// Model names kept from answers are cut to this length.
 const MAX_MODEL_LEN: usize = 128;
 
@@ -135,6 +134,7 @@ pub fn model_from_json(body: &[u8]) -> Option<String> {
         .map(|m| super::truncate(&m, MAX_MODEL_LEN).to_string())
 }
 
+/// Usage from a complete (non-streamed) JSON response body, if it has any.
 pub fn usage_from_json(dialect: Dialect, body: &[u8]) -> Option<Usage> {
     let text = String::from_utf8_lossy(body);
     let text: &str = &text;
