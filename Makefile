@@ -19,8 +19,9 @@ setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
 
 # Commands the tests run, with the Debian package that provides each: node runs
 # the wasm32 core tests, curl is what `make run` prints (and its test runs),
-# openssl makes the certificates of the mTLS tenant test.
-DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl
+# openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer
+# for the fuzz smoke.
+DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++
 
 $(TOOLS)/targets.stamp:
 	rustup target add wasm32-wasip1 wasm32-unknown-unknown

@@ -4,7 +4,7 @@
 use super::HostStore;
 use crate::core::budget::{self, Cap, Charge, Price, Remaining, Verdict, PICO_PER_USD};
 use crate::core::config::{Config, RoutePolicy};
-use crate::core::env::StoreError;
+use crate::core::env::{Clock, StoreError};
 use crate::core::reply::LocalReply;
 
 /// What one request holds against its budgets.
@@ -47,57 +47,62 @@ impl Budgets {
         let total = tokens.0.saturating_add(tokens.1);
         let route = policy.name.as_str();
         if let (Some(sb), Some(session)) = (&policy.policy.session_budget, &self.session) {
-            match budget::session_admit(&HostStore, route, session, &sb.caps, now, total, spend) {
-                Ok(Verdict::Admitted {
-                    charge,
-                    remaining,
-                    evicted,
-                }) => {
-                    self.charges.push(charge);
-                    self.session_left = Some(remaining);
-                    self.evicted |= evicted;
-                }
-                Ok(Verdict::Exceeded {
-                    cap,
-                    remaining,
-                    retry_after_ms,
-                }) => {
-                    self.session_left = Some(remaining);
-                    return Err(refusal("session", cap, retry_after_ms));
-                }
-                Err(e) => self.errors.push(e),
-            }
+            let v = budget::session_admit(&HostStore, route, session, &sb.caps, now, total, spend);
+            self.take(v, "session")?;
         }
         if let (Some(tb), Some(tenant)) = (&policy.policy.tenant_budget, &self.tenant) {
-            match budget::tenant_admit(&HostStore, route, tenant, &tb.caps, now, spend) {
-                Ok(Verdict::Admitted {
-                    charge,
-                    remaining,
-                    evicted,
-                }) => {
-                    self.charges.push(charge);
-                    self.tenant_left = Some(remaining);
-                    self.evicted |= evicted;
-                }
-                Ok(Verdict::Exceeded {
-                    cap,
-                    remaining,
-                    retry_after_ms,
-                }) => {
-                    self.tenant_left = Some(remaining);
-                    // The session's charge goes back: this call never happens.
-                    self.release(now, true);
-                    return Err(refusal("tenant", cap, retry_after_ms));
-                }
-                Err(e) => self.errors.push(e),
+            let v = budget::tenant_admit(&HostStore, route, tenant, &tb.caps, now, spend);
+            if let Err(refused) = self.take(v, "tenant") {
+                // The session's charge goes back: this call never happens.
+                self.release(&FixedClock(now), true);
+                return Err(refused);
             }
         }
         Ok(())
     }
 
+    /// Keeps an admission's charge and remaining view, or turns a refusal into its answer.
+    fn take(
+        &mut self,
+        verdict: Result<Verdict, StoreError>,
+        scope: &'static str,
+    ) -> Result<(), Refused> {
+        fn left<'b>(b: &'b mut Budgets, scope: &str) -> &'b mut Option<Remaining> {
+            if scope == "session" {
+                &mut b.session_left
+            } else {
+                &mut b.tenant_left
+            }
+        }
+        match verdict {
+            Ok(Verdict::Admitted {
+                charge,
+                remaining,
+                evicted,
+            }) => {
+                self.charges.push(charge);
+                *left(self, scope) = Some(remaining);
+                self.evicted |= evicted;
+                Ok(())
+            }
+            Ok(Verdict::Exceeded {
+                cap,
+                remaining,
+                retry_after_ms,
+            }) => {
+                *left(self, scope) = Some(remaining);
+                Err(refusal(scope, cap, retry_after_ms))
+            }
+            Err(e) => {
+                self.errors.push(e);
+                Ok(())
+            }
+        }
+    }
+
     /// The call ended (or never left, `unsent`): reservations become real usage.
     /// Returns the spend in pico-dollars.
-    pub fn settle(&mut self, now: u64, usage: (u64, u64, u64), unsent: bool) -> u64 {
+    pub fn settle(&mut self, clock: &dyn Clock, usage: (u64, u64, u64), unsent: bool) -> u64 {
         let (input, output, cached) = usage;
         let spend = if unsent {
             0
@@ -109,6 +114,10 @@ impl Budgets {
         } else {
             input.saturating_add(output)
         };
+        if self.charges.is_empty() {
+            return spend; // nothing held: no clock read, no shared-data write
+        }
+        let now = clock.now_ms();
         for c in self.charges.drain(..) {
             if let Err(e) = budget::settle(&HostStore, &c, now, tokens, spend, unsent) {
                 log::debug!("llm-capacity: budget settlement dropped ({e:?})");
@@ -117,8 +126,8 @@ impl Budgets {
         spend
     }
 
-    pub fn release(&mut self, now: u64, unsent: bool) {
-        self.settle(now, (0, 0, 0), unsent);
+    pub fn release(&mut self, clock: &dyn Clock, unsent: bool) {
+        self.settle(clock, (0, 0, 0), unsent);
     }
 
     pub fn priced(&self) -> bool {
@@ -148,6 +157,15 @@ impl Budgets {
             }
         }
         out
+    }
+}
+
+/// A time already read, for settling inside an admission.
+struct FixedClock(u64);
+
+impl Clock for FixedClock {
+    fn now_ms(&self) -> u64 {
+        self.0
     }
 }
 

@@ -617,10 +617,13 @@ impl Stream {
     }
 
     /// Without an upstream instance, the final answer is the only health signal.
-    fn observe_final(&mut self, status: u32) {
-        if self.config.upstream_filter || self.sent_ms == 0 {
+    fn observe_final(&mut self) {
+        if self.config.upstream_filter || self.sent_ms == 0 || self.plan.is_none() {
             return;
         }
+        let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
         let (Some(plan), Some(policy)) = (self.plan.take(), self.policy.clone()) else {
             return;
         };
@@ -740,7 +743,7 @@ impl Stream {
 
     fn refused(&mut self, r: &Refusal, reply: LocalReply) -> Action {
         self.release_probe();
-        self.budgets.release(HostClock.now_ms(), true);
+        self.budgets.release(&HostClock, true);
         self.note_refusal(r);
         self.reply(Outcome::RateLimited, reply)
     }
@@ -783,7 +786,7 @@ impl Stream {
             self.queue.borrow_mut().remove(&w);
             self.release(true);
             self.release_probe();
-            self.budgets.release(HostClock.now_ms(), true);
+            self.budgets.release(&HostClock, true);
             self.count(
                 &[("route", &self.route), ("result", "abandoned")],
                 QUEUED_TOTAL,
@@ -856,11 +859,9 @@ impl Stream {
                 log::debug!("llm-capacity: calibration sample dropped ({e:?})");
             }
         }
-        let spend = self.budgets.settle(
-            HostClock.now_ms(),
-            (s.input, s.output, s.cached_input),
-            false,
-        );
+        let spend = self
+            .budgets
+            .settle(&HostClock, (s.input, s.output, s.cached_input), false);
         if self.budgets.priced() && self.config.telemetry.metrics {
             self.metrics.borrow_mut().count(
                 &[("route", &self.route)],
@@ -1002,15 +1003,14 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.absorb_wait();
         if !self.replied {
-            if self.plan.is_some() {
-                // Meant for the router's retry back-off, not for the client.
+            // Only the upstream instance sets it, and only on single-cluster
+            // routes: meant for the router's retry back-off, not for the client.
+            let single = self.policy.as_ref().is_some_and(|p| p.clusters.len() == 1);
+            if self.config.upstream_filter && single {
                 let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
-                let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
-                    .and_then(|s| s.parse::<u32>().ok())
-                    .unwrap_or(0);
-                // Before our rate-limit headers replace the provider's.
-                self.observe_final(status);
             }
+            // Before our rate-limit headers replace the provider's.
+            self.observe_final();
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.rate_headers {
                 let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
@@ -1063,7 +1063,7 @@ impl HttpContext for Stream {
         self.settle();
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
-        self.budgets.release(HostClock.now_ms(), false);
+        self.budgets.release(&HostClock, false);
     }
 }
 

@@ -11,6 +11,16 @@ def emulator(tmp_path):
 
 
 @pytest.fixture
+def fallback(tmp_path):
+    """A second emulator: the fallback cluster of envoy.yaml's openai-chat route."""
+    d = tmp_path / "fallback"
+    d.mkdir()
+    emu = harness.Emulator(d)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
 def start_envoy(tmp_path, emulator):
     """Starts Envoy from envoy/envoy.yaml (optionally with another plugin config)."""
     started = []

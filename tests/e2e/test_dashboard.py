@@ -133,15 +133,6 @@ def test_dashboard_json_is_well_formed():
 # Against a real Envoy
 # ---------------------------------------------------------------------------
 
-@pytest.fixture
-def fallback(tmp_path):
-    d = tmp_path / "fallback"
-    d.mkdir()
-    emu = harness.Emulator(d)
-    yield emu
-    emu.stop()
-
-
 def plugin() -> dict:
     p = copy.deepcopy(harness.plugin_config(harness.load_envoy_config()))
     p["clusters"][PRIMARY]["circuit"].update({"consecutive_failures": 2, "open_seconds": 30})

@@ -26,15 +26,6 @@ PRIMARY, FALLBACK = "emulator", "emulator-fallback"
 
 
 @pytest.fixture
-def fallback(tmp_path):
-    d = tmp_path / "fallback"
-    d.mkdir()
-    emu = harness.Emulator(d)
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
 def pair(emulator, fallback):
     """(primary, fallback) emulators with their own per-key limits out of the way."""
     for e in (emulator, fallback):
