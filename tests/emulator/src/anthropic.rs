@@ -4,6 +4,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::app::{opt_bool, opt_u64, require_model, ApiError, Ctx, Outcome, Plan, Streamer};
+use crate::faults::maybe_break_counts;
 use crate::http;
 use crate::tokens;
 
@@ -68,14 +69,17 @@ fn input_tokens(body: &Value) -> Result<u64, ApiError> {
     Ok(tokens::anthropic_input_tokens(system, messages, tools))
 }
 
-fn usage(input: u64, output: u64) -> Value {
-    json!({
-        "input_tokens": input,
-        "output_tokens": output,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "service_tier": "standard",
-    })
+fn usage(input: u64, output: u64, broken: bool) -> Value {
+    maybe_break_counts(
+        json!({
+            "input_tokens": input,
+            "output_tokens": output,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "service_tier": "standard",
+        }),
+        broken,
+    )
 }
 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`; not rate limited.
@@ -111,13 +115,14 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
     let id = ctx.app.new_id("msg_01", 22);
     let out = plan.completion();
     let stop = if plan.cut { "max_tokens" } else { "end_turn" };
+    let broken = ctx.faults.broken_usage;
 
     if !stream {
         ctx.app.refund(&ctx.key, plan.refund());
         let v = json!({
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": tokens::output_text(out)}],
-            "stop_reason": stop, "stop_sequence": null, "usage": usage(input, out),
+            "stop_reason": stop, "stop_sequence": null, "usage": usage(input, out, broken),
         });
         return Ok(Outcome {
             resp: http::json(StatusCode::OK, &v),
@@ -138,7 +143,7 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                     "message_start",
                     &json!({"type": "message_start", "message": {
                         "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
-                        "stop_reason": null, "stop_sequence": null, "usage": usage(input, 1),
+                        "stop_reason": null, "stop_sequence": null, "usage": usage(input, 1, broken),
                     }}),
                 ),
                 http::sse_event(
@@ -165,7 +170,7 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                 http::sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
                 http::sse_event(
                     "message_delta",
-                    &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": out}}),
+                    &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": maybe_break_counts(json!({"output_tokens": out}), broken)}),
                 ),
                 http::sse_event("message_stop", &json!({"type": "message_stop"})),
             ];

@@ -610,6 +610,14 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
             started.elapsed().as_millis().to_string(),
         );
     }
+    for (name, value) in &app.faults().response_headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
     let status = resp.status().as_u16();
     if app.verbose {
         eprintln!(
@@ -786,23 +794,56 @@ async fn run(
 
 /// Paces a streaming response: no body bytes before `ttft`, then `inter`
 /// between events that carry output tokens; framing events go out at once.
+/// The stream faults apply here: `reset_after_events` cuts the body after that
+/// many events, `broken_sse` sends malformed events after the first one.
 pub struct Streamer {
-    tx: tokio::sync::mpsc::Sender<hyper::body::Bytes>,
+    tx: tokio::sync::mpsc::Sender<http::Chunk>,
     ttft: Duration,
     inter: Duration,
     ttft_done: bool,
     token_events: u64,
+    /// Events sent so far (framing and tokens).
+    events: u64,
+    reset_after: Option<u64>,
+    broken_sse: bool,
 }
 
 impl Streamer {
-    pub fn new(tx: tokio::sync::mpsc::Sender<hyper::body::Bytes>, faults: &Faults) -> Self {
+    pub fn new(tx: tokio::sync::mpsc::Sender<http::Chunk>, faults: &Faults) -> Self {
         Streamer {
             tx,
             ttft: Duration::from_millis(faults.ttft_ms),
             inter: Duration::from_millis(faults.inter_token_ms),
             ttft_done: false,
             token_events: 0,
+            events: 0,
+            reset_after: faults.reset_after_events,
+            broken_sse: faults.broken_sse,
         }
+    }
+
+    /// Sends one event, after the faults; `false` if the stream is over.
+    async fn send(&mut self, b: hyper::body::Bytes) -> bool {
+        if self.reset_after.is_some_and(|n| self.events >= n) {
+            // Let hyper take and flush what was sent (it flushes when the body
+            // is not ready), so the client sees exactly the first n events.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.tx.capacity() < self.tx.max_capacity() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = self.tx.send(Err(http::Abort)).await;
+            return false;
+        }
+        if self.broken_sse && self.events == 1 {
+            for junk in crate::faults::broken_sse_events() {
+                if self.tx.send(Ok(junk)).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        self.events += 1;
+        self.tx.send(Ok(b)).await.is_ok()
     }
 
     async fn wait_ttft(&mut self) {
@@ -821,13 +862,13 @@ impl Streamer {
             tokio::time::sleep(self.inter).await;
         }
         self.token_events += 1;
-        self.tx.send(b).await.is_ok()
+        self.send(b).await
     }
 
     /// Sends a framing event (no delay beyond the time to first token).
     pub async fn frame(&mut self, b: hyper::body::Bytes) -> bool {
         self.wait_ttft().await;
-        self.tx.send(b).await.is_ok()
+        self.send(b).await
     }
 }
 

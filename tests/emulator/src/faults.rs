@@ -1,5 +1,9 @@
 //! Injected faults, settable from the command line and the admin API.
 
+use std::collections::BTreeMap;
+
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -19,6 +23,17 @@ pub struct Faults {
     pub inter_token_ms: u64,
     pub storm: Option<Storm>,
     pub outage: bool,
+    /// Streams: after this many SSE events the response is cut (the body
+    /// errors, so the connection drops without the last chunk).
+    pub reset_after_events: Option<u64>,
+    /// Streams: malformed events (see [`broken_sse_events`]) follow the first one.
+    pub broken_sse: bool,
+    /// Every count in a `usage` object (JSON answers and stream events) is
+    /// sent as a string, e.g. `"prompt_tokens": "8"`.
+    pub broken_usage: bool,
+    /// Extra headers on every API answer (lowercase names), e.g. to play a
+    /// provider that sends a proxy's internal headers.
+    pub response_headers: BTreeMap<String, String>,
 }
 
 impl Default for Faults {
@@ -31,8 +46,52 @@ impl Default for Faults {
             inter_token_ms: 0,
             storm: None,
             outage: false,
+            reset_after_events: None,
+            broken_sse: false,
+            broken_usage: false,
+            response_headers: BTreeMap::new(),
         }
     }
+}
+
+/// Size of the oversized event in [`broken_sse_events`]: above the 256 KiB
+/// per-event buffers SSE readers (and the filter under test) keep.
+pub const OVERSIZED_EVENT_BYTES: usize = 300 * 1024;
+
+/// The events the `broken_sse` fault inserts: a JSON object cut in the middle,
+/// bytes that are not UTF-8, a line with no field name, and a `data:` line of
+/// [`OVERSIZED_EVENT_BYTES`] that is not JSON. Each ends with a blank line, so
+/// a reader that skips what it cannot parse finds the next good event.
+pub fn broken_sse_events() -> Vec<Bytes> {
+    let mut big = Vec::with_capacity(OVERSIZED_EVENT_BYTES + 8);
+    big.extend_from_slice(b"data: ");
+    big.resize(OVERSIZED_EVENT_BYTES + 6, b'x');
+    big.extend_from_slice(b"\n\n");
+    vec![
+        Bytes::from_static(
+            b"data: {\"id\":\"broken\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"trunc\n\n",
+        ),
+        Bytes::from_static(b"data: \xff\xfe\xfd not utf-8 \xc3\x28\n\n"),
+        Bytes::from_static(b"this line has no field name\n\n"),
+        Bytes::from(big),
+    ]
+}
+
+/// `v` with every integer in it turned into a string (`8` -> `"8"`), when
+/// `broken` (the `broken_usage` fault); else `v` unchanged.
+pub fn maybe_break_counts(mut v: Value, broken: bool) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Number(n) if n.is_u64() || n.is_i64() => *v = Value::String(n.to_string()),
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if broken {
+        walk(&mut v);
+    }
+    v
 }
 
 /// What a `POST /admin/faults` body asks to change.
@@ -119,6 +178,17 @@ pub fn apply_update(current: &Faults, body: &Value) -> Result<FaultsUpdate, Stri
                 }
             }
             "outage" => f.outage = v.as_bool().ok_or("outage must be a boolean")?,
+            "reset_after_events" => {
+                f.reset_after_events = match v {
+                    Value::Null | Value::Bool(false) => None,
+                    _ => Some(as_u64(v, k)?),
+                }
+            }
+            "broken_sse" => f.broken_sse = v.as_bool().ok_or("broken_sse must be a boolean")?,
+            "broken_usage" => {
+                f.broken_usage = v.as_bool().ok_or("broken_usage must be a boolean")?
+            }
+            "response_headers" => f.response_headers = parse_headers(v)?,
             "rpm" => up.rpm = Some(as_u64(v, k)?),
             "tpm" => up.tpm = Some(as_u64(v, k)?),
             "seed" => up.seed = Some(as_u64(v, k)?),
@@ -126,6 +196,30 @@ pub fn apply_update(current: &Faults, body: &Value) -> Result<FaultsUpdate, Stri
         }
     }
     Ok(up)
+}
+
+/// Parses `{"name": "value", ...}` (or `null` for none) into valid header pairs.
+fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let obj = match v {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Object(o) => o,
+        _ => return Err("response_headers must be an object of header names to strings".into()),
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        let name = k.to_ascii_lowercase();
+        let value = v
+            .as_str()
+            .ok_or_else(|| format!("response_headers.{k} must be a string"))?;
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("response_headers: bad header name {k:?}"));
+        }
+        if HeaderValue::from_str(value).is_err() {
+            return Err(format!("response_headers.{k}: bad header value"));
+        }
+        out.insert(name, value.to_string());
+    }
+    Ok(out)
 }
 
 /// SplitMix64: tiny, seedable and good enough to pick which requests fail.
@@ -181,6 +275,79 @@ mod tests {
         assert!(apply_update(&cur, &json!({"latency": 1})).is_err());
         assert!(apply_update(&cur, &json!([1])).is_err());
         assert!(apply_update(&cur, &json!({"outage": "yes"})).is_err());
+    }
+
+    #[test]
+    fn stream_and_usage_faults_are_set_and_cleared() {
+        let cur = Faults::default();
+        let up = apply_update(
+            &cur,
+            &json!({"reset_after_events": 3, "broken_sse": true, "broken_usage": true}),
+        )
+        .expect("valid");
+        assert_eq!(up.faults.reset_after_events, Some(3));
+        assert!(up.faults.broken_sse && up.faults.broken_usage);
+        let up = apply_update(
+            &up.faults,
+            &json!({"reset_after_events": null, "broken_sse": false, "broken_usage": false}),
+        )
+        .expect("valid");
+        assert_eq!(up.faults, Faults::default());
+        assert!(apply_update(&cur, &json!({"reset_after_events": -1})).is_err());
+        assert!(apply_update(&cur, &json!({"reset_after_events": "2"})).is_err());
+        assert!(apply_update(&cur, &json!({"broken_sse": 1})).is_err());
+        assert!(apply_update(&cur, &json!({"broken_usage": "yes"})).is_err());
+    }
+
+    #[test]
+    fn response_headers_are_validated() {
+        let cur = Faults::default();
+        let up = apply_update(
+            &cur,
+            &json!({"response_headers": {"X-Extra": "1", "x-b": "two"}}),
+        )
+        .expect("valid");
+        let want: Vec<(&str, &str)> = vec![("x-b", "two"), ("x-extra", "1")];
+        let got: Vec<(&str, &str)> = up
+            .faults
+            .response_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        let up = apply_update(&up.faults, &json!({"response_headers": null})).expect("valid");
+        assert!(up.faults.response_headers.is_empty());
+        assert!(apply_update(&cur, &json!({"response_headers": {"bad name": "1"}})).is_err());
+        assert!(apply_update(&cur, &json!({"response_headers": {"x": "a\nb"}})).is_err());
+        assert!(apply_update(&cur, &json!({"response_headers": {"x": 1}})).is_err());
+        assert!(apply_update(&cur, &json!({"response_headers": ["x"]})).is_err());
+    }
+
+    #[test]
+    fn broken_sse_events_are_framed_and_malformed() {
+        let evs = broken_sse_events();
+        assert_eq!(evs.len(), 4);
+        for e in &evs {
+            assert!(
+                e.ends_with(b"\n\n"),
+                "every broken event still ends with a blank line"
+            );
+            let payload = e.strip_prefix(b"data: ").unwrap_or(e);
+            assert!(serde_json::from_slice::<Value>(payload.trim_ascii()).is_err());
+        }
+        assert!(std::str::from_utf8(&evs[1]).is_err());
+        assert!(evs[3].len() > OVERSIZED_EVENT_BYTES);
+        assert!(!evs[3][6..evs[3].len() - 2].contains(&b'\n'));
+    }
+
+    #[test]
+    fn broken_usage_turns_every_count_into_a_string() {
+        let u = json!({"prompt_tokens": 8, "completion_tokens": 12, "details": {"cached_tokens": 0}, "tier": "x", "ratio": 0.5});
+        assert_eq!(maybe_break_counts(u.clone(), false), u);
+        assert_eq!(
+            maybe_break_counts(u, true),
+            json!({"prompt_tokens": "8", "completion_tokens": "12", "details": {"cached_tokens": "0"}, "tier": "x", "ratio": 0.5})
+        );
     }
 
     #[test]

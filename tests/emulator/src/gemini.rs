@@ -106,7 +106,13 @@ pub fn generate(ctx: &Ctx, body: &Value, model: &str, stream: bool) -> Result<Ou
     let id = ctx.app.new_id("", 22);
     let finish = if plan.cut { "MAX_TOKENS" } else { "STOP" };
     let out = plan.completion();
-    let usage = move |cand: u64| json!({"promptTokenCount": prompt, "candidatesTokenCount": cand, "totalTokenCount": prompt + cand});
+    let broken = ctx.faults.broken_usage;
+    let usage = move |cand: u64| {
+        crate::faults::maybe_break_counts(
+            json!({"promptTokenCount": prompt, "candidatesTokenCount": cand, "totalTokenCount": prompt + cand}),
+            broken,
+        )
+    };
     let model = model.to_string();
     let chunk = move |text: &str, fin: Option<&str>, cand: u64| {
         let cands: Vec<Value> = (0..n)

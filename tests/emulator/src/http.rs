@@ -1,6 +1,6 @@
 //! Response bodies and small HTTP helpers shared by all endpoints.
 
-use std::convert::Infallible;
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,7 +12,24 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, Abort>;
+
+/// A body error: hyper then cuts the connection mid-body (HTTP/1: no last
+/// chunk; HTTP/2: RST_STREAM), which is how the `reset_after_events` fault
+/// emulates a provider that drops a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abort;
+
+impl fmt::Display for Abort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stream aborted by an injected fault")
+    }
+}
+
+impl std::error::Error for Abort {}
+
+/// What a streaming body is fed: bytes to send, or `Err(Abort)` to cut it.
+pub type Chunk = Result<Bytes, Abort>;
 
 /// Largest request body accepted; bigger ones get 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -21,33 +38,33 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// which flushes whenever the body is not ready) as soon as it is produced, so
 /// delays between SSE events are visible to the client.
 pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Chunk>,
 }
 
 impl HttpBody for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = Abort;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Abort>>> {
         self.get_mut()
             .rx
             .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(Frame::data(b))))
+            .map(|o| o.map(|c| c.map(Frame::data)))
     }
 }
 
 /// A streaming body and the sender that feeds it. The channel is small so a
 /// slow client applies back-pressure instead of growing memory.
-pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+pub fn channel_body() -> (mpsc::Sender<Chunk>, Body) {
     let (tx, rx) = mpsc::channel(16);
     (tx, ChannelBody { rx }.boxed())
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed()
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 pub fn response(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {

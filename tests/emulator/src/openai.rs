@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::app::{
     opt_bool, opt_u64, require_model, unix_now, ApiError, Ctx, Outcome, Plan, Streamer,
 };
+use crate::faults::maybe_break_counts;
 use crate::http;
 use crate::tokens;
 
@@ -130,6 +131,7 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
         .admit(&ctx.key, prompt.saturating_add(plan.allowance))?;
     let id = ctx.app.new_id("chatcmpl-", 29);
     let created = unix_now();
+    let broken = ctx.faults.broken_usage;
 
     if !stream {
         ctx.app.refund(&ctx.key, plan.refund());
@@ -150,7 +152,7 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
             "created": created,
             "model": model,
             "choices": choices,
-            "usage": usage(prompt, plan.completion()),
+            "usage": maybe_break_counts(usage(prompt, plan.completion()), broken),
             "service_tier": "default",
             "system_fingerprint": "fp_emulator",
         });
@@ -203,7 +205,7 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
             }
             if with_usage {
                 let mut u = chunk(json!([]));
-                u["usage"] = usage(prompt, plan.completion());
+                u["usage"] = maybe_break_counts(usage(prompt, plan.completion()), broken);
                 if !s.frame(http::sse_data(&u)).await {
                     return false;
                 }
@@ -267,7 +269,10 @@ pub fn completions(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
         .admit(&ctx.key, prompt.saturating_add(plan.allowance))?;
     let id = ctx.app.new_id("cmpl-", 29);
     let created = unix_now();
-    let u = json!({"prompt_tokens": prompt, "completion_tokens": plan.completion(), "total_tokens": prompt + plan.completion()});
+    let u = maybe_break_counts(
+        json!({"prompt_tokens": prompt, "completion_tokens": plan.completion(), "total_tokens": prompt + plan.completion()}),
+        ctx.faults.broken_usage,
+    );
 
     if !stream {
         ctx.app.refund(&ctx.key, plan.refund());
@@ -384,7 +389,11 @@ pub fn embeddings(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
             json!({"object": "embedding", "index": i, "embedding": emb})
         })
         .collect();
-    let v = json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}});
+    let usage = maybe_break_counts(
+        json!({"prompt_tokens": prompt, "total_tokens": prompt}),
+        ctx.faults.broken_usage,
+    );
+    let v = json!({"object": "list", "data": data, "model": model, "usage": usage});
     Ok(Outcome {
         resp: http::json(StatusCode::OK, &v),
         prompt_tokens: prompt,
@@ -463,10 +472,13 @@ pub fn responses(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
             "text": {"format": {"type": "text"}}, "metadata": {}, "reasoning": {"effort": null, "summary": null},
         })
     };
-    let usage = json!({
-        "input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": input + out,
-    });
+    let usage = maybe_break_counts(
+        json!({
+            "input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": input + out,
+        }),
+        ctx.faults.broken_usage,
+    );
     let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
     let item = |t: &str, st: &str, content: Value| json!({"type": "message", "id": msg_id, "status": st, "role": "assistant", "content": content, "_t": t});
     let strip = |mut v: Value| {

@@ -780,3 +780,187 @@ fn sigterm_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends one request and reads every byte until the server closes the
+/// connection (with a read timeout, so a hang fails instead of blocking).
+fn raw_exchange(port: u16, path: &str, headers: &[(&str, &str)], body: &Value) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_request(&mut s, "POST", path, headers, &body.to_string(), true).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "read failed (hang?): {e}; got {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    out
+}
+
+fn stream_body(mut body: Value) -> Value {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body
+}
+
+#[test]
+fn reset_after_events_cuts_the_stream() {
+    let emu = Emu::start(&[]);
+    let f = emu.admin("POST", "/admin/faults", r#"{"reset_after_events": 2}"#);
+    assert_eq!(f["reset_after_events"], 2);
+    let raw = raw_exchange(
+        emu.api,
+        "/v1/chat/completions",
+        &[OA, ("x-emulator-output-tokens", "5")],
+        &stream_body(hello()),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    // Two events (the role chunk and the first token), then the connection
+    // closes without the last chunk: no [DONE], no usage, no `0\r\n\r\n`.
+    let events = sse_events(&text);
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[1].1).unwrap()["choices"][0]["delta"]["content"],
+        "alpha"
+    );
+    assert!(
+        !text.contains("[DONE]") && !text.ends_with("0\r\n\r\n"),
+        "{text}"
+    );
+    // Non-streamed answers are not affected; clearing the fault restores streams.
+    assert_eq!(
+        emu.post("/v1/chat/completions", &[OA], &hello()).status,
+        200
+    );
+    emu.admin("POST", "/admin/faults", r#"{"reset_after_events": null}"#);
+    let raw = raw_exchange(
+        emu.api,
+        "/v1/chat/completions",
+        &[OA],
+        &stream_body(hello()),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("data: [DONE]") && text.ends_with("0\r\n\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn broken_sse_inserts_malformed_events_and_the_stream_goes_on() {
+    let emu = Emu::start(&[]);
+    emu.admin("POST", "/admin/faults", r#"{"broken_sse": true}"#);
+    let mut s = TcpStream::connect(("127.0.0.1", emu.api)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = stream_body(hello()).to_string();
+    write_request(
+        &mut s,
+        "POST",
+        "/v1/chat/completions",
+        &[OA, ("x-emulator-output-tokens", "3")],
+        &body,
+        true,
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        std::str::from_utf8(&r.body).is_err(),
+        "carries bytes that are not UTF-8"
+    );
+    assert!(r.body.len() > 300 * 1024, "carries the oversized event");
+    let text = String::from_utf8_lossy(&r.body);
+    let events = sse_events(&text);
+    // role, truncated JSON, not UTF-8, oversized, 3 tokens, finish, usage, [DONE]
+    // (the line with no field name is no `data:` line).
+    assert_eq!(events.len(), 10, "{}", &text[..2000.min(text.len())]);
+    assert!(serde_json::from_str::<Value>(&events[1].1).is_err());
+    assert!(events[3].1.len() >= 300 * 1024);
+    assert!(text.contains("\n\nthis line has no field name\n\n"));
+    let usage: Value = serde_json::from_str(&events[8].1).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], 8);
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    assert_eq!(events[9].1, "[DONE]");
+    // Non-streamed answers are not affected.
+    assert_eq!(
+        emu.post("/v1/chat/completions", &[OA], &hello()).json()["usage"]["prompt_tokens"],
+        8
+    );
+}
+
+#[test]
+fn broken_usage_sends_counts_as_strings() {
+    let emu = Emu::start(&[]);
+    emu.admin("POST", "/admin/faults", r#"{"broken_usage": true}"#);
+    let v = emu.post("/v1/chat/completions", &[OA], &hello()).json();
+    assert_eq!(v["usage"]["prompt_tokens"], "8");
+    assert_eq!(v["usage"]["completion_tokens"], "12");
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], "0");
+    // Everything else keeps its type.
+    assert!(v["created"].is_u64() && v["choices"][0]["index"].is_u64());
+    let raw = raw_exchange(
+        emu.api,
+        "/v1/chat/completions",
+        &[OA],
+        &stream_body(hello()),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    let events = sse_events(&text);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], "12", "{text}");
+    let v = emu
+        .post(
+            "/v1/messages",
+            &[("x-api-key", "k")],
+            &json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .json();
+    assert_eq!(v["usage"]["output_tokens"], "5");
+    // The emulator's own counts are not affected.
+    let stats = emu.admin("GET", "/admin/stats", "");
+    assert_eq!(stats["by_key"]["sk-test"]["prompt_tokens"], 16);
+    emu.admin("POST", "/admin/faults", r#"{"broken_usage": false}"#);
+    assert_eq!(
+        emu.post("/v1/chat/completions", &[OA], &hello()).json()["usage"]["prompt_tokens"],
+        8
+    );
+}
+
+#[test]
+fn response_headers_are_added_to_every_api_answer() {
+    let emu = Emu::start(&[]);
+    let f = emu.admin(
+        "POST",
+        "/admin/faults",
+        r#"{"response_headers": {"x-llm-capacity-retry-after": "30", "X-Other": "yes"}}"#,
+    );
+    assert_eq!(f["response_headers"]["x-other"], "yes");
+    let r = emu.post("/v1/chat/completions", &[OA], &hello());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-llm-capacity-retry-after"), Some("30"));
+    assert_eq!(r.header("x-other"), Some("yes"));
+    // Errors too (here: no API key).
+    let r = emu.post("/v1/chat/completions", &[], &hello());
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-other"), Some("yes"));
+    emu.admin("POST", "/admin/faults", r#"{"response_headers": null}"#);
+    let r = emu.post("/v1/chat/completions", &[OA], &hello());
+    assert_eq!(r.header("x-other"), None);
+    let r = request(
+        emu.admin,
+        "POST",
+        "/admin/faults",
+        &[],
+        r#"{"response_headers": {"a b": "1"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+}
