@@ -1124,12 +1124,14 @@ impl HttpContext for Stream {
         // Attempts that ended without an answer count against their cluster only
         // if the client was still there to be answered (it saw response headers,
         // the router's own 503 included); a client that left cancelled them.
-        upstream::settle_unanswered(
-            &self.config,
-            &self.metrics,
-            self.context_id,
-            self.response_seen,
-        );
+        if self.config.upstream_filter && self.plan.is_some() {
+            upstream::settle_unanswered(
+                &self.config,
+                &self.metrics,
+                self.context_id,
+                self.response_seen,
+            );
+        }
         // Once, at the end: Envoy runs the filters' on_log before the access
         // loggers. Nothing for requests that never reached a decision (the
         // client left mid-body, or Envoy refused them before the filter).

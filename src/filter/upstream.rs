@@ -46,8 +46,45 @@ struct Unanswered {
     latency_ms: u64,
 }
 
+/// Recently ended downstream streams remembered per VM, for attempts whose end
+/// Envoy reports after their stream's (a reset final attempt, a client gone).
+const ENDED_STREAMS: usize = 256;
+
 thread_local! {
     static UNANSWERED: RefCell<Vec<Unanswered>> = const { RefCell::new(Vec::new()) };
+    /// (stream, whether its client was answered), oldest first.
+    static ENDED: RefCell<std::collections::VecDeque<(u32, bool)>> =
+        const { RefCell::new(std::collections::VecDeque::new()) };
+}
+
+fn stream_ended(stream: u32) -> Option<bool> {
+    ENDED.with(|e| {
+        e.borrow()
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == stream)
+            .map(|&(_, answered)| answered)
+    })
+}
+
+/// An unanswered attempt whose stream's fate is known: a reset if the client
+/// was answered, else nothing (its probe claim given back).
+fn settle_one(
+    config: &Config,
+    metrics: &RefCell<Metrics>,
+    cluster: &str,
+    probe: bool,
+    latency_ms: u64,
+    client_answered: bool,
+    now: u64,
+) {
+    if client_answered {
+        record_reset(config, metrics, cluster, probe, latency_ms, now);
+    } else if probe {
+        if let Some(c) = config.clusters.get(cluster) {
+            let _ = circuit::release_probe(&HostStore, &circuit::key(cluster), &c.circuit, now);
+        }
+    }
 }
 
 fn record_reset(
@@ -80,6 +117,13 @@ pub fn settle_unanswered(
     stream: u32,
     client_answered: bool,
 ) {
+    ENDED.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.len() >= ENDED_STREAMS {
+            e.pop_front();
+        }
+        e.push_back((stream, client_answered));
+    });
     let mut now = 0;
     let mine: Vec<Unanswered> = UNANSWERED.with(|u| {
         let mut u = u.borrow_mut();
@@ -95,14 +139,16 @@ pub fn settle_unanswered(
         mine
     });
     for a in mine {
-        if client_answered && a.stream == stream {
-            record_reset(config, metrics, &a.cluster, a.probe, a.latency_ms, now);
-        } else if a.probe {
-            if let Some(c) = config.clusters.get(&a.cluster) {
-                let key = circuit::key(&a.cluster);
-                let _ = circuit::release_probe(&HostStore, &key, &c.circuit, now);
-            }
-        }
+        let answered = client_answered && a.stream == stream;
+        settle_one(
+            config,
+            metrics,
+            &a.cluster,
+            a.probe,
+            a.latency_ms,
+            answered,
+            now,
+        );
     }
 }
 
@@ -177,6 +223,19 @@ impl Attempt {
         // outcome waits for it (same worker, same VM) unless it cannot be matched.
         let now = HostClock.now_ms();
         let latency = now.saturating_sub(self.started_ms);
+        if let Some(answered) = self.stream.and_then(stream_ended) {
+            // The downstream stream ended first: its verdict is known.
+            settle_one(
+                &self.config,
+                &self.metrics,
+                &self.cluster,
+                self.probe,
+                latency,
+                answered,
+                now,
+            );
+            return;
+        }
         let deferred = self.stream.is_some_and(|stream| {
             UNANSWERED.with(|u| {
                 let mut u = u.borrow_mut();

@@ -236,3 +236,30 @@ def test_without_upstream_instance_the_final_answer_feeds_the_circuit(start_envo
     status, h, _, took = raw_chat(env)
     assert status == 503 and h["x-llm-capacity"] == "upstream_unavailable" and took < 0.5, (status, h)
     assert primary.stats()["requests_total"] == 3
+
+
+def test_clients_that_leave_do_not_open_the_circuit(start_envoy, pair):
+    """A client that gives up (timeout, cancelled agent step) resets the upstream
+    attempt; that says nothing about the provider and must not count against it."""
+    import socket
+    primary, fb = pair
+    env = start(start_envoy, pair, plugin=plugin({"consecutive_failures": 3, "open_seconds": 30}))
+    primary.faults(latency_ms=1500)
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}).encode()
+    head = (f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer k\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    socks = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+        s.sendall(head + body)
+        socks.append(s)
+    time.sleep(0.5)  # the attempts are at the primary, waiting for its answer
+    for s in socks:
+        s.close()
+    time.sleep(2.0)  # the attempts' ends have been handled (the primary would answer after 1.5 s)
+    assert stat(env, "cluster=.=emulator;.;class=.=reset;.;llmcap_upstream_attempts_total") == 0
+    assert stat(env, "cluster=.=emulator;.;state=.=open;.;llmcap_circuit_transitions_total") == 0
+    # The primary still takes the next request (no failover to the fallback).
+    primary.faults(latency_ms=0)
+    assert raw_chat(env)[0] == 200
+    assert fb.stats()["requests_total"] == 0
