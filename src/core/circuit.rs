@@ -351,6 +351,11 @@ impl State {
                 let c = cooldown_ms
                     .unwrap_or(cfg.default_cooldown_ms)
                     .min(cfg.max_cooldown_ms);
+                if c == 0 {
+                    // No wait asked and none configured: nothing to cool down
+                    // from, so no probe gates the traffic after it either.
+                    return (None, dirty);
+                }
                 self.d = Some(now.saturating_add(c).max(self.d.unwrap_or(0)));
                 // A new cool-down needs a new probe.
                 self.k = None;
@@ -739,6 +744,21 @@ mod tests {
         }
         c.rec(2000, rl(None));
         assert_eq!(c.rec(2000, FAIL), Some(Mode::Open));
+    }
+
+    #[test]
+    fn a_429_without_a_wait_and_no_default_cool_down_gates_nothing() {
+        let c = cb(CircuitConfig {
+            default_cooldown_ms: 0,
+            ..CircuitConfig::default()
+        });
+        c.rec(0, rl(None));
+        assert_eq!(c.gate(0), Gate::Pass);
+        assert_eq!(c.gate(1), Gate::Pass, "no probe holds the others back");
+        assert_eq!(c.view(1).cooldown_until_ms, None);
+        // A wait the provider names still cools down.
+        c.rec(2, rl(Some(500)));
+        assert_eq!(c.gate(3), cooling(Some(502)));
     }
 
     #[test]

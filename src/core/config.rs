@@ -27,7 +27,7 @@
 use super::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
 use super::circuit::CircuitConfig;
 use super::estimate::Encoding;
-use super::limiter::{Limits, Rate};
+use super::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use super::request::Api;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -758,6 +758,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
 const LIMIT_FIELDS: &[&str] = &[
     "burst_seconds",
     "headroom",
+    "in_flight_lease_seconds",
     "input_tokens_per_minute",
     "max_in_flight",
     "output_tokens_per_minute",
@@ -826,6 +827,10 @@ fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), ConfigError> {
                 }
                 Some(n as u32)
             }
+        },
+        in_flight_lease_ms: match l.take("in_flight_lease_seconds") {
+            None => DEFAULT_IN_FLIGHT_LEASE_MS,
+            Some((v, lp)) => seconds(v, &lp, 1.0, 86_400.0)?,
         },
     };
     let shadow = match l.take("shadow") {
@@ -1639,7 +1644,7 @@ mod tests {
     #[test]
     fn limits_compile_with_headroom_and_burst() {
         let c = compile(&json!({"routes": {"r": {
-            "limits": {"requests_per_minute": 600, "tokens_per_minute": "100000", "headroom": 0.1, "burst_seconds": 2, "max_in_flight": 8},
+            "limits": {"requests_per_minute": 600, "tokens_per_minute": "100000", "headroom": 0.1, "burst_seconds": 2, "max_in_flight": 8, "in_flight_lease_seconds": 120},
             "tenant_limits": {"header": "X-Tenant", "trust_header": true, "requests_per_minute": 60, "slots": 16, "shadow": true},
             "rate_limit_headers": "ietf"
         }}}))
@@ -1658,7 +1663,15 @@ mod tests {
             (l.limits.max_in_flight, l.limits.input_tokens, l.shadow),
             (Some(8), None, false)
         );
+        assert_eq!(l.limits.in_flight_lease_ms, 120_000);
         let t = p.tenant.as_ref().unwrap();
+        assert_eq!(t.limits.in_flight_lease_ms, 600_000, "the default lease");
+        assert_eq!(
+            compile(&json!({"routes": {"r": {"limits": {"max_in_flight": 2, "in_flight_lease_seconds": 0}}}}))
+                .unwrap_err()
+                .to_string(),
+            "invalid config at routes.r.limits.in_flight_lease_seconds: expected a number of seconds from 1 to 86400, got 0"
+        );
         assert_eq!(
             (&t.source, t.slots, t.shadow),
             (&TenantSource::Header("x-tenant".into()), 16, true)
@@ -1713,7 +1726,7 @@ mod tests {
     fn limit_errors_name_path_and_value() {
         assert_eq!(
             msg(json!({"routes": {"r": {"limits": {"requests_per_minut": 5}}}})),
-            "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_minute, shadow, tokens_per_minute"
+            "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, in_flight_lease_seconds, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_minute, shadow, tokens_per_minute"
         );
         assert_eq!(
             msg(json!({"routes": {"r": {"limits": {"shadow": true}}}})),

@@ -81,16 +81,48 @@ impl Rate {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub requests: Option<Rate>,
     pub tokens: Option<Rate>,
     pub input_tokens: Option<Rate>,
     pub output_tokens: Option<Rate>,
     pub max_in_flight: Option<u32>,
+    /// How long an in-flight charge holds its slot without being settled: the
+    /// requests of a VM that died are never settled, and free their slots then.
+    pub in_flight_lease_ms: u64,
+}
+
+/// The default in-flight lease: longer than Envoy's route timeout in
+/// envoy/envoy.yaml (300 s) plus the longest queue wait (300 s).
+pub const DEFAULT_IN_FLIGHT_LEASE_MS: u64 = 600_000;
+/// In-flight charges are grouped by admission period, a quarter of the lease:
+/// at most five groups per scope.
+const LEASE_PERIODS: u64 = 4;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests: None,
+            tokens: None,
+            input_tokens: None,
+            output_tokens: None,
+            max_in_flight: None,
+            in_flight_lease_ms: DEFAULT_IN_FLIGHT_LEASE_MS,
+        }
+    }
 }
 
 impl Limits {
+    fn lease_period_ms(&self) -> u64 {
+        (self.in_flight_lease_ms / LEASE_PERIODS).max(1)
+    }
+
+    /// The admission period of a charge made at `at_ms`.
+    pub fn lease_period(&self, at_ms: u64) -> u64 {
+        at_ms / self.lease_period_ms()
+    }
+
     fn rate(&self, d: Dim) -> Option<Rate> {
         match d {
             Dim::Requests => self.requests,
@@ -135,8 +167,9 @@ struct State {
     t: u64,
     /// Balances: requests, tokens, input tokens, output tokens.
     b: [f64; 4],
-    /// Requests in flight.
-    f: u32,
+    /// Requests in flight, by admission period: (period, count). Groups older
+    /// than the lease are dropped (see [`Limits::in_flight_lease_ms`]).
+    f: Vec<(u64, u32)>,
 }
 
 impl State {
@@ -149,7 +182,32 @@ impl State {
             o: owner.to_string(),
             t: now,
             b,
-            f: 0,
+            f: Vec::new(),
+        }
+    }
+
+    /// Drops in-flight groups past their lease; the live count.
+    fn in_flight(&mut self, limits: &Limits, now: u64) -> u32 {
+        let current = limits.lease_period(now);
+        // A group admitted in period p is live while p > current - LEASE_PERIODS:
+        // at least the lease, at most a period more.
+        self.f
+            .retain(|&(p, n)| n > 0 && p.saturating_add(LEASE_PERIODS) > current);
+        self.f.iter().map(|&(_, n)| n).sum()
+    }
+
+    fn add_in_flight(&mut self, limits: &Limits, now: u64) {
+        let p = limits.lease_period(now);
+        match self.f.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.f.push((p, 1)),
+        }
+    }
+
+    /// Releases one charge admitted in `period` (nothing if its lease ran out).
+    fn release_in_flight(&mut self, period: u64) {
+        if let Some((_, n)) = self.f.iter_mut().find(|(q, _)| *q == period) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -308,8 +366,9 @@ pub fn admit_or_schedule(
     for _ in 0..CAS_RETRIES {
         let (mut s, cas) = load(store, key, owner, limits, now)?;
         s.refill(limits, now);
+        let in_flight = s.in_flight(limits, now);
         if let Some(max) = limits.max_in_flight {
-            if s.f >= max {
+            if in_flight >= max {
                 // No completion time is known, so this cannot be scheduled; a
                 // second is a reasonable wait to suggest.
                 return Ok(Admission::Rejected {
@@ -348,7 +407,7 @@ pub fn admit_or_schedule(
                 s.b[i] -= cost.of(*d);
             }
         }
-        s.f = s.f.saturating_add(1);
+        s.add_in_flight(limits, now);
         match store.set(key, &encode(&s)?, cas) {
             Ok(()) if wait == 0 => return Ok(Admission::Admitted(s.snapshot(limits))),
             Ok(()) => {
@@ -364,10 +423,7 @@ pub fn admit_or_schedule(
     Err(StoreError::CasMismatch)
 }
 
-/// Corrects a scope when its request ends: each token bucket gets back what was
-/// reserved and is charged what was used; the in-flight count is released. With
-/// `unsent` the request never left (another scope refused it): its request unit
-/// is given back too.
+/// As [`settle_admitted`], for a charge admitted at `now` (the same lease period).
 #[allow(clippy::too_many_arguments)]
 pub fn settle(
     store: &dyn SharedStore,
@@ -377,6 +433,27 @@ pub fn settle(
     reserved: &Cost,
     actual: &Cost,
     unsent: bool,
+    now: u64,
+) -> Result<(), StoreError> {
+    settle_admitted(
+        store, key, owner, limits, reserved, actual, unsent, now, now,
+    )
+}
+
+/// Corrects a scope when its request ends: each token bucket gets back what was
+/// reserved and is charged what was used; the in-flight count is released. With
+/// `unsent` the request never left (another scope refused it): its request unit
+/// is given back too.
+#[allow(clippy::too_many_arguments)]
+pub fn settle_admitted(
+    store: &dyn SharedStore,
+    key: &str,
+    owner: &str,
+    limits: &Limits,
+    reserved: &Cost,
+    actual: &Cost,
+    unsent: bool,
+    admitted_at: u64,
     now: u64,
 ) -> Result<(), StoreError> {
     for _ in 0..CAS_RETRIES {
@@ -399,7 +476,8 @@ pub fn settle(
                 }
             }
         }
-        s.f = s.f.saturating_sub(1);
+        s.release_in_flight(limits.lease_period(admitted_at));
+        s.in_flight(limits, now);
         match store.set(key, &encode(&s)?, cas) {
             Ok(()) => return Ok(()),
             Err(StoreError::CasMismatch) => continue,
@@ -441,7 +519,10 @@ pub fn tenant_key(
         match store.get(&key)?.and_then(|(b, _)| decode(&b)) {
             Some(s) if s.o == tenant => return Ok((key, false)),
             Some(s) => {
-                if idle.is_none() && s.f == 0 && now.saturating_sub(s.t) >= IDLE_MS {
+                if idle.is_none()
+                    && s.f.iter().all(|&(_, n)| n == 0)
+                    && now.saturating_sub(s.t) >= IDLE_MS
+                {
                     idle = Some(i);
                 }
                 if lru.is_none_or(|(_, t)| s.t < t) {
@@ -665,6 +746,47 @@ mod tests {
         ));
         settle(&s, "k", "r", &l, &c, &c, false, 5).unwrap();
         assert!(admitted(&admit(&s, "k", "r", &l, &c, 5).unwrap()));
+    }
+
+    #[test]
+    fn in_flight_charges_that_are_never_settled_expire_with_their_lease() {
+        // A VM that dies never settles its requests: their slots come back
+        // after the lease, and a late settle of an expired charge is harmless.
+        let s = MemStore::default();
+        let l = Limits {
+            max_in_flight: Some(2),
+            in_flight_lease_ms: 4_000,
+            ..Limits::default()
+        };
+        let c = Cost::default();
+        let in_flight = |now| {
+            matches!(
+                admit(&s, "k", "r", &l, &c, now).unwrap(),
+                Admission::Admitted(_)
+            )
+        };
+        assert!(in_flight(0));
+        assert!(in_flight(500));
+        assert!(!in_flight(3_999), "both slots held within the lease");
+        assert!(
+            in_flight(5_000),
+            "the charges of 0 and 500 ms expired (lease 4 s, periods of 1 s)"
+        );
+        assert!(in_flight(5_100));
+        assert!(!in_flight(5_200));
+        // Settling one of the expired charges does not free a live slot.
+        settle_admitted(&s, "k", "r", &l, &c, &c, false, 0, 5_300).unwrap();
+        assert!(!in_flight(5_300));
+        // Settling a live one does.
+        settle_admitted(&s, "k", "r", &l, &c, &c, false, 5_000, 5_400).unwrap();
+        assert!(in_flight(5_400));
+        // Groups per scope stay bounded by the lease: at most LEASE_PERIODS + 1.
+        for t in (6_000..40_000).step_by(700) {
+            let _ = admit(&s, "k", "r", &l, &c, t);
+            settle_admitted(&s, "k", "r", &l, &c, &c, false, t, t).unwrap();
+        }
+        let (bytes, _) = s.get("k").unwrap().unwrap();
+        assert!(decode(&bytes).unwrap().f.len() <= LEASE_PERIODS as usize + 1);
     }
 
     #[test]

@@ -117,6 +117,26 @@ pub mod count {
     /// Times one callback from creation to drop (host calls made in it included).
     pub struct Timer(&'static str, u64);
 
+    /// Whether the request asks for [`time_calls`] (`x-llmcap-time-calls`),
+    /// read without being counted.
+    pub fn requested_timing() -> bool {
+        let name = "x-llmcap-time-calls";
+        let mut ptr = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: a plain host call; the returned buffer is taken and freed.
+        let s = unsafe {
+            super::proxy_get_header_map_value(
+                super::MAP_REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                &mut ptr,
+                &mut size,
+            )
+        };
+        drop(unsafe { super::take(ptr, size) });
+        s == super::OK
+    }
+
     /// The clock, uncounted (timing must not change the counts).
     fn raw_now() -> u64 {
         let mut t = 0u64;

@@ -35,6 +35,8 @@ pub struct Charge {
     owner: String,
     limits: Limits,
     cost: Cost,
+    /// When it was charged: its in-flight slot is leased from then.
+    at: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,7 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
                             owner: tenant,
                             limits: tc.limits.clone(),
                             cost: t.cost,
+                            at: now,
                         });
                         a.view = Some(snap);
                         a.wait_ms = wait;
@@ -133,6 +136,7 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
                     owner: t.route.clone(),
                     limits: lc.limits.clone(),
                     cost: t.cost,
+                    at: now,
                 });
                 a.view = a.view.or(Some(snap));
                 a.wait_ms = a.wait_ms.max(wait);
@@ -162,8 +166,8 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
 /// Settles charges with the real usage (`actual`), or as never sent.
 pub fn release(charges: &mut Vec<Charge>, actual: Cost, unsent: bool, now: u64) {
     for c in charges.drain(..) {
-        if let Err(e) = limiter::settle(
-            &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, now,
+        if let Err(e) = limiter::settle_admitted(
+            &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, c.at, now,
         ) {
             log::warn!("llm-capacity: limiter settlement failed ({e:?})");
         }

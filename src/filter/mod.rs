@@ -908,7 +908,7 @@ impl HttpContext for Stream {
         let _timer = abi::count::Timer::start("ds_on_http_request_headers");
         fault::on_request_headers();
         #[cfg(feature = "hostcall-count")]
-        if abi::header_text(abi::MAP_REQUEST_HEADERS, "x-llmcap-time-calls").is_some() {
+        if abi::count::requested_timing() {
             for (kind, ns) in abi::count::time_calls(20_000) {
                 log::warn!("llm-capacity: host call {kind}: {ns} ns");
             }
@@ -1053,7 +1053,7 @@ impl HttpContext for Stream {
         // Status, content type and the provider's headers: one host call.
         let headers = (self.tracker.is_some() || self.observes_final())
             .then(|| abi::Headers::read(abi::MAP_RESPONSE_HEADERS));
-        if !self.replied {
+        if !self.replied && self.policy.is_some() {
             // Meant for the router's retry back-off (set by the upstream
             // instance, or sent by a provider), never for the client.
             let present = headers

@@ -66,7 +66,7 @@ ROUTE = "openai-chat"
 PATH = "/v1/chat/completions"
 VARIANTS = ["passthrough", "wasm-floor", "filter", "filter-ds"]
 # The filter with one feature off each: where its cost goes (1 KB, not streamed).
-ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain"]
+ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain", "filter-nohold"]
 PEERS = ["litellm", "portkey"]
 SIZES = {"1k": 1024, "10k": 10 * 1024, "100k": 100 * 1024}
 LOAD_CONNS = 32
@@ -191,6 +191,8 @@ def proxy_config(variant: str, upstream_port: int, wasm: Path | None = None) -> 
         plugin.setdefault("telemetry", {})["filter_state"] = False
     if variant == "filter-nolimits":
         plugin["routes"][ROUTE].pop("limits", None)
+    if variant == "filter-nohold":
+        plugin["hold_headers"] = False
     if variant == "filter-nochain":
         plugin["routes"][ROUTE]["clusters"] = ["emulator"]
         _plain_route(hcm)
@@ -226,7 +228,7 @@ end
 
 
 def write_lua(path: Path, body: bytes, headers: dict[str, str]) -> Path:
-    hl = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    hl = "\n".join(f'wrk.headers["{k}"] = [==[{v}]==]' for k, v in headers.items())
     path.write_text(WRK_LUA.format(body=body.decode(), headers=hl, pcts=", ".join(str(p) for p in PERCENTILES)))
     return path
 

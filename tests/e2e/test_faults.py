@@ -189,28 +189,36 @@ def test_vm_trap_answers_every_request_queued_and_in_flight(emulator, envoy_from
         assert emulator.stats()["requests_total"] == 3
 
 
-def test_in_flight_charges_of_a_failed_vm_outlive_it(emulator, envoy_from):
-    """Known gap, pinned: requests in flight when their VM fails never settle, and
-    their in-flight charges stay in shared data, which outlives the VM. With
-    `max_in_flight: 4` and 3 requests in flight at the trap, the reloaded VM
-    admits only 1 of 4 concurrent requests. A fix (in-flight charges that expire,
-    e.g. leases per admission minute) must turn this into 4 of 4."""
+def test_in_flight_charges_of_a_failed_vm_expire_with_their_lease(emulator, envoy_from):
+    """Requests in flight when their VM fails never settle, and their in-flight
+    charges stay in shared data, which outlives the VM: with `max_in_flight: 4`
+    and 3 requests in flight at the trap, the reloaded VM admits 1 of 4
+    concurrent requests, until the lease (`in_flight_lease_seconds`) frees the
+    dead VM's slots: then 4 of 4."""
     plugin = base_plugin()
-    plugin["routes"]["openai-chat"] = {"clusters": ["emulator"], "limits": {"max_in_flight": 4}}
+    plugin["routes"]["openai-chat"] = {"clusters": ["emulator"],
+                                       "limits": {"max_in_flight": 4, "in_flight_lease_seconds": 6}}
     env = envoy_from(fault_config(emulator, plugin, "FAIL_RELOAD", "60s"), concurrency=1)
     emulator.faults(latency_ms=2000)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        t0 = time.monotonic()
         first = [pool.submit(post, env, CHAT, CHAT_BODY) for _ in range(3)]
         harness.wait_for(lambda: stat(env, "cluster.emulator.upstream_rq_active") == 3, 10, "3 requests in flight")
         assert post(env, CHAT, CHAT_BODY, {"x-llmcap-fault": "trap"})[0] == 503
         assert [f.result()[0] for f in first] == [503] * 3
-        # The reloaded VM reads the same shared data.
+        # The reloaded VM reads the same shared data: within the lease the dead
+        # VM's three slots are still taken.
         after = [f.result() for f in [pool.submit(post, env, CHAT, CHAT_BODY) for _ in range(4)]]
+        assert time.monotonic() - t0 < 4.5, "checked within the lease"
+        # The lease (6 s, in periods of 1.5 s) has run out for the dead VM's charges.
+        time.sleep(max(0.0, t0 + 7.5 - time.monotonic()))
+        again = [f.result() for f in [pool.submit(post, env, CHAT, CHAT_BODY) for _ in range(4)]]
     assert stat(env, "wasm.llm_capacity.vm_reload_success") == 1
     statuses = sorted(s for s, *_ in after)
     assert statuses == [200, 429, 429, 429], after
     refused = [json.loads(b)["error"]["type"] for s, _, b, _ in after if s == 429]
     assert refused == ["in_flight"] * 3, refused
+    assert [s for s, *_ in again] == [200] * 4, again
 
 
 # ---------------------------------------------------------------------------
