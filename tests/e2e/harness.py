@@ -260,3 +260,38 @@ def metric(env, name: str, **labels) -> float | None:
     """Sum of the Prometheus samples of `name` whose labels include `labels`; None if there is none."""
     vals = [v for n, ls, v in prom_samples(env) if n == name and all(ls.get(k) == v2 for k, v2 in labels.items())]
     return sum(vals) if vals else None
+
+
+def make_pki(d: Path) -> None:
+    """A test CA, a server certificate for 127.0.0.1 and two clients (app1, app2)
+    with SPIFFE URI SANs, as Istio issues them."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=test-ca")
+    for name, san in [("server", "IP:127.0.0.1"), ("app1", "URI:spiffe://cluster.local/ns/default/sa/app1"),
+                      ("app2", "URI:spiffe://cluster.local/ns/default/sa/app2")]:
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+
+
+def require_client_certificates(cfg: dict, d: Path) -> dict:
+    """The listener terminates TLS with make_pki's server certificate and requires
+    a client certificate from its CA (the mesh's mTLS)."""
+    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(d / "server.pem")},
+                                      "private_key": {"filename": str(d / "server.key")}}],
+                "validation_context": {"trusted_ca": {"filename": str(d / "ca.pem")}},
+            },
+        },
+    }
+    return cfg

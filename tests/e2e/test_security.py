@@ -193,36 +193,9 @@ def test_provider_cannot_set_the_routers_back_off(start_envoy, pair):
 # Tenant identity only from trusted sources
 
 
-def make_pki(d):
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "1", "-subj", "/CN=test-ca")
-    for name, san in [("server", "IP:127.0.0.1"), ("app1", "URI:spiffe://cluster.local/ns/default/sa/app1"),
-                      ("app2", "URI:spiffe://cluster.local/ns/default/sa/app2")]:
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
-
-
 def test_tenant_header_is_ignored_when_the_tenant_is_the_peer_certificate(tmp_path, start_envoy, pair):
-    make_pki(tmp_path)
-    cfg = harness.load_envoy_config()
-    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": True,
-            "common_tls_context": {
-                "tls_certificates": [{"certificate_chain": {"filename": str(tmp_path / "server.pem")},
-                                      "private_key": {"filename": str(tmp_path / "server.key")}}],
-                "validation_context": {"trusted_ca": {"filename": str(tmp_path / "ca.pem")}},
-            },
-        },
-    }
+    harness.make_pki(tmp_path)
+    cfg = harness.require_client_certificates(harness.load_envoy_config(), tmp_path)
     p = base_plugin()
     # 6 per minute with 15 s of burst: two requests per tenant, then refused.
     p["routes"]["openai-chat"]["tenant_limits"] = {"identity": "peer_certificate", "requests_per_minute": 6,

@@ -4,29 +4,8 @@ SAN, a SPIFFE ID in Istio), in real Envoy with client certificates."""
 import http.client
 import json
 import ssl
-import subprocess
 
 import harness
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_pki(d):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "1", "-subj", "/CN=test-ca", cwd=d)
-
-    def leaf(name, san):
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)
-
-    leaf("server", "IP:127.0.0.1")
-    leaf("app1", "URI:spiffe://cluster.local/ns/default/sa/app1")
-    leaf("app2", "URI:spiffe://cluster.local/ns/default/sa/app2")
 
 
 def call(port, d, client):
@@ -43,20 +22,9 @@ def call(port, d, client):
 
 
 def test_tenant_limits_by_peer_certificate(tmp_path, emulator):
-    make_pki(tmp_path)
-    cfg = harness.localize(harness.load_envoy_config(), emulator.api_port)
-    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": True,
-            "common_tls_context": {
-                "tls_certificates": [{"certificate_chain": {"filename": str(tmp_path / "server.pem")},
-                                      "private_key": {"filename": str(tmp_path / "server.key")}}],
-                "validation_context": {"trusted_ca": {"filename": str(tmp_path / "ca.pem")}},
-            },
-        },
-    }
+    harness.make_pki(tmp_path)
+    cfg = harness.require_client_certificates(harness.localize(harness.load_envoy_config(), emulator.api_port),
+                                              tmp_path)
     plugin = harness.plugin_config(cfg)
     plugin["routes"]["openai-chat"] = {
         "clusters": ["emulator"],
