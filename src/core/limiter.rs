@@ -423,29 +423,12 @@ pub fn admit_or_schedule(
     Err(StoreError::CasMismatch)
 }
 
-/// As [`settle_admitted`], for a charge admitted at `now` (the same lease period).
+/// Corrects a scope when its request ends: each token bucket gets back what was
+/// reserved and is charged what was used; the in-flight slot taken at
+/// `admitted_at` is released. With `unsent` the request never left (another
+/// scope refused it): its request unit is given back too.
 #[allow(clippy::too_many_arguments)]
 pub fn settle(
-    store: &dyn SharedStore,
-    key: &str,
-    owner: &str,
-    limits: &Limits,
-    reserved: &Cost,
-    actual: &Cost,
-    unsent: bool,
-    now: u64,
-) -> Result<(), StoreError> {
-    settle_admitted(
-        store, key, owner, limits, reserved, actual, unsent, now, now,
-    )
-}
-
-/// Corrects a scope when its request ends: each token bucket gets back what was
-/// reserved and is charged what was used; the in-flight count is released. With
-/// `unsent` the request never left (another scope refused it): its request unit
-/// is given back too.
-#[allow(clippy::too_many_arguments)]
-pub fn settle_admitted(
     store: &dyn SharedStore,
     key: &str,
     owner: &str,
@@ -670,6 +653,7 @@ mod tests {
             },
             false,
             0,
+            0,
         )
         .unwrap();
         assert_eq!(
@@ -706,6 +690,7 @@ mod tests {
                 ..Cost::default()
             },
             false,
+            0,
             0,
         )
         .unwrap();
@@ -744,7 +729,7 @@ mod tests {
                 ..
             }
         ));
-        settle(&s, "k", "r", &l, &c, &c, false, 5).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, false, 0, 5).unwrap();
         assert!(admitted(&admit(&s, "k", "r", &l, &c, 5).unwrap()));
     }
 
@@ -775,15 +760,15 @@ mod tests {
         assert!(in_flight(5_100));
         assert!(!in_flight(5_200));
         // Settling one of the expired charges does not free a live slot.
-        settle_admitted(&s, "k", "r", &l, &c, &c, false, 0, 5_300).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, false, 0, 5_300).unwrap();
         assert!(!in_flight(5_300));
         // Settling a live one does.
-        settle_admitted(&s, "k", "r", &l, &c, &c, false, 5_000, 5_400).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, false, 5_000, 5_400).unwrap();
         assert!(in_flight(5_400));
         // Groups per scope stay bounded by the lease: at most LEASE_PERIODS + 1.
         for t in (6_000..40_000).step_by(700) {
             let _ = admit(&s, "k", "r", &l, &c, t);
-            settle_admitted(&s, "k", "r", &l, &c, &c, false, t, t).unwrap();
+            settle(&s, "k", "r", &l, &c, &c, false, t, t).unwrap();
         }
         let (bytes, _) = s.get("k").unwrap().unwrap();
         assert!(decode(&bytes).unwrap().f.len() <= LEASE_PERIODS as usize + 1);
@@ -796,10 +781,10 @@ mod tests {
         let c = Cost::default();
         assert!(admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
         assert!(!admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
-        settle(&s, "k", "r", &l, &c, &c, true, 0).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, true, 0, 0).unwrap();
         assert!(admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
         // A sent request keeps its unit.
-        settle(&s, "k", "r", &l, &c, &c, false, 0).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, false, 0, 0).unwrap();
         assert!(!admitted(&admit(&s, "k", "r", &l, &c, 0).unwrap()));
     }
 
@@ -847,7 +832,7 @@ mod tests {
             a => panic!("{a:?}"),
         }
         // A request that is never sent gives its place back.
-        settle(&s, "k", "r", &l, &c, &c, true, 0).unwrap();
+        settle(&s, "k", "r", &l, &c, &c, true, 0, 0).unwrap();
         assert!(matches!(
             admit_or_schedule(&s, "k", "r", &l, &c, 0.0, Some(450), 0).unwrap(),
             Admission::Scheduled { wait_ms: 401, .. }
@@ -925,7 +910,7 @@ mod tests {
             let (k, ev) = tenant_key(&s, "r", t, 4, 0).unwrap();
             assert!(!ev);
             admit(&s, &k, t, &l, &c, 0).unwrap();
-            settle(&s, &k, t, &l, &c, &c, false, 0).unwrap();
+            settle(&s, &k, t, &l, &c, &c, false, 0, 0).unwrap();
         }
         let (_, evicted) = tenant_key(&s, "r", "e", 4, 1000).unwrap();
         assert!(evicted, "all slots busy and recent");

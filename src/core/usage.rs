@@ -116,6 +116,18 @@ pub enum Dialect {
     Gemini,
 }
 
+impl Dialect {
+    /// Every dialect (tests and fuzzing go through all of them).
+    pub const ALL: [Dialect; 6] = [
+        Dialect::OpenAiChat,
+        Dialect::OpenAiResponses,
+        Dialect::OpenAiCompletions,
+        Dialect::OpenAiEmbeddings,
+        Dialect::Anthropic,
+        Dialect::Gemini,
+    ];
+}
+
 /// Model names kept from answers are cut to this length.
 const MAX_MODEL_LEN: usize = 128;
 

@@ -166,7 +166,7 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
 /// Settles charges with the real usage (`actual`), or as never sent.
 pub fn release(charges: &mut Vec<Charge>, actual: Cost, unsent: bool, now: u64) {
     for c in charges.drain(..) {
-        if let Err(e) = limiter::settle_admitted(
+        if let Err(e) = limiter::settle(
             &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, c.at, now,
         ) {
             log::warn!("llm-capacity: limiter settlement failed ({e:?})");

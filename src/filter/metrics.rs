@@ -58,7 +58,7 @@ impl Metrics {
         if let Some(&id) = self.ids.get(self.key.as_slice()) {
             return Some(id);
         }
-        let raw = self.key.clone();
+        // A new name; `self.key` is what it is cached under.
         let full = if self.ids.len() >= MAX_METRICS {
             // Keep counting, under one bounded name per metric and route label.
             let folded: Vec<(&str, &str)> = labels
@@ -82,14 +82,9 @@ impl Metrics {
         } else {
             tagged_name(labels, name)
         };
-        let raw = if self.ids.len() >= MAX_METRICS {
-            self.key.clone()
-        } else {
-            raw
-        };
         match abi::define_metric(kind, &full) {
             Ok(id) => {
-                self.ids.insert(raw, id);
+                self.ids.insert(self.key.clone(), id);
                 Some(id)
             }
             Err(s) => {

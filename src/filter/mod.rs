@@ -825,6 +825,9 @@ impl Stream {
 
     /// Settles every charge: with the real usage, or as unsent.
     fn release(&mut self, unsent: bool) {
+        if self.charges.is_empty() {
+            return; // nothing charged, or settled already: no clock read
+        }
         let actual = match &self.settled {
             Some(s) => Cost {
                 tokens: s.total(),
@@ -1139,7 +1142,7 @@ impl HttpContext for Stream {
             self.publish();
         }
         if self.config.telemetry.metrics {
-            report_memory(&self.metrics, HostClock.now_ms());
+            report_memory(&self.metrics);
         }
         #[cfg(feature = "hostcall-count")]
         {
@@ -1192,22 +1195,23 @@ impl SharedStore for HostStore {
     }
 }
 
-/// How often a VM reports its linear memory.
-const MEMORY_REPORT_MS: u64 = 10_000;
+/// A VM reports its linear memory with its first request and every this many
+/// after (counted, so the report needs no clock read).
+const MEMORY_REPORT_EVERY: u32 = 256;
 
 thread_local! {
-    static MEMORY_REPORTED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    static SINCE_MEMORY_REPORT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-fn report_memory(metrics: &RefCell<Metrics>, now: u64) {
-    let due = MEMORY_REPORTED.with(|c| {
-        let due = c
-            .get()
-            .is_none_or(|at| now.saturating_sub(at) >= MEMORY_REPORT_MS);
-        if due {
-            c.set(Some(now));
-        }
-        due
+fn report_memory(metrics: &RefCell<Metrics>) {
+    let due = SINCE_MEMORY_REPORT.with(|c| {
+        let n = c.get();
+        c.set(if n + 1 >= MEMORY_REPORT_EVERY {
+            0
+        } else {
+            n + 1
+        });
+        n == 0
     });
     if due {
         #[cfg(target_arch = "wasm32")]

@@ -202,13 +202,17 @@ impl Attempt {
         }
         QUOTA_SAMPLED.with(|m| {
             let mut m = m.borrow_mut();
-            // Bounded: only configured clusters get an entry.
-            let last = m.entry(self.cluster.clone()).or_insert(0);
-            if now.saturating_sub(*last) >= QUOTA_SAMPLE_MS {
-                *last = now;
-                true
-            } else {
-                false
+            match m.get_mut(&self.cluster) {
+                Some(last) if now.saturating_sub(*last) < QUOTA_SAMPLE_MS => false,
+                Some(last) => {
+                    *last = now;
+                    true
+                }
+                None => {
+                    // Bounded: only configured clusters get an entry.
+                    m.insert(self.cluster.clone(), now);
+                    true
+                }
             }
         })
     }

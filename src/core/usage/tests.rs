@@ -328,14 +328,7 @@ fn json_malformed_or_not_json_is_none() {
         b"{\"usage\": \"lots\"}",
         b"\xff\xfe\x00garbage",
     ] {
-        for d in [
-            Dialect::OpenAiChat,
-            Dialect::OpenAiResponses,
-            Dialect::OpenAiCompletions,
-            Dialect::OpenAiEmbeddings,
-            Dialect::Anthropic,
-            Dialect::Gemini,
-        ] {
+        for d in Dialect::ALL {
             assert_eq!(usage_from_json(d, body), None);
         }
     }
@@ -920,14 +913,7 @@ fn pseudo_random_input_never_panics() {
         b"response.completed",
         b"\"usage\"",
     ];
-    for dialect in [
-        Dialect::OpenAiChat,
-        Dialect::OpenAiResponses,
-        Dialect::OpenAiCompletions,
-        Dialect::OpenAiEmbeddings,
-        Dialect::Anthropic,
-        Dialect::Gemini,
-    ] {
+    for dialect in Dialect::ALL {
         for _ in 0..50 {
             let mut stream = Vec::new();
             for _ in 0..(next() % 200) {

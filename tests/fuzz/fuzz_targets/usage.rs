@@ -4,20 +4,12 @@
 use libfuzzer_sys::fuzz_target;
 use llm_capacity::core::usage::{model_from_json, usage_from_json, Dialect, SseUsageParser};
 
-const DIALECTS: [Dialect; 6] = [
-    Dialect::OpenAiChat,
-    Dialect::OpenAiResponses,
-    Dialect::OpenAiCompletions,
-    Dialect::OpenAiEmbeddings,
-    Dialect::Anthropic,
-    Dialect::Gemini,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
-    let d = DIALECTS[usize::from(sel) % DIALECTS.len()];
+    let d = Dialect::ALL[usize::from(sel) % Dialect::ALL.len()];
     let _ = usage_from_json(d, body);
     let _ = model_from_json(body);
     let mut p = SseUsageParser::new(d);
