@@ -27,6 +27,7 @@
 use super::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
 use super::circuit::CircuitConfig;
 use super::estimate::Encoding;
+use super::global::GlobalConfig;
 use super::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use super::request::Api;
 use serde_json::{Map, Value};
@@ -175,6 +176,8 @@ pub struct Policy {
     pub retry_min_remaining_ms: u64,
     pub session_budget: Option<Rc<SessionBudget>>,
     pub tenant_budget: Option<Rc<TenantBudget>>,
+    /// The fleet-wide tier behind the local limits.
+    pub global: Option<Rc<GlobalConfig>>,
 }
 
 /// Caps per agent session, named by a header.
@@ -290,6 +293,7 @@ impl Default for Policy {
             retry_min_remaining_ms: DEFAULT_RETRY_MIN_REMAINING_MS,
             session_budget: None,
             tenant_budget: None,
+            global: None,
         }
     }
 }
@@ -300,6 +304,7 @@ const POLICY_FIELDS: &[&str] = &[
     "default_max_tokens",
     "encoding",
     "enforce_max_tokens",
+    "global",
     "include_usage",
     "input_margin",
     "invalid_body",
@@ -612,6 +617,19 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
         l.finish(LIMIT_FIELDS)?;
         check_some_limit(&limits, &path)?;
         p.limits = Some(Rc::new(LimitConfig { limits, shadow }));
+    }
+    if let Some((v, path)) = o.take("global") {
+        let g = super::global::parse(v, &path, |v, path| {
+            let mut l = Obj::new(v, path)?;
+            let (limits, shadow) = limit_fields(&mut l)?;
+            l.finish(LIMIT_FIELDS)?;
+            if shadow {
+                return Err(err(path, "shadow does not apply here".to_string()));
+            }
+            check_some_limit(&limits, path)?;
+            Ok(limits)
+        })?;
+        p.global = Some(Rc::new(g));
     }
     if let Some((v, path)) = o.take("tenant_limits") {
         let mut l = Obj::new(v, &path)?;
@@ -1546,7 +1564,7 @@ mod tests {
     fn misspelled_field_names_its_path() {
         assert_eq!(
             msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
+            "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
         );
         assert_eq!(
             msg(json!({"route": {}})),
@@ -1637,7 +1655,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"clusters": []}})),
-            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
+            "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
         );
     }
 

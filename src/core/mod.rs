@@ -12,6 +12,7 @@ pub mod decision;
 pub mod env;
 pub mod estimate;
 pub mod failover;
+pub mod global;
 pub mod limiter;
 pub mod pbstruct;
 pub mod provider_headers;

@@ -106,17 +106,22 @@ fn decode_value(bytes: &[u8], depth: usize) -> Result<Value, DecodeError> {
     Ok(out)
 }
 
-struct Reader<'a> {
+/// A protobuf wire reader over borrowed bytes; also used by [`super::global`].
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn done(&self) -> bool {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = *self
@@ -132,7 +137,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError("varint too long"))
     }
 
-    fn key(&mut self) -> Result<(u64, u8), DecodeError> {
+    pub(crate) fn key(&mut self) -> Result<(u64, u8), DecodeError> {
         let k = self.varint()?;
         Ok((k >> 3, (k & 7) as u8))
     }
@@ -150,7 +155,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = usize::try_from(self.varint()?).map_err(|_| DecodeError("length overflow"))?;
         self.take(n)
     }
@@ -162,7 +167,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
+    pub(crate) fn skip(&mut self, wire: u8) -> Result<(), DecodeError> {
         match wire {
             0 => self.varint().map(|_| ()),
             1 => self.take(8).map(|_| ()),

@@ -25,6 +25,14 @@ pub const RATE_LIMITED_TOTAL: &str = "llmcap_rate_limited_total";
 pub const QUEUED_TOTAL: &str = "llmcap_queued_total";
 /// How long admitted requests waited in the queue, in milliseconds.
 pub const QUEUE_WAIT_MS: &str = "llmcap_queue_wait_milliseconds";
+/// Calls to the global rate limit service by `result` (ok, over_limit, timeout, error).
+pub const GLOBAL_CALLS_TOTAL: &str = "llmcap_global_calls_total";
+/// How long calls to the global rate limit service took, in milliseconds.
+pub const GLOBAL_CALL_MS: &str = "llmcap_global_call_milliseconds";
+/// Requests through the global tier by `decision`: pool (served from leased
+/// quota), service (the service admitted), over_limit, fail_open, fail_closed,
+/// fallback_limited.
+pub const GLOBAL_DECISIONS_TOTAL: &str = "llmcap_global_decisions_total";
 /// Requests a shadow-mode limit would have refused.
 pub const SHADOW_LIMITED_TOTAL: &str = "llmcap_shadow_limited_total";
 /// Limiter updates that failed (host error or CAS contention); the request was let through.
@@ -80,6 +88,9 @@ pub enum Outcome {
     BudgetExceeded,
     /// Refused locally: the route requires a session header and it is missing.
     NoSession,
+    /// Refused locally: the global rate limit service cannot be asked and the
+    /// route fails closed.
+    GlobalUnavailable,
 }
 
 impl Outcome {
@@ -94,6 +105,7 @@ impl Outcome {
             Outcome::NoUpstream => "rejected_no_upstream",
             Outcome::BudgetExceeded => "rejected_budget",
             Outcome::NoSession => "rejected_no_session",
+            Outcome::GlobalUnavailable => "rejected_global_unavailable",
         }
     }
 }

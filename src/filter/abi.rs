@@ -16,6 +16,7 @@ pub const CAS_MISMATCH: u32 = 8;
 
 pub const BUFFER_REQUEST_BODY: u32 = 0;
 pub const BUFFER_RESPONSE_BODY: u32 = 1;
+pub const BUFFER_GRPC_RECEIVE: u32 = 5;
 pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
@@ -349,6 +350,35 @@ pub fn set_tick_period(ms: u32) -> Result<(), u32> {
 pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
     hc!("other");
     status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Starts a unary gRPC call to `cluster`; the answer comes to the calling
+/// context's `on_grpc_call_response`. The SDK's dispatcher must know the token
+/// to route the answer, so this goes through its call, which panics only on a
+/// host status other than Ok, ParseFailure and InternalFailure: Envoy returns
+/// another (BadArgument) only when it cannot create a client for a parsed
+/// `GrpcService`, and the one passed here always names an Envoy cluster.
+pub fn grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, u32> {
+    hc!("other");
+    // A serialized GrpcService: Envoy would otherwise guess whether the name
+    // parses as one. Names are at most 120 bytes: every length byte is ASCII.
+    let upstream = crate::core::global::grpc_service(cluster);
+    let upstream = std::str::from_utf8(&upstream).map_err(|_| 2u32)?;
+    proxy_wasm::hostcalls::dispatch_grpc_call(
+        upstream,
+        service,
+        method,
+        Vec::new(),
+        Some(message),
+        std::time::Duration::from_millis(u64::from(timeout_ms)),
+    )
+    .map_err(|s| s as u32)
 }
 
 /// Resumes a paused request (stream type 0 = HTTP request).

@@ -39,6 +39,18 @@ pub struct Charge {
     at: u64,
 }
 
+impl Charge {
+    pub fn new(key: String, owner: String, limits: &Limits, cost: Cost, at: u64) -> Self {
+        Charge {
+            key,
+            owner,
+            limits: limits.clone(),
+            cost,
+            at,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub scope: &'static str,

@@ -5,6 +5,7 @@ mod abi;
 mod admission;
 mod budgets;
 mod fault;
+mod global;
 mod health;
 mod metrics;
 mod upstream;
@@ -232,6 +233,10 @@ struct Stream {
     response_seen: bool,
     /// The outcome was decided and counted.
     decided: bool,
+    /// The request's share of the fleet-wide quota.
+    global: Option<global::GlobalCharge>,
+    /// A call to the rate limit service the request waits for.
+    global_pending: Option<global::Pending>,
 }
 
 impl Stream {
@@ -275,6 +280,8 @@ impl Stream {
             queue_wait_ms: None,
             response_seen: false,
             decided: false,
+            global: None,
+            global_pending: None,
         }
     }
 
@@ -687,7 +694,7 @@ impl Stream {
     /// not go on now (refused, or waiting for its turn).
     fn admit(&mut self, policy: &Rc<RoutePolicy>, cost: Cost) -> Option<Action> {
         let p = &policy.policy;
-        if p.limits.is_none() && p.tenant.is_none() {
+        if p.limits.is_none() && p.tenant.is_none() && p.global.is_none() {
             return None;
         }
         let now = HostClock.now_ms();
@@ -716,12 +723,32 @@ impl Stream {
         }
         let wait = a.wait_ms;
         self.admitted(a);
-        if wait == 0 {
+        // The fleet-wide tier, behind the local gate; before the request is
+        // held for its local turn, so a global refusal does not wait first.
+        if let Some(g) = &p.global {
+            match self.global_gate(g, cost, wait) {
+                global::Gate::Go => {}
+                global::Gate::Replied(action) => return Some(action),
+                global::Gate::Asked => return Some(Action::Pause),
+            }
+        }
+        self.hold(wait)
+    }
+
+    /// Holds an admitted request until its place comes up (`wait_ms` from now).
+    /// `None`: it goes now.
+    fn hold(&mut self, wait_ms: u64) -> Option<Action> {
+        if wait_ms == 0 {
             return None;
         }
+        let now = HostClock.now_ms();
         // Charged already; hold the request until its place comes up.
-        self.waiter = Some(self.queue.borrow_mut().push(self.context_id, now, wait));
-        let poll = p.queue.map_or(20, |q| q.poll_ms);
+        self.waiter = Some(self.queue.borrow_mut().push(self.context_id, now, wait_ms));
+        let poll = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.queue)
+            .map_or(20, |q| q.poll_ms);
         if let Err(s) = abi::set_tick_period(poll) {
             log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
         }
@@ -808,6 +835,7 @@ impl Stream {
             self.tracker = None;
             self.queue.borrow_mut().remove(&w);
             self.release(true);
+            self.global_give_back(true);
             self.release_probe();
             self.budgets.release(&HostClock, true);
             self.count(
@@ -899,10 +927,16 @@ impl Stream {
         }
         self.settled = Some(s);
         self.release(false);
+        self.global_give_back(false);
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        enter();
+        self.on_global_answer(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -1119,10 +1153,20 @@ impl HttpContext for Stream {
         #[cfg(feature = "hostcall-count")]
         let _timer = abi::count::Timer::start("ds_on_log");
         self.absorb_wait();
+        if self.global_pending.take().is_some() {
+            // The client left while the rate limit service was asked: nothing
+            // was sent. (Whatever the service charges for the call is lost.)
+            self.tracker = None;
+            self.release(true);
+            self.global_give_back(true);
+            self.release_probe();
+            self.budgets.release(&HostClock, true);
+        }
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle();
         // Bodiless requests have no settlement; their charges release here.
         self.release(false);
+        self.global_give_back(false);
         self.budgets.release(&HostClock, false);
         // Attempts that ended without an answer count against their cluster only
         // if the client was still there to be answered (it saw response headers,

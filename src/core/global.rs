@@ -1,0 +1,1018 @@
+//! The global tier: a fleet-wide limit kept by a rate limit service that speaks
+//! Envoy's protocol (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`),
+//! such as envoyproxy/ratelimit or Limitador, backed by Redis.
+//!
+//! Local limits stay the fast first gate. A request they admit then takes its
+//! share (one request, its token reservation) from this Envoy's *pool*: global
+//! quota the service has already granted to this process, kept in shared data so
+//! every worker draws on it. Only what the pool cannot cover goes to the service,
+//! in one call whose descriptors carry the counts in `hits_addend`:
+//!
+//! - `per_request` (lease 0): each call asks for exactly the shortfall.
+//! - leased: each call also asks for a slice (`lease.requests`, `lease.tokens`),
+//!   so the next requests are served from the pool without a call.
+//!
+//! Reconciliation happens here, not in the service: RLS has no negative hits, so
+//! a reservation larger than the usage goes back into the pool (the next requests
+//! use it before asking again), and a usage above the reservation is a debt added
+//! to the next call. Granted quota lives only as long as the service's window
+//! (`duration_until_reset`): at the reset the service's counter starts over, so
+//! quota carried across would be counted twice.
+//!
+//! The wire format is small and fixed, so it is written by hand (no protobuf
+//! dependency in every worker's VM).
+
+use super::config::ConfigError;
+use super::env::{SharedStore, StoreError};
+use super::limiter::Limits;
+use super::pbstruct::{DecodeError, Reader};
+use serde::{Deserialize, Serialize};
+
+/// gRPC service and method of Envoy's rate limit service protocol.
+pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+pub const METHOD: &str = "ShouldRateLimit";
+pub const DEFAULT_DOMAIN: &str = "llm-capacity";
+pub const DEFAULT_TIMEOUT_MS: u32 = 100;
+pub const DEFAULT_RETRY_INTERVAL_MS: u64 = 1_000;
+/// How long granted quota lives when the service does not say when its window
+/// resets: short, so quota is not carried into the service's next window.
+pub const UNKNOWN_WINDOW_MS: u64 = 1_000;
+/// Two answers whose resets are this close describe the same window.
+pub const WINDOW_SLACK_MS: u64 = 1_000;
+/// The descriptor entry that names the unit counted.
+pub const UNIT_KEY: &str = "unit";
+pub const ROUTE_KEY: &str = "llmcap_route";
+const CAS_RETRIES: u32 = 16;
+/// The CAS token used to create keys (see `limiter::load`).
+const CREATE_CAS: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Admit under the local limits, plus `fallback` (this replica's static share).
+    Open,
+    /// Refuse with 503 while the service cannot be asked.
+    Closed,
+}
+
+impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Open => "open",
+            FailurePolicy::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalConfig {
+    /// Envoy cluster (HTTP/2) of the rate limit service.
+    pub cluster: String,
+    pub domain: String,
+    /// Entries every descriptor starts with; `None`: `llmcap_route=<route>`.
+    pub descriptor: Option<Vec<(String, String)>>,
+    pub timeout_ms: u32,
+    pub lease_requests: u64,
+    pub lease_tokens: u64,
+    pub on_failure: FailurePolicy,
+    /// Local limits that apply only while failing open: this replica's share.
+    pub fallback: Option<Limits>,
+    /// After a failed call, requests go straight to the failure policy this long.
+    pub retry_interval_ms: u64,
+}
+
+impl GlobalConfig {
+    pub fn leased(&self) -> bool {
+        self.lease_requests > 0 || self.lease_tokens > 0
+    }
+
+    pub fn entries<'a>(&'a self, route: &'a str) -> Vec<(&'a str, &'a str)> {
+        match &self.descriptor {
+            Some(d) => d.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            None => vec![(ROUTE_KEY, route)],
+        }
+    }
+}
+
+/// Parses `global` (see README "Global limits"). `limits` parses the fallback's
+/// limit fields the same way as `limits:`.
+pub fn parse(
+    v: &serde_json::Value,
+    path: &str,
+    limits: impl Fn(&serde_json::Value, &str) -> Result<Limits, ConfigError>,
+) -> Result<GlobalConfig, ConfigError> {
+    let err = |p: &str, m: String| ConfigError {
+        path: p.to_string(),
+        message: m,
+    };
+    let shown = |v: &serde_json::Value| v.to_string();
+    let o = v
+        .as_object()
+        .ok_or_else(|| err(path, format!("expected an object, got {}", shown(v))))?;
+    let known = [
+        "cluster",
+        "descriptor",
+        "domain",
+        "fallback_limits",
+        "lease",
+        "on_failure",
+        "retry_interval_ms",
+        "timeout_ms",
+    ];
+    if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(err(
+            &format!("{path}.{k}"),
+            format!("unknown field (known: {})", known.join(", ")),
+        ));
+    }
+    let name = |key: &str| -> Result<Option<String>, ConfigError> {
+        match o.get(key) {
+            None => Ok(None),
+            Some(x) => match x.as_str() {
+                Some(s) if !s.is_empty() && s.len() <= 128 => Ok(Some(s.to_string())),
+                _ => Err(err(
+                    &format!("{path}.{key}"),
+                    format!(
+                        "expected a non-empty string of at most 128 bytes, got {}",
+                        shown(x)
+                    ),
+                )),
+            },
+        }
+    };
+    let cluster = name("cluster")?.filter(|c| c.len() <= 120);
+    if cluster.is_none() {
+        if let Some(c) = o.get("cluster") {
+            return Err(err(
+                &format!("{path}.cluster"),
+                format!(
+                    "expected a cluster name of at most 120 bytes, got {}",
+                    shown(c)
+                ),
+            ));
+        }
+    }
+    let cluster = cluster.ok_or_else(|| {
+        err(
+            path,
+            "cluster is required (the Envoy cluster of the rate limit service)".to_string(),
+        )
+    })?;
+    let domain = name("domain")?.unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
+    let int = |key: &str, lo: u64, hi: u64, default: u64| -> Result<u64, ConfigError> {
+        match o.get(key) {
+            None => Ok(default),
+            Some(x) => match whole(x) {
+                Some(n) if (lo..=hi).contains(&n) => Ok(n),
+                _ => Err(err(
+                    &format!("{path}.{key}"),
+                    format!("expected an integer from {lo} to {hi}, got {}", shown(x)),
+                )),
+            },
+        }
+    };
+    let timeout_ms = int("timeout_ms", 1, 10_000, u64::from(DEFAULT_TIMEOUT_MS))? as u32;
+    let retry_interval_ms = int("retry_interval_ms", 0, 600_000, DEFAULT_RETRY_INTERVAL_MS)?;
+    let descriptor = match o.get("descriptor") {
+        None => None,
+        Some(d) => {
+            let dp = format!("{path}.descriptor");
+            let m = d.as_object().filter(|m| !m.is_empty() && m.len() <= 8);
+            let m = m.ok_or_else(|| {
+                err(
+                    &dp,
+                    format!(
+                        "expected an object of 1 to 8 entries (key: value), got {}",
+                        shown(d)
+                    ),
+                )
+            })?;
+            let mut out = Vec::new();
+            for (k, x) in m {
+                match x.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= 128 && k.len() <= 128 && k != UNIT_KEY => {
+                        out.push((k.clone(), s.to_string()))
+                    }
+                    _ => {
+                        return Err(err(
+                            &format!("{dp}.{k}"),
+                            format!(
+                                "expected a non-empty string of at most 128 bytes (and a key other than `{UNIT_KEY}`), got {}",
+                                shown(x)
+                            ),
+                        ))
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+    let (lease_requests, lease_tokens) = match o.get("lease") {
+        None => (0, 0),
+        Some(l) => {
+            let lp = format!("{path}.lease");
+            let m = l
+                .as_object()
+                .ok_or_else(|| err(&lp, format!("expected an object, got {}", shown(l))))?;
+            if let Some(k) = m.keys().find(|k| *k != "requests" && *k != "tokens") {
+                return Err(err(
+                    &format!("{lp}.{k}"),
+                    "unknown field (known: requests, tokens)".to_string(),
+                ));
+            }
+            let get = |key: &str, hi: u64| -> Result<u64, ConfigError> {
+                match m.get(key) {
+                    None => Ok(0),
+                    Some(x) => match whole(x) {
+                        Some(n) if n <= hi => Ok(n),
+                        _ => Err(err(
+                            &format!("{lp}.{key}"),
+                            format!("expected an integer from 0 to {hi}, got {}", shown(x)),
+                        )),
+                    },
+                }
+            };
+            (get("requests", 100_000)?, get("tokens", 100_000_000)?)
+        }
+    };
+    let on_failure = match o.get("on_failure") {
+        None => FailurePolicy::Open,
+        Some(x) => match x.as_str() {
+            Some("open") => FailurePolicy::Open,
+            Some("closed") => FailurePolicy::Closed,
+            _ => {
+                return Err(err(
+                    &format!("{path}.on_failure"),
+                    format!("expected one of open, closed, got {}", shown(x)),
+                ))
+            }
+        },
+    };
+    let fallback = match o.get("fallback_limits") {
+        None => None,
+        Some(x) => {
+            let fp = format!("{path}.fallback_limits");
+            if on_failure == FailurePolicy::Closed {
+                return Err(err(&fp, "applies only with on_failure: open".to_string()));
+            }
+            Some(limits(x, &fp)?)
+        }
+    };
+    Ok(GlobalConfig {
+        cluster,
+        domain,
+        descriptor,
+        timeout_ms,
+        lease_requests,
+        lease_tokens,
+        on_failure,
+        fallback,
+        retry_interval_ms,
+    })
+}
+
+/// A whole number as JSON, a protobuf Struct double, or a numeric string.
+fn whole(x: &serde_json::Value) -> Option<u64> {
+    x.as_u64()
+        .or_else(|| {
+            x.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..9.0e15).contains(f))
+                .map(|f| f as u64)
+        })
+        .or_else(|| x.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+// ---------------------------------------------------------------- wire format
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn field_bytes(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    varint(field << 3 | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// A serialized `envoy.config.core.v3.GrpcService{envoy_grpc{cluster_name}}`.
+/// Passing the message, not the bare name, keeps Envoy from guessing whether the
+/// name itself parses as one.
+pub fn grpc_service(cluster: &str) -> Vec<u8> {
+    let mut envoy_grpc = Vec::new();
+    field_bytes(1, cluster.as_bytes(), &mut envoy_grpc);
+    let mut out = Vec::new();
+    field_bytes(1, &envoy_grpc, &mut out);
+    out
+}
+
+/// What one call asks for, per unit; a unit with 0 hits is left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+impl Hits {
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.tokens == 0
+    }
+
+    /// The units sent, in descriptor order.
+    pub fn units(&self) -> Vec<(&'static str, u64)> {
+        [("requests", self.requests), ("tokens", self.tokens)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// A serialized `RateLimitRequest`: one descriptor per unit, each `entries` +
+/// `unit=<unit>`, with the count in the descriptor's own `hits_addend`.
+pub fn encode_request(domain: &str, entries: &[(&str, &str)], hits: Hits) -> Vec<u8> {
+    let mut out = Vec::new();
+    field_bytes(1, domain.as_bytes(), &mut out);
+    for (unit, n) in hits.units() {
+        let mut d = Vec::new();
+        for (k, v) in entries.iter().copied().chain([(UNIT_KEY, unit)]) {
+            let mut e = Vec::new();
+            field_bytes(1, k.as_bytes(), &mut e);
+            field_bytes(2, v.as_bytes(), &mut e);
+            field_bytes(1, &e, &mut d);
+        }
+        // google.protobuf.UInt64Value{value = 1}
+        let mut w = Vec::new();
+        varint(1 << 3, &mut w);
+        varint(n, &mut w);
+        field_bytes(3, &w, &mut d);
+        field_bytes(2, &d, &mut out);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DescriptorStatus {
+    pub over_limit: bool,
+    pub remaining: Option<u64>,
+    /// Until the counter's window resets (`duration_until_reset`), when given.
+    pub reset_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub over_limit: bool,
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+impl Answer {
+    /// The longest wait among the descriptors over their limit.
+    pub fn wait_ms(&self) -> Option<u64> {
+        self.statuses
+            .iter()
+            .filter(|s| s.over_limit)
+            .filter_map(|s| s.reset_ms)
+            .max()
+    }
+}
+
+const MAX_STATUSES: usize = 64;
+
+/// Decodes a `RateLimitResponse`; only what the filter uses is kept.
+pub fn decode_response(bytes: &[u8]) -> Result<Answer, DecodeError> {
+    let mut a = Answer::default();
+    let mut r = Reader::new(bytes);
+    let mut code = 0;
+    while !r.done() {
+        match r.key()? {
+            (1, 0) => code = r.varint()?,
+            (2, 2) => {
+                let s = decode_status(r.bytes()?)?;
+                if a.statuses.len() < MAX_STATUSES {
+                    a.statuses.push(s);
+                }
+            }
+            (_, w) => r.skip(w)?,
+        }
+    }
+    a.over_limit = match code {
+        1 => false,
+        2 => true,
+        _ => return Err(DecodeError("overall_code is neither OK nor OVER_LIMIT")),
+    };
+    Ok(a)
+}
+
+fn decode_status(bytes: &[u8]) -> Result<DescriptorStatus, DecodeError> {
+    let mut s = DescriptorStatus::default();
+    let mut r = Reader::new(bytes);
+    while !r.done() {
+        match r.key()? {
+            (1, 0) => s.over_limit = r.varint()? == 2,
+            (3, 0) => s.remaining = Some(r.varint()?),
+            (4, 2) => {
+                let mut d = Reader::new(r.bytes()?);
+                let (mut secs, mut nanos) = (0u64, 0u64);
+                while !d.done() {
+                    match d.key()? {
+                        (1, 0) => secs = d.varint()?,
+                        (2, 0) => nanos = d.varint()? & 0xffff_ffff,
+                        (_, w) => d.skip(w)?,
+                    }
+                }
+                // Negative or absurd durations are not a window.
+                if secs < 1 << 40 && nanos < 1_000_000_000 {
+                    s.reset_ms = Some(secs * 1000 + nanos / 1_000_000);
+                }
+            }
+            (_, w) => r.skip(w)?,
+        }
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- the pool
+
+/// Granted quota of one unit, valid until `w` (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub w: u64,
+    pub c: u64,
+}
+
+impl Grant {
+    fn live(&self, now: u64) -> u64 {
+        if now < self.w {
+            self.c
+        } else {
+            0
+        }
+    }
+
+    fn same_window(&self, w: u64) -> bool {
+        self.w.abs_diff(w) <= WINDOW_SLACK_MS
+    }
+
+    /// Adds quota granted for the window ending at `w`; quota of an older
+    /// window is dropped, a newer window replaces what is left.
+    fn add(&mut self, n: u64, w: u64, now: u64) {
+        if now >= self.w || (w > self.w && !self.same_window(w)) {
+            *self = Grant { w, c: n };
+        } else if self.same_window(w) {
+            self.c = self.c.saturating_add(n);
+        }
+    }
+}
+
+/// This process's share of the global quota, one shared-data value per route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub r: Grant,
+    pub t: Grant,
+    /// Tokens used beyond reservations, owed to the token window `t.w`.
+    pub d: u64,
+    /// No lease slices until then: the service refused one this window.
+    pub x: u64,
+    /// The service failed: no calls until then.
+    pub u: u64,
+}
+
+pub fn pool_key(route: &str) -> String {
+    format!("llmcap/glob/{route}")
+}
+
+/// The windows a request's global charge belongs to, for settling it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+/// What [`take`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Take {
+    /// Taken from the pool.
+    pub taken: Hits,
+    /// Still needed from the service.
+    pub short: Hits,
+    /// Debt to add to the call (already cleared from the pool).
+    pub debt: u64,
+    pub windows: Windows,
+    /// Whether a call may ask for a lease slice.
+    pub lease: bool,
+    /// The service failed recently: go to the failure policy without a call.
+    pub down: bool,
+}
+
+fn decode(bytes: &[u8]) -> Pool {
+    rmp_serde::from_slice(bytes).unwrap_or_default()
+}
+
+/// Reads, changes and writes the pool under CAS.
+fn update<R>(
+    store: &dyn SharedStore,
+    key: &str,
+    mut f: impl FnMut(&mut Pool) -> (R, bool),
+) -> Result<R, StoreError> {
+    for _ in 0..CAS_RETRIES {
+        let (mut pool, cas) = match store.get(key)? {
+            Some((b, cas)) => (decode(&b), cas),
+            None => (Pool::default(), CREATE_CAS),
+        };
+        let (out, changed) = f(&mut pool);
+        if !changed {
+            return Ok(out);
+        }
+        let bytes = rmp_serde::to_vec(&pool).map_err(|_| StoreError::Host(0))?;
+        match store.set(key, &bytes, cas) {
+            Ok(()) => return Ok(out),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::CasMismatch)
+}
+
+/// Takes what the pool can give of `need`; the rest is `short`. Tokens owed
+/// from earlier requests are paid from the pool first, else go with the call.
+pub fn take(store: &dyn SharedStore, key: &str, need: Hits, now: u64) -> Result<Take, StoreError> {
+    update(store, key, |p| {
+        let mut t = Take::default();
+        if now >= p.t.w {
+            p.d = 0; // the window owed to is over
+        }
+        let paid = p.d.min(p.t.live(now));
+        p.t.c -= paid;
+        p.d -= paid;
+        t.taken.requests = need.requests.min(p.r.live(now));
+        t.taken.tokens = need.tokens.min(p.t.live(now));
+        p.r.c -= t.taken.requests;
+        p.t.c -= t.taken.tokens;
+        t.short = Hits {
+            requests: need.requests - t.taken.requests,
+            tokens: need.tokens - t.taken.tokens,
+        };
+        t.windows = Windows {
+            requests: p.r.w,
+            tokens: p.t.w,
+        };
+        if !t.short.is_empty() {
+            t.down = now < p.u;
+            if !t.down {
+                t.debt = std::mem::take(&mut p.d);
+            }
+            t.lease = now >= p.x;
+        }
+        let changed = paid > 0 || !t.taken.is_empty() || t.debt > 0;
+        (t, changed)
+    })
+}
+
+/// Puts granted quota in the pool: a call's lease slice, or quota given back.
+pub fn grant(
+    store: &dyn SharedStore,
+    key: &str,
+    n: Hits,
+    windows: Windows,
+    now: u64,
+) -> Result<(), StoreError> {
+    // Zero grants still record the windows, so reservations can come back.
+    update(store, key, |p| {
+        p.r.add(n.requests, windows.requests, now);
+        p.t.add(n.tokens, windows.tokens, now);
+        p.u = 0;
+        ((), true)
+    })
+}
+
+/// Gives back quota charged in `windows` and not used; dropped if its window is over.
+pub fn give_back(
+    store: &dyn SharedStore,
+    key: &str,
+    n: Hits,
+    windows: Windows,
+    now: u64,
+) -> Result<(), StoreError> {
+    update(store, key, |p| {
+        let mut changed = false;
+        for (g, n, w) in [
+            (&mut p.r, n.requests, windows.requests),
+            (&mut p.t, n.tokens, windows.tokens),
+        ] {
+            if n > 0 && now < w && (g.same_window(w) || now >= g.w) {
+                g.add(n, w, now);
+                changed = true;
+            }
+        }
+        ((), changed)
+    })
+}
+
+/// Records tokens used beyond a reservation charged in the token window `w`.
+pub fn owe(
+    store: &dyn SharedStore,
+    key: &str,
+    tokens: u64,
+    w: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    update(store, key, |p| {
+        if tokens == 0 || now >= w || !p.t.same_window(w) {
+            return ((), false);
+        }
+        p.d = p.d.saturating_add(tokens);
+        ((), true)
+    })
+}
+
+/// The service refused a lease slice: no slices until its window resets.
+pub fn no_lease_until(store: &dyn SharedStore, key: &str, until: u64) -> Result<(), StoreError> {
+    update(store, key, |p| {
+        let changed = until > p.x;
+        p.x = p.x.max(until);
+        ((), changed)
+    })
+}
+
+/// A call failed: requests skip the service until `until`; `debt` is owed again.
+pub fn failed(store: &dyn SharedStore, key: &str, until: u64, debt: u64) -> Result<(), StoreError> {
+    update(store, key, |p| {
+        p.u = p.u.max(until);
+        p.d = p.d.saturating_add(debt);
+        ((), true)
+    })
+}
+
+/// The window end for a status: now + its reset, or a short life when unknown.
+pub fn window_end(status: Option<&DescriptorStatus>, now: u64) -> u64 {
+    now + status
+        .and_then(|s| s.reset_ms)
+        .filter(|&ms| ms > 0)
+        .unwrap_or(UNKNOWN_WINDOW_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::env::MemStore;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const K: &str = "llmcap/glob/chat";
+
+    fn hits(requests: u64, tokens: u64) -> Hits {
+        Hits { requests, tokens }
+    }
+
+    fn win(w: u64) -> Windows {
+        Windows {
+            requests: w,
+            tokens: w,
+        }
+    }
+
+    #[test]
+    fn request_encodes_descriptors_with_their_own_hits() {
+        let b = encode_request("d", &[("llmcap_route", "chat")], hits(1, 300));
+        // Decode by hand with the shared reader: domain, then two descriptors.
+        let mut r = Reader::new(&b);
+        assert_eq!(r.key().unwrap(), (1, 2));
+        assert_eq!(r.bytes().unwrap(), b"d");
+        let mut seen = Vec::new();
+        while !r.done() {
+            assert_eq!(r.key().unwrap(), (2, 2));
+            let mut d = Reader::new(r.bytes().unwrap());
+            let mut entries = Vec::new();
+            let mut n = None;
+            while !d.done() {
+                match d.key().unwrap() {
+                    (1, 2) => {
+                        let mut e = Reader::new(d.bytes().unwrap());
+                        e.key().unwrap();
+                        let k = String::from_utf8(e.bytes().unwrap().to_vec()).unwrap();
+                        e.key().unwrap();
+                        let v = String::from_utf8(e.bytes().unwrap().to_vec()).unwrap();
+                        entries.push((k, v));
+                    }
+                    (3, 2) => {
+                        let mut w = Reader::new(d.bytes().unwrap());
+                        assert_eq!(w.key().unwrap(), (1, 0));
+                        n = Some(w.varint().unwrap());
+                    }
+                    other => panic!("unexpected field {other:?}"),
+                }
+            }
+            seen.push((entries, n));
+        }
+        let e = |u: &str| {
+            vec![
+                ("llmcap_route".to_string(), "chat".to_string()),
+                ("unit".to_string(), u.to_string()),
+            ]
+        };
+        assert_eq!(
+            seen,
+            vec![(e("requests"), Some(1)), (e("tokens"), Some(300))]
+        );
+        // A unit with nothing to count is left out.
+        let only = encode_request("d", &[], hits(0, 5));
+        assert!(!only.windows(8).any(|w| w == b"requests"));
+    }
+
+    #[test]
+    fn grpc_service_names_the_cluster() {
+        assert_eq!(
+            grpc_service("rls"),
+            vec![0x0a, 0x05, 0x0a, 0x03, b'r', b'l', b's']
+        );
+    }
+
+    fn status(code: u64, remaining: u64, secs: u64, nanos: u64) -> Vec<u8> {
+        let mut s = Vec::new();
+        varint(1 << 3, &mut s);
+        varint(code, &mut s);
+        varint(3 << 3, &mut s);
+        varint(remaining, &mut s);
+        let mut d = Vec::new();
+        varint(1 << 3, &mut d);
+        varint(secs, &mut d);
+        varint(2 << 3, &mut d);
+        varint(nanos, &mut d);
+        field_bytes(4, &d, &mut s);
+        s
+    }
+
+    #[test]
+    fn response_decodes_code_remaining_and_reset() {
+        let mut b = Vec::new();
+        varint(1 << 3, &mut b);
+        varint(2, &mut b);
+        field_bytes(2, &status(1, 7, 12, 500_000_000), &mut b);
+        field_bytes(2, &status(2, 0, 30, 0), &mut b);
+        // An unknown field (response_headers_to_add) is skipped.
+        field_bytes(3, b"\x0a\x01x", &mut b);
+        let a = decode_response(&b).unwrap();
+        assert!(a.over_limit);
+        assert_eq!(
+            a.statuses,
+            vec![
+                DescriptorStatus {
+                    over_limit: false,
+                    remaining: Some(7),
+                    reset_ms: Some(12_500)
+                },
+                DescriptorStatus {
+                    over_limit: true,
+                    remaining: Some(0),
+                    reset_ms: Some(30_000)
+                },
+            ]
+        );
+        assert_eq!(a.wait_ms(), Some(30_000));
+    }
+
+    #[test]
+    fn response_without_a_known_code_is_an_error() {
+        assert_eq!(
+            decode_response(b""),
+            Err(DecodeError("overall_code is neither OK nor OVER_LIMIT"))
+        );
+        assert!(decode_response(b"\x08").is_err()); // truncated varint
+        assert!(decode_response(b"\x12\x05ab").is_err()); // truncated status
+    }
+
+    #[test]
+    fn window_end_uses_the_reset_or_a_short_life() {
+        let s = DescriptorStatus {
+            reset_ms: Some(5_000),
+            ..Default::default()
+        };
+        assert_eq!(window_end(Some(&s), 100), 5_100);
+        assert_eq!(window_end(None, 100), 100 + UNKNOWN_WINDOW_MS);
+        assert_eq!(
+            window_end(Some(&DescriptorStatus::default()), 100),
+            100 + UNKNOWN_WINDOW_MS
+        );
+    }
+
+    #[test]
+    fn an_empty_pool_sends_everything_to_the_service() {
+        let s = MemStore::default();
+        let t = take(&s, K, hits(1, 500), 1_000).unwrap();
+        assert_eq!(t.taken, Hits::default());
+        assert_eq!(t.short, hits(1, 500));
+        assert!(t.lease && !t.down);
+        // Nothing changed, nothing written.
+        assert_eq!(s.keys(), 0);
+    }
+
+    #[test]
+    fn a_lease_serves_the_next_requests_until_its_window_ends() {
+        let s = MemStore::default();
+        grant(&s, K, hits(3, 1_000), win(60_000), 1_000).unwrap();
+        for _ in 0..3 {
+            let t = take(&s, K, hits(1, 300), 2_000).unwrap();
+            assert_eq!(t.taken, hits(1, 300));
+            assert!(t.short.is_empty());
+            assert_eq!(t.windows, win(60_000));
+        }
+        // Requests spent; 100 tokens left: taken, the rest is short.
+        let t = take(&s, K, hits(1, 300), 3_000).unwrap();
+        assert_eq!(t.taken, hits(0, 100));
+        assert_eq!(t.short, hits(1, 200));
+        // At the reset, leftovers are gone: the service's counter starts over.
+        grant(&s, K, hits(5, 5_000), win(60_000), 4_000).unwrap();
+        let t = take(&s, K, hits(1, 1), 60_000).unwrap();
+        assert_eq!(t.taken, Hits::default());
+        assert_eq!(t.short, hits(1, 1));
+    }
+
+    #[test]
+    fn grants_of_a_newer_window_replace_and_of_an_older_one_are_dropped() {
+        let s = MemStore::default();
+        grant(&s, K, hits(2, 0), win(60_000), 1_000).unwrap();
+        // Same window, reported a few ms apart: added.
+        grant(&s, K, hits(2, 0), win(60_300), 1_300).unwrap();
+        assert_eq!(take(&s, K, hits(9, 0), 2_000).unwrap().taken, hits(4, 0));
+        grant(&s, K, hits(2, 0), win(60_000), 2_000).unwrap();
+        // The next window: what is left of the old one goes.
+        grant(&s, K, hits(3, 0), win(120_000), 59_000).unwrap();
+        assert_eq!(take(&s, K, hits(9, 0), 59_500).unwrap().taken, hits(3, 0));
+        // A late answer for the old window adds nothing.
+        grant(&s, K, hits(3, 0), win(60_000), 59_600).unwrap();
+        assert_eq!(
+            take(&s, K, hits(9, 0), 59_700).unwrap().taken,
+            Hits::default()
+        );
+    }
+
+    #[test]
+    fn unused_reservations_come_back_within_their_window_only() {
+        let s = MemStore::default();
+        give_back(&s, K, hits(1, 400), win(60_000), 1_000).unwrap();
+        assert_eq!(
+            take(&s, K, hits(1, 400), 1_000).unwrap().taken,
+            hits(1, 400)
+        );
+        grant(&s, K, hits(0, 100), win(60_000), 1_000).unwrap();
+        give_back(&s, K, hits(1, 400), win(60_000), 2_000).unwrap();
+        assert_eq!(
+            take(&s, K, hits(1, 1_000), 3_000).unwrap().taken,
+            hits(1, 500)
+        );
+        // A reservation of an older window does not mix with a newer one.
+        grant(&s, K, hits(0, 0), win(200_000), 140_000).unwrap();
+        give_back(&s, K, hits(1, 400), win(150_000), 140_500).unwrap();
+        assert_eq!(
+            take(&s, K, hits(1, 1), 141_000).unwrap().taken,
+            Hits::default()
+        );
+        // A reservation of a window that is over is not given back.
+        give_back(&s, K, hits(1, 400), win(60_000), 60_001).unwrap();
+        assert_eq!(
+            take(&s, K, hits(1, 1), 60_002).unwrap().taken,
+            Hits::default()
+        );
+    }
+
+    #[test]
+    fn debt_is_paid_from_the_pool_first_then_with_the_next_call() {
+        let s = MemStore::default();
+        grant(&s, K, hits(0, 1_000), win(60_000), 1_000).unwrap();
+        owe(&s, K, 700, 60_000, 2_000).unwrap();
+        // 700 paid from the pool, 300 left for this request.
+        let t = take(&s, K, hits(0, 500), 3_000).unwrap();
+        assert_eq!((t.taken, t.short, t.debt), (hits(0, 300), hits(0, 200), 0));
+        // An empty pool: the debt goes with the call, once.
+        owe(&s, K, 50, 60_000, 3_000).unwrap();
+        let t = take(&s, K, hits(0, 10), 4_000).unwrap();
+        assert_eq!((t.short, t.debt), (hits(0, 10), 50));
+        assert_eq!(take(&s, K, hits(0, 10), 4_000).unwrap().debt, 0);
+        // A failed call owes it again.
+        failed(&s, K, 5_000, 50).unwrap();
+        let t = take(&s, K, hits(0, 10), 6_000).unwrap();
+        assert_eq!(t.debt, 50);
+        // Debt of a window that is over is not carried into the next.
+        owe(&s, K, 90, 60_000, 7_000).unwrap();
+        assert_eq!(take(&s, K, hits(0, 10), 60_000).unwrap().debt, 0);
+    }
+
+    #[test]
+    fn failures_send_requests_to_the_policy_until_the_retry_time() {
+        let s = MemStore::default();
+        failed(&s, K, 2_000, 0).unwrap();
+        assert!(take(&s, K, hits(1, 1), 1_500).unwrap().down);
+        assert!(!take(&s, K, hits(1, 1), 2_000).unwrap().down);
+        // Quota already granted is still used while the service is down.
+        grant(&s, K, hits(1, 1), win(60_000), 2_100).unwrap();
+        failed(&s, K, 9_000, 0).unwrap();
+        let t = take(&s, K, hits(1, 1), 3_000).unwrap();
+        assert!(t.short.is_empty() && !t.down);
+        // A successful grant ends the down time.
+        grant(&s, K, hits(1, 0), win(60_000), 3_100).unwrap();
+        assert!(!take(&s, K, hits(2, 0), 3_200).unwrap().down);
+    }
+
+    #[test]
+    fn a_refused_lease_stops_slices_until_the_reset() {
+        let s = MemStore::default();
+        no_lease_until(&s, K, 60_000).unwrap();
+        assert!(!take(&s, K, hits(1, 1), 1_000).unwrap().lease);
+        assert!(take(&s, K, hits(1, 1), 60_000).unwrap().lease);
+    }
+
+    #[test]
+    fn concurrent_takers_never_share_a_unit() {
+        // Interleaved CAS: a second worker's write between read and write retries.
+        let s = MemStore::default();
+        grant(&s, K, hits(10, 0), win(60_000), 0).unwrap();
+        let mut taken = 0;
+        for _ in 0..15 {
+            taken += take(&s, K, hits(1, 0), 1).unwrap().taken.requests;
+        }
+        assert_eq!(taken, 10);
+    }
+
+    fn no_limits() -> Limits {
+        Limits {
+            requests: None,
+            tokens: None,
+            input_tokens: None,
+            output_tokens: None,
+            max_in_flight: None,
+            in_flight_lease_ms: 0,
+        }
+    }
+
+    fn parse_err(v: serde_json::Value) -> String {
+        let limits = |_: &serde_json::Value, _: &str| Ok(no_limits());
+        match parse(&v, "routes.chat.global", limits) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_parses_with_defaults() {
+        let limits = |_: &serde_json::Value, _: &str| Ok(no_limits());
+        let g = parse(&serde_json::json!({"cluster": "rls"}), "g", limits).unwrap();
+        assert_eq!(g.domain, DEFAULT_DOMAIN);
+        assert_eq!(g.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(g.on_failure, FailurePolicy::Open);
+        assert!(!g.leased());
+        assert_eq!(g.entries("chat"), vec![(ROUTE_KEY, "chat")]);
+        let g = parse(
+            &serde_json::json!({"cluster": "rls", "descriptor": {"provider": "openai"},
+                "lease": {"requests": 5.0, "tokens": "2000"}, "on_failure": "closed",
+                "timeout_ms": 20, "retry_interval_ms": 0, "domain": "d"}),
+            "g",
+            limits,
+        )
+        .unwrap();
+        assert_eq!(g.entries("chat"), vec![("provider", "openai")]);
+        assert_eq!((g.lease_requests, g.lease_tokens), (5, 2000));
+        assert_eq!(g.on_failure, FailurePolicy::Closed);
+        assert_eq!((g.timeout_ms, g.retry_interval_ms), (20, 0));
+    }
+
+    #[test]
+    fn config_errors_name_path_and_value() {
+        assert_eq!(
+            parse_err(serde_json::json!({})),
+            "invalid config at routes.chat.global: cluster is required (the Envoy cluster of the rate limit service)"
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "timeout": 5})),
+            "invalid config at routes.chat.global.timeout: unknown field (known: cluster, descriptor, domain, fallback_limits, lease, on_failure, retry_interval_ms, timeout_ms)"
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "timeout_ms": 0})),
+            "invalid config at routes.chat.global.timeout_ms: expected an integer from 1 to 10000, got 0"
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "on_failure": "allow"})),
+            "invalid config at routes.chat.global.on_failure: expected one of open, closed, got \"allow\""
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "descriptor": {"unit": "x"}})),
+            "invalid config at routes.chat.global.descriptor.unit: expected a non-empty string of at most 128 bytes (and a key other than `unit`), got \"x\""
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "lease": {"tokens": -1}})),
+            "invalid config at routes.chat.global.lease.tokens: expected an integer from 0 to 100000000, got -1"
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": "rls", "on_failure": "closed", "fallback_limits": {}})),
+            "invalid config at routes.chat.global.fallback_limits: applies only with on_failure: open"
+        );
+        assert_eq!(
+            parse_err(serde_json::json!({"cluster": ""})),
+            "invalid config at routes.chat.global.cluster: expected a non-empty string of at most 128 bytes, got \"\""
+        );
+    }
+}
