@@ -480,6 +480,8 @@ pub struct Pool {
     pub x: u64,
     /// The service failed: no calls until then.
     pub u: u64,
+    /// A renewal is in flight until then (one per process at a time).
+    pub f: u64,
 }
 
 pub fn pool_key(route: &str) -> String {
@@ -507,6 +509,8 @@ pub struct Take {
     pub lease: bool,
     /// The service failed recently: go to the failure policy without a call.
     pub down: bool,
+    /// The pool is below half a slice: renew it now, in the background.
+    pub renew: bool,
 }
 
 fn decode(bytes: &[u8]) -> Pool {
@@ -540,7 +544,18 @@ fn update<R>(
 
 /// Takes what the pool can give of `need`; the rest is `short`. Tokens owed
 /// from earlier requests are paid from the pool first, else go with the call.
-pub fn take(store: &dyn SharedStore, key: &str, need: Hits, now: u64) -> Result<Take, StoreError> {
+///
+/// With a `lease`, a take that leaves the pool under half a slice asks for a
+/// renewal (`renew`), at most one per `renew_ms` per process, so the slice is
+/// renewed before it runs out and requests seldom wait for a call.
+pub fn take(
+    store: &dyn SharedStore,
+    key: &str,
+    need: Hits,
+    lease: Hits,
+    now: u64,
+    renew_ms: u64,
+) -> Result<Take, StoreError> {
     update(store, key, |p| {
         let mut t = Take::default();
         if now >= p.t.w {
@@ -567,8 +582,14 @@ pub fn take(store: &dyn SharedStore, key: &str, need: Hits, now: u64) -> Result<
                 t.debt = std::mem::take(&mut p.d);
             }
             t.lease = now >= p.x;
+        } else if !lease.is_empty() && now >= p.x && now >= p.u && now >= p.f {
+            let low = |g: &Grant, slice: u64| slice > 0 && g.live(now) < slice.div_ceil(2);
+            if low(&p.r, lease.requests) || low(&p.t, lease.tokens) {
+                t.renew = true;
+                p.f = now + renew_ms;
+            }
         }
-        let changed = paid > 0 || !t.taken.is_empty() || t.debt > 0;
+        let changed = paid > 0 || !t.taken.is_empty() || t.debt > 0 || t.renew;
         (t, changed)
     })
 }
@@ -586,6 +607,7 @@ pub fn grant(
         p.r.add(n.requests, windows.requests, now);
         p.t.add(n.tokens, windows.tokens, now);
         p.u = 0;
+        p.f = 0;
         ((), true)
     })
 }
@@ -633,8 +655,9 @@ pub fn owe(
 /// The service refused a lease slice: no slices until its window resets.
 pub fn no_lease_until(store: &dyn SharedStore, key: &str, until: u64) -> Result<(), StoreError> {
     update(store, key, |p| {
-        let changed = until > p.x;
+        let changed = until > p.x || p.f > 0;
         p.x = p.x.max(until);
+        p.f = 0;
         ((), changed)
     })
 }
@@ -644,16 +667,19 @@ pub fn failed(store: &dyn SharedStore, key: &str, until: u64, debt: u64) -> Resu
     update(store, key, |p| {
         p.u = p.u.max(until);
         p.d = p.d.saturating_add(debt);
+        p.f = 0;
         ((), true)
     })
 }
 
 /// The window end for a status: now + its reset, or a short life when unknown.
 pub fn window_end(status: Option<&DescriptorStatus>, now: u64) -> u64 {
-    now + status
-        .and_then(|s| s.reset_ms)
-        .filter(|&ms| ms > 0)
-        .unwrap_or(UNKNOWN_WINDOW_MS)
+    now.saturating_add(
+        status
+            .and_then(|s| s.reset_ms)
+            .filter(|&ms| ms > 0)
+            .unwrap_or(UNKNOWN_WINDOW_MS),
+    )
 }
 
 #[cfg(test)]
@@ -664,6 +690,11 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const K: &str = "llmcap/glob/chat";
+
+    const NONE: Hits = Hits {
+        requests: 0,
+        tokens: 0,
+    };
 
     fn hits(requests: u64, tokens: u64) -> Hits {
         Hits { requests, tokens }
@@ -803,7 +834,7 @@ mod tests {
     #[test]
     fn an_empty_pool_sends_everything_to_the_service() {
         let s = MemStore::default();
-        let t = take(&s, K, hits(1, 500), 1_000).unwrap();
+        let t = take(&s, K, hits(1, 500), NONE, 1_000, 0).unwrap();
         assert_eq!(t.taken, Hits::default());
         assert_eq!(t.short, hits(1, 500));
         assert!(t.lease && !t.down);
@@ -816,18 +847,18 @@ mod tests {
         let s = MemStore::default();
         grant(&s, K, hits(3, 1_000), win(60_000), 1_000).unwrap();
         for _ in 0..3 {
-            let t = take(&s, K, hits(1, 300), 2_000).unwrap();
+            let t = take(&s, K, hits(1, 300), NONE, 2_000, 0).unwrap();
             assert_eq!(t.taken, hits(1, 300));
             assert!(t.short.is_empty());
             assert_eq!(t.windows, win(60_000));
         }
         // Requests spent; 100 tokens left: taken, the rest is short.
-        let t = take(&s, K, hits(1, 300), 3_000).unwrap();
+        let t = take(&s, K, hits(1, 300), NONE, 3_000, 0).unwrap();
         assert_eq!(t.taken, hits(0, 100));
         assert_eq!(t.short, hits(1, 200));
         // At the reset, leftovers are gone: the service's counter starts over.
         grant(&s, K, hits(5, 5_000), win(60_000), 4_000).unwrap();
-        let t = take(&s, K, hits(1, 1), 60_000).unwrap();
+        let t = take(&s, K, hits(1, 1), NONE, 60_000, 0).unwrap();
         assert_eq!(t.taken, Hits::default());
         assert_eq!(t.short, hits(1, 1));
     }
@@ -838,15 +869,21 @@ mod tests {
         grant(&s, K, hits(2, 0), win(60_000), 1_000).unwrap();
         // Same window, reported a few ms apart: added.
         grant(&s, K, hits(2, 0), win(60_300), 1_300).unwrap();
-        assert_eq!(take(&s, K, hits(9, 0), 2_000).unwrap().taken, hits(4, 0));
+        assert_eq!(
+            take(&s, K, hits(9, 0), NONE, 2_000, 0).unwrap().taken,
+            hits(4, 0)
+        );
         grant(&s, K, hits(2, 0), win(60_000), 2_000).unwrap();
         // The next window: what is left of the old one goes.
         grant(&s, K, hits(3, 0), win(120_000), 59_000).unwrap();
-        assert_eq!(take(&s, K, hits(9, 0), 59_500).unwrap().taken, hits(3, 0));
+        assert_eq!(
+            take(&s, K, hits(9, 0), NONE, 59_500, 0).unwrap().taken,
+            hits(3, 0)
+        );
         // A late answer for the old window adds nothing.
         grant(&s, K, hits(3, 0), win(60_000), 59_600).unwrap();
         assert_eq!(
-            take(&s, K, hits(9, 0), 59_700).unwrap().taken,
+            take(&s, K, hits(9, 0), NONE, 59_700, 0).unwrap().taken,
             Hits::default()
         );
     }
@@ -856,26 +893,26 @@ mod tests {
         let s = MemStore::default();
         give_back(&s, K, hits(1, 400), win(60_000), 1_000).unwrap();
         assert_eq!(
-            take(&s, K, hits(1, 400), 1_000).unwrap().taken,
+            take(&s, K, hits(1, 400), NONE, 1_000, 0).unwrap().taken,
             hits(1, 400)
         );
         grant(&s, K, hits(0, 100), win(60_000), 1_000).unwrap();
         give_back(&s, K, hits(1, 400), win(60_000), 2_000).unwrap();
         assert_eq!(
-            take(&s, K, hits(1, 1_000), 3_000).unwrap().taken,
+            take(&s, K, hits(1, 1_000), NONE, 3_000, 0).unwrap().taken,
             hits(1, 500)
         );
         // A reservation of an older window does not mix with a newer one.
         grant(&s, K, hits(0, 0), win(200_000), 140_000).unwrap();
         give_back(&s, K, hits(1, 400), win(150_000), 140_500).unwrap();
         assert_eq!(
-            take(&s, K, hits(1, 1), 141_000).unwrap().taken,
+            take(&s, K, hits(1, 1), NONE, 141_000, 0).unwrap().taken,
             Hits::default()
         );
         // A reservation of a window that is over is not given back.
         give_back(&s, K, hits(1, 400), win(60_000), 60_001).unwrap();
         assert_eq!(
-            take(&s, K, hits(1, 1), 60_002).unwrap().taken,
+            take(&s, K, hits(1, 1), NONE, 60_002, 0).unwrap().taken,
             Hits::default()
         );
     }
@@ -886,44 +923,68 @@ mod tests {
         grant(&s, K, hits(0, 1_000), win(60_000), 1_000).unwrap();
         owe(&s, K, 700, 60_000, 2_000).unwrap();
         // 700 paid from the pool, 300 left for this request.
-        let t = take(&s, K, hits(0, 500), 3_000).unwrap();
+        let t = take(&s, K, hits(0, 500), NONE, 3_000, 0).unwrap();
         assert_eq!((t.taken, t.short, t.debt), (hits(0, 300), hits(0, 200), 0));
         // An empty pool: the debt goes with the call, once.
         owe(&s, K, 50, 60_000, 3_000).unwrap();
-        let t = take(&s, K, hits(0, 10), 4_000).unwrap();
+        let t = take(&s, K, hits(0, 10), NONE, 4_000, 0).unwrap();
         assert_eq!((t.short, t.debt), (hits(0, 10), 50));
-        assert_eq!(take(&s, K, hits(0, 10), 4_000).unwrap().debt, 0);
+        assert_eq!(take(&s, K, hits(0, 10), NONE, 4_000, 0).unwrap().debt, 0);
         // A failed call owes it again.
         failed(&s, K, 5_000, 50).unwrap();
-        let t = take(&s, K, hits(0, 10), 6_000).unwrap();
+        let t = take(&s, K, hits(0, 10), NONE, 6_000, 0).unwrap();
         assert_eq!(t.debt, 50);
         // Debt of a window that is over is not carried into the next.
         owe(&s, K, 90, 60_000, 7_000).unwrap();
-        assert_eq!(take(&s, K, hits(0, 10), 60_000).unwrap().debt, 0);
+        assert_eq!(take(&s, K, hits(0, 10), NONE, 60_000, 0).unwrap().debt, 0);
     }
 
     #[test]
     fn failures_send_requests_to_the_policy_until_the_retry_time() {
         let s = MemStore::default();
         failed(&s, K, 2_000, 0).unwrap();
-        assert!(take(&s, K, hits(1, 1), 1_500).unwrap().down);
-        assert!(!take(&s, K, hits(1, 1), 2_000).unwrap().down);
+        assert!(take(&s, K, hits(1, 1), NONE, 1_500, 0).unwrap().down);
+        assert!(!take(&s, K, hits(1, 1), NONE, 2_000, 0).unwrap().down);
         // Quota already granted is still used while the service is down.
         grant(&s, K, hits(1, 1), win(60_000), 2_100).unwrap();
         failed(&s, K, 9_000, 0).unwrap();
-        let t = take(&s, K, hits(1, 1), 3_000).unwrap();
+        let t = take(&s, K, hits(1, 1), NONE, 3_000, 0).unwrap();
         assert!(t.short.is_empty() && !t.down);
         // A successful grant ends the down time.
         grant(&s, K, hits(1, 0), win(60_000), 3_100).unwrap();
-        assert!(!take(&s, K, hits(2, 0), 3_200).unwrap().down);
+        assert!(!take(&s, K, hits(2, 0), NONE, 3_200, 0).unwrap().down);
+    }
+
+    #[test]
+    fn a_low_pool_is_renewed_once_before_it_runs_out() {
+        let s = MemStore::default();
+        let slice = hits(4, 1_000);
+        grant(&s, K, slice, win(60_000), 1_000).unwrap();
+        for left in [3, 2] {
+            let t = take(&s, K, hits(1, 100), slice, 1_100, 50).unwrap();
+            assert!(!t.renew, "{left} of 4 requests left");
+        }
+        let t = take(&s, K, hits(1, 100), slice, 1_200, 50).unwrap();
+        assert!(t.renew, "1 of 4 left: below half a slice");
+        // One renewal at a time per process, until it is answered or expires.
+        assert!(!take(&s, K, hits(1, 100), slice, 1_210, 50).unwrap().renew);
+        grant(&s, K, slice, win(60_000), 1_220).unwrap();
+        assert!(!take(&s, K, hits(1, 100), slice, 1_230, 50).unwrap().renew);
+        // Nothing renews without a lease, or once slices are refused this window.
+        let s = MemStore::default();
+        grant(&s, K, hits(1, 0), win(60_000), 1_000).unwrap();
+        assert!(!take(&s, K, hits(1, 0), NONE, 1_100, 50).unwrap().renew);
+        grant(&s, K, hits(1, 0), win(60_000), 1_000).unwrap();
+        no_lease_until(&s, K, 60_000).unwrap();
+        assert!(!take(&s, K, hits(1, 0), slice, 1_100, 50).unwrap().renew);
     }
 
     #[test]
     fn a_refused_lease_stops_slices_until_the_reset() {
         let s = MemStore::default();
         no_lease_until(&s, K, 60_000).unwrap();
-        assert!(!take(&s, K, hits(1, 1), 1_000).unwrap().lease);
-        assert!(take(&s, K, hits(1, 1), 60_000).unwrap().lease);
+        assert!(!take(&s, K, hits(1, 1), NONE, 1_000, 0).unwrap().lease);
+        assert!(take(&s, K, hits(1, 1), NONE, 60_000, 0).unwrap().lease);
     }
 
     #[test]
@@ -933,7 +994,7 @@ mod tests {
         grant(&s, K, hits(10, 0), win(60_000), 0).unwrap();
         let mut taken = 0;
         for _ in 0..15 {
-            taken += take(&s, K, hits(1, 0), 1).unwrap().taken.requests;
+            taken += take(&s, K, hits(1, 0), NONE, 1, 0).unwrap().taken.requests;
         }
         assert_eq!(taken, 10);
     }

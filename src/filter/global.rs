@@ -65,7 +65,12 @@ impl Stream {
             requests: 1,
             tokens: cost.tokens,
         };
-        let take = match global::take(&HostStore, &key, need, now) {
+        let lease = Hits {
+            requests: g.lease_requests,
+            tokens: g.lease_tokens,
+        };
+        let renew_ms = u64::from(g.timeout_ms) * 2;
+        let take = match global::take(&HostStore, &key, need, lease, now, renew_ms) {
             Ok(t) => t,
             Err(e) => {
                 // The pool is this process's shared data: ask the service for all.
@@ -85,20 +90,16 @@ impl Stream {
             by_service: true,
         });
         if take.short.is_empty() {
+            if take.renew {
+                want_renewal(&self.route, g);
+            }
             self.global_decision("pool");
             return Gate::Go;
         }
         if take.down {
             return self.global_failed(g, take.taken, 0, None);
         }
-        let lease = if take.lease {
-            Hits {
-                requests: g.lease_requests,
-                tokens: g.lease_tokens,
-            }
-        } else {
-            Hits::default()
-        };
+        let lease = if take.lease { lease } else { Hits::default() };
         self.global_ask(g, take.taken, take.short, lease, take.debt, wait_ms)
     }
 
@@ -463,4 +464,153 @@ fn answer_windows(a: &Answer, ask: Hits, old: Windows, now: u64) -> Windows {
 
 fn fallback_key(route: &str) -> String {
     format!("llmcap/gfb/{route}")
+}
+
+// ---------------------------------------------------------------- renewals
+//
+// A leased pool is renewed before it runs out, by the worker's root context:
+// a call made from a stream would be cancelled when the stream ends (Envoy
+// cancels a context's calls when it goes), and its slice lost.
+
+/// A renewal to make at the next tick.
+struct Renewal {
+    route: String,
+    global: Rc<GlobalConfig>,
+}
+
+/// A renewal call in flight, by token.
+pub struct RenewalCall {
+    route: String,
+    key: String,
+    lease: Hits,
+    retry_interval_ms: u64,
+    at: u64,
+}
+
+/// Renewals per worker at once; more routes than this wait for the next take.
+const MAX_RENEWALS: usize = 64;
+
+thread_local! {
+    static WANTED: std::cell::RefCell<Vec<Renewal>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn want_renewal(route: &str, g: &Rc<GlobalConfig>) {
+    let added = WANTED.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.len() >= MAX_RENEWALS || w.iter().any(|r| r.route == route) {
+            return false;
+        }
+        w.push(Renewal {
+            route: route.to_string(),
+            global: Rc::clone(g),
+        });
+        true
+    });
+    // The root's next tick makes the call (1 ms: the tick's finest grain).
+    if added {
+        if let Err(s) = abi::set_tick_period(1) {
+            log::debug!("llm-capacity: cannot schedule a global renewal (host status {s})");
+        }
+    }
+}
+
+/// From the root's tick: makes the renewals streams asked for. Returns whether
+/// there were any.
+pub fn make_renewals(calls: &mut std::collections::HashMap<u32, RenewalCall>) -> bool {
+    let wanted = WANTED.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    let any = !wanted.is_empty();
+    let now = HostClock.now_ms();
+    for r in wanted {
+        if calls.len() >= MAX_RENEWALS {
+            break; // an unanswered backlog: the next take asks again
+        }
+        let g = &r.global;
+        let key = global::pool_key(&r.route);
+        let lease = Hits {
+            requests: g.lease_requests,
+            tokens: g.lease_tokens,
+        };
+        let msg = global::encode_request(&g.domain, &g.entries(&r.route), lease);
+        match abi::grpc_call(
+            &g.cluster,
+            global::SERVICE,
+            global::METHOD,
+            &msg,
+            g.timeout_ms,
+        ) {
+            Ok(token) => {
+                calls.insert(
+                    token,
+                    RenewalCall {
+                        route: r.route,
+                        key,
+                        lease,
+                        retry_interval_ms: g.retry_interval_ms,
+                        at: now,
+                    },
+                );
+            }
+            Err(s) => {
+                log::debug!("llm-capacity: global renewal not sent (host status {s})");
+                let _ = global::failed(&HostStore, &key, now + g.retry_interval_ms, 0);
+            }
+        }
+    }
+    any
+}
+
+/// The service's answer to a renewal: the slice goes into the pool.
+pub fn on_renewal_answer(
+    calls: &mut std::collections::HashMap<u32, RenewalCall>,
+    metrics: &std::cell::RefCell<super::Metrics>,
+    count: bool,
+    token: u32,
+    status: u32,
+    size: usize,
+) {
+    let Some(c) = calls.remove(&token) else {
+        return;
+    };
+    let now = HostClock.now_ms();
+    let answer = if status != 0 {
+        None
+    } else {
+        abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size)
+            .ok()
+            .flatten()
+            .and_then(|b| global::decode_response(&b).ok())
+    };
+    let result = match &answer {
+        None if status == GRPC_DEADLINE_EXCEEDED => "timeout",
+        None => "error",
+        Some(a) if a.over_limit => "over_limit",
+        Some(_) => "ok",
+    };
+    if count {
+        let mut m = metrics.borrow_mut();
+        m.count(
+            &[("route", &c.route), ("result", result)],
+            GLOBAL_CALLS_TOTAL,
+            1,
+        );
+        m.record(
+            &[("route", &c.route)],
+            GLOBAL_CALL_MS,
+            now.saturating_sub(c.at),
+        );
+    }
+    let r = match answer {
+        None => global::failed(&HostStore, &c.key, now + c.retry_interval_ms, 0),
+        Some(a) if a.over_limit => {
+            let reset = a.wait_ms().unwrap_or(global::UNKNOWN_WINDOW_MS);
+            global::no_lease_until(&HostStore, &c.key, now + reset)
+        }
+        Some(a) => {
+            let windows = answer_windows(&a, c.lease, Windows::default(), now);
+            global::grant(&HostStore, &c.key, c.lease, windows, now)
+        }
+    };
+    if let Err(e) = r {
+        log::debug!("llm-capacity: global renewal not kept ({e:?})");
+    }
 }

@@ -39,6 +39,11 @@ use std::rc::Rc;
 
 /// Filter-state key the access log reads as `%FILTER_STATE(wasm.llm_capacity:PLAIN)%`.
 const FILTER_STATE_KEY: &str = "llm_capacity";
+thread_local! {
+    /// The queue's tick period as last set, restored after a renewal's tick.
+    static QUEUE_POLL_MS: std::cell::Cell<u32> = const { std::cell::Cell::new(20) };
+}
+
 /// Tenant ids longer than this are cut (they are stored in shared data).
 const MAX_TENANT_LEN: usize = 128;
 
@@ -81,6 +86,8 @@ struct Root {
     queue: Queue,
     /// Placed as an upstream HTTP filter (root_id ending in `upstream`).
     upstream: bool,
+    /// Global-tier renewals this worker asked the rate limit service for.
+    renewals: std::collections::HashMap<u32, global::RenewalCall>,
 }
 
 impl Default for Root {
@@ -91,6 +98,7 @@ impl Default for Root {
             rng: Rc::new(RefCell::new(host_random())),
             queue: Queue::default(),
             upstream: false,
+            renewals: std::collections::HashMap::new(),
         }
     }
 }
@@ -106,7 +114,20 @@ fn host_random() -> SplitMix64 {
     SplitMix64(u64::from_le_bytes(seed))
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        enter();
+        let count = self.config.as_ref().is_some_and(|c| c.telemetry.metrics);
+        global::on_renewal_answer(
+            &mut self.renewals,
+            &self.metrics,
+            count,
+            token_id,
+            status_code,
+            response_size,
+        );
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -180,10 +201,14 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         enter();
         fault::on_tick();
+        let renewed = global::make_renewals(&mut self.renewals);
         let waiting = admission::on_tick(&self.queue);
         if !waiting {
             // Nobody waits: stop ticking until a stream enqueues again.
             let _ = abi::set_tick_period(0);
+        } else if renewed {
+            // Back from the renewal's 1 ms tick to the queue's poll.
+            let _ = abi::set_tick_period(QUEUE_POLL_MS.with(std::cell::Cell::get));
         }
     }
 
@@ -749,6 +774,7 @@ impl Stream {
             .as_ref()
             .and_then(|p| p.policy.queue)
             .map_or(20, |q| q.poll_ms);
+        QUEUE_POLL_MS.with(|p| p.set(poll));
         if let Err(s) = abi::set_tick_period(poll) {
             log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
         }
