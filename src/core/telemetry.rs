@@ -29,7 +29,7 @@ pub const QUEUE_WAIT_MS: &str = "llmcap_queue_wait_milliseconds";
 pub const GLOBAL_CALLS_TOTAL: &str = "llmcap_global_calls_total";
 /// How long calls to the global rate limit service took, in milliseconds.
 pub const GLOBAL_CALL_MS: &str = "llmcap_global_call_milliseconds";
-/// Requests through the global tier by `decision`: pool (served from leased
+/// Requests through the global tier by `result`: pool (served from leased
 /// quota), service (the service admitted), over_limit, fail_open, fail_closed,
 /// fallback_limited.
 pub const GLOBAL_DECISIONS_TOTAL: &str = "llmcap_global_decisions_total";

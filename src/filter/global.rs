@@ -17,8 +17,19 @@ use crate::core::telemetry::{
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
-/// gRPC status DEADLINE_EXCEEDED: the call ran past `timeout_ms`.
+/// gRPC status DEADLINE_EXCEEDED.
 const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
+/// A failed call's result label: Envoy's async client ends a call that runs
+/// past its timeout as an HTTP 504, which gRPC maps to UNAVAILABLE, so the
+/// elapsed time tells a timeout from a refused connection.
+fn timed_out(status: u32, elapsed_ms: u64, timeout_ms: u32) -> &'static str {
+    if status == GRPC_DEADLINE_EXCEEDED || elapsed_ms >= u64::from(timeout_ms) {
+        "timeout"
+    } else {
+        "error"
+    }
+}
 
 /// A request's share of the global quota, settled when it ends.
 #[derive(Debug, Default)]
@@ -165,11 +176,7 @@ impl Stream {
             );
         }
         let answer = if status != 0 {
-            Err(if status == GRPC_DEADLINE_EXCEEDED {
-                "timeout"
-            } else {
-                "error"
-            })
+            Err(timed_out(status, now.saturating_sub(p.at), g.timeout_ms))
         } else {
             match abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size) {
                 Ok(Some(b)) => global::decode_response(&b).map_err(|e| {
@@ -403,7 +410,7 @@ impl Stream {
 
     fn global_decision(&self, decision: &str) {
         self.count(
-            &[("route", &self.route), ("decision", decision)],
+            &[("route", &self.route), ("result", decision)],
             GLOBAL_DECISIONS_TOTAL,
         );
     }
@@ -484,6 +491,7 @@ pub struct RenewalCall {
     key: String,
     lease: Hits,
     retry_interval_ms: u64,
+    timeout_ms: u32,
     at: u64,
 }
 
@@ -546,6 +554,7 @@ pub fn make_renewals(calls: &mut std::collections::HashMap<u32, RenewalCall>) ->
                         key,
                         lease,
                         retry_interval_ms: g.retry_interval_ms,
+                        timeout_ms: g.timeout_ms,
                         at: now,
                     },
                 );
@@ -581,7 +590,7 @@ pub fn on_renewal_answer(
             .and_then(|b| global::decode_response(&b).ok())
     };
     let result = match &answer {
-        None if status == GRPC_DEADLINE_EXCEEDED => "timeout",
+        None if timed_out(status, now.saturating_sub(c.at), c.timeout_ms) == "timeout" => "timeout",
         None => "error",
         Some(a) if a.over_limit => "over_limit",
         Some(_) => "ok",

@@ -50,14 +50,7 @@ def variant_config(variant: str, upstream_port: int, rls_port: int) -> dict:
     if variant == "passthrough":
         return bench.proxy_config("passthrough", upstream_port)
     cfg = bench.proxy_config("filter", upstream_port)
-    cfg["static_resources"]["clusters"].append({
-        "name": "ratelimit", "type": "STATIC", "connect_timeout": "0.25s",
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-        "load_assignment": {"cluster_name": "ratelimit", "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": rls_port}}}}]}]},
-    })
+    cfg["static_resources"]["clusters"].append(rls.rls_cluster(rls_port, "ratelimit"))
     plugin = harness.plugin_config(cfg)
     if variant != "local":
         g = {"cluster": "ratelimit", "timeout_ms": 1000, "on_failure": "closed"}
@@ -72,7 +65,7 @@ def decisions(env: harness.Envoy) -> dict[str, float]:
     out: dict[str, float] = {}
     for n, labels, v in harness.prom_samples(env):
         if n in ("llmcap_global_decisions_total", "llmcap_global_calls_total"):
-            k = labels.get("decision") or f"call:{labels.get('result')}"
+            k = labels.get("result", "") if n == "llmcap_global_decisions_total" else f"call:{labels.get('result')}"
             out[k] = out.get(k, 0) + v
     return out
 
@@ -91,8 +84,8 @@ def main(argv=None) -> int:
     envs: dict[str, harness.Envoy] = {}
     redis = svc = None
     try:
-        redis = rls.Redis(tmp / "redis")
-        svc = rls.RateLimitService(tmp / "rls", service_limits(), redis_url=redis.url)
+        redis = rls.RedisServer(tmp)
+        svc = rls.RateLimitService(tmp, service_limits(), redis=redis)
         upstream = harness.Envoy(tmp, bench.upstream_config(), name="upstream", concurrency=2)
         targets = {}
         for v in VARIANTS:
