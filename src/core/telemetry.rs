@@ -213,6 +213,9 @@ pub struct AccessLogState<'a> {
     /// Time spent waiting in the queue, milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,
+    /// How the global tier decided (pool, service, over_limit, fail_open, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<&'static str>,
 }
 
 /// The GenAI operation name of an API (OpenTelemetry `gen_ai.operation.name`).

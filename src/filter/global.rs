@@ -408,7 +408,8 @@ impl Stream {
         })
     }
 
-    fn global_decision(&self, decision: &str) {
+    fn global_decision(&mut self, decision: &'static str) {
+        self.global_result = Some(decision);
         self.count(
             &[("route", &self.route), ("result", decision)],
             GLOBAL_DECISIONS_TOTAL,

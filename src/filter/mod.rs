@@ -262,6 +262,8 @@ struct Stream {
     global: Option<global::GlobalCharge>,
     /// A call to the rate limit service the request waits for.
     global_pending: Option<global::Pending>,
+    /// How the global tier decided, for the access log.
+    global_result: Option<&'static str>,
 }
 
 impl Stream {
@@ -307,6 +309,7 @@ impl Stream {
             decided: false,
             global: None,
             global_pending: None,
+            global_result: None,
         }
     }
 
@@ -361,6 +364,7 @@ impl Stream {
         }
         state.response_model = self.response_model.as_deref();
         state.queue_wait_ms = self.queue_wait_ms;
+        state.global = self.global_result;
         if let Some((scope, limit)) = self.limit {
             state.scope = Some(scope);
             state.limit = Some(limit);

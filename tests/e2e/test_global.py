@@ -90,7 +90,7 @@ def envoys(tmp_path, emu):
         base = with_rls_cluster(harness.load_envoy_config())
         cfg = harness.localize(base, emu.api_port, {"ratelimit": rls_port})
         harness.set_plugin_config(cfg, plugin)
-        env = harness.Envoy(tmp_path, cfg, name=name, concurrency=2)
+        env = harness.Envoy(tmp_path, cfg, name=name, concurrency=2, args=("--file-flush-interval-msec", "100"))
         started.append(env)
         return env
 
@@ -252,6 +252,7 @@ def test_a_missing_service_cluster_is_a_failure_not_a_crash(emu, start_rls, envo
                                               {"content-type": "application/json", "authorization": "Bearer k"})
         assert status == 200, body
     assert metric_sum(env, "llmcap_global_decisions_total", result="fail_open") == 3
+    assert [json.loads(e["llm_capacity"])["global"] for e in env.access_entries(3)] == ["fail_open"] * 3
     assert wasm_failures(env) == 0
 
 
