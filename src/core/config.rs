@@ -21,6 +21,7 @@
 //!   chat:
 //!     clusters: [openai, { cluster: small, model: gpt-4o-mini }]
 //!     max_request_bytes: 65536
+//! queue_hold: fault_filter       # vm | fault_filter: where queued requests wait
 //! telemetry: { metrics: true, filter_state: true }
 //! ```
 
@@ -196,6 +197,19 @@ pub struct TenantBudget {
     pub caps: TenantCaps,
 }
 
+/// Where a request admitted with a wait is held until its place comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueHold {
+    /// Paused in the filter and resumed by its worker's tick: works on any
+    /// host, but a request paused in a VM that fails waits for Envoy's
+    /// `stream_idle_timeout`.
+    Vm,
+    /// Sent on at once with `x-envoy-fault-delay-request`: Envoy's fault filter,
+    /// placed after this one, holds it outside the VM, so it goes (or is
+    /// answered) at its time even if the VM fails.
+    FaultFilter,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueueConfig {
     /// Longest a request waits for capacity (further bounded by the client's own
@@ -344,6 +358,8 @@ pub struct Config {
     /// Hold request headers while the body is read (needs Envoy's
     /// `allow_on_headers_stop_iteration`); `false` for hosts that cannot set it.
     pub hold_headers: bool,
+    /// Where a queued request waits for its turn.
+    pub queue_hold: QueueHold,
     pub clusters: BTreeMap<String, Rc<Cluster>>,
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Per-model prices for spend budgets.
@@ -533,6 +549,22 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         None => true,
         Some((v, p)) => boolean(v, &p)?,
     };
+    let queue_hold = match top.take("queue_hold") {
+        None => QueueHold::Vm,
+        Some((v, p)) => match str_enum(v, &p, &["vm", "fault_filter"])? {
+            "fault_filter" if !hold_headers => {
+                // The delay header is set at admission, after the body: headers
+                // that already left cannot carry it.
+                return Err(err(
+                    &p,
+                    "fault_filter needs hold_headers: true (the delay header is set after the body is read)"
+                        .to_string(),
+                ));
+            }
+            "fault_filter" => QueueHold::FaultFilter,
+            _ => QueueHold::Vm,
+        },
+    };
 
     top.finish(&[
         "clusters",
@@ -540,6 +572,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         "hold_headers",
         "log_level",
         "prices",
+        "queue_hold",
         "routes",
         "telemetry",
         "unmatched_routes",
@@ -550,6 +583,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         unmatched,
         upstream_filter,
         hold_headers,
+        queue_hold,
         prices,
         clusters,
         routes,
@@ -1455,6 +1489,35 @@ mod tests {
     }
 
     #[test]
+    fn queue_hold_defaults_to_vm() {
+        assert_eq!(compile(&json!({})).unwrap().queue_hold, QueueHold::Vm);
+        assert_eq!(
+            compile(&json!({"queue_hold": "fault_filter"}))
+                .unwrap()
+                .queue_hold,
+            QueueHold::FaultFilter
+        );
+        assert_eq!(
+            compile(&json!({"queue_hold": "vm", "hold_headers": false}))
+                .unwrap()
+                .queue_hold,
+            QueueHold::Vm
+        );
+        assert_eq!(
+            msg(json!({"queue_hold": "fault"})),
+            "invalid config at queue_hold: expected one of vm, fault_filter, got \"fault\""
+        );
+        assert_eq!(
+            msg(json!({"queue_hold": true})),
+            "invalid config at queue_hold: expected one of vm, fault_filter, got true"
+        );
+        assert_eq!(
+            msg(json!({"queue_hold": "fault_filter", "hold_headers": false})),
+            "invalid config at queue_hold: fault_filter needs hold_headers: true (the delay header is set after the body is read)"
+        );
+    }
+
+    #[test]
     fn budgets_and_prices_compile() {
         let c = compile(&json!({
             "prices": {"gpt-4o": {"input": "2.5", "output": 10}, "gpt-4o-mini*": {"input": 0.15, "output": 0.6, "cached_input": 0.075}},
@@ -1568,7 +1631,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"route": {}})),
-            "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, prices, routes, telemetry, unmatched_routes, upstream_filter"
+            "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, prices, queue_hold, routes, telemetry, unmatched_routes, upstream_filter"
         );
     }
 

@@ -3,9 +3,11 @@
 //!
 //! A request that would wait at most its budget is charged at once and given a
 //! time to go (see `limiter::admit_or_schedule`): its place is held in the shared
-//! bucket, so waits are exact across workers and nothing is re-tried. The
-//! worker's root context ticks while anyone waits and resumes each request when
-//! its time comes. VMs are single-threaded, so `Rc<RefCell<..>>` is enough.
+//! bucket, so waits are exact across workers and nothing is re-tried. With
+//! `queue_hold: vm` the worker's root context ticks while anyone waits and
+//! resumes each request when its time comes; with `fault_filter` Envoy's fault
+//! filter holds it, and the list only counts it against `max_size`. VMs are
+//! single-threaded, so `Rc<RefCell<..>>` is enough.
 
 use super::abi;
 use super::{HostClock, HostStore};
@@ -16,6 +18,15 @@ use crate::core::ratelimit;
 use crate::core::reply::LocalReply;
 use std::cell::RefCell;
 use std::rc::Rc;
+
+/// The fault filter's delay header (`header_delay`): milliseconds to hold the request.
+pub const FAULT_DELAY_HEADER: &str = "x-envoy-fault-delay-request";
+/// Every header the fault filter reads starts with this (delay, abort,
+/// throughput and their percentages): only this filter may set them.
+pub const FAULT_HEADER_PREFIX: &str = "x-envoy-fault-";
+/// The fault filter acts only on requests carrying this marker (its `headers`
+/// matcher), which this filter sets on the requests it holds and strips from clients.
+pub const HOLD_MARKER_HEADER: &str = "x-llm-capacity-hold";
 
 /// Everything an admission attempt needs.
 pub struct Ticket {
@@ -199,6 +210,8 @@ pub struct Waiter {
     pub go_at_ms: u64,
     /// Set by the tick when the request was resumed.
     pub resumed: bool,
+    /// Held by Envoy's fault filter, not paused here: the tick leaves it alone.
+    pub in_fault_filter: bool,
 }
 
 #[derive(Default)]
@@ -213,15 +226,31 @@ impl WaitQueue {
         self.waiters.len()
     }
 
-    pub fn push(&mut self, context_id: u32, now: u64, wait_ms: u64) -> Rc<RefCell<Waiter>> {
+    pub fn push(
+        &mut self,
+        context_id: u32,
+        now: u64,
+        wait_ms: u64,
+        in_fault_filter: bool,
+    ) -> Rc<RefCell<Waiter>> {
         let w = Rc::new(RefCell::new(Waiter {
             context_id,
             since_ms: now,
             go_at_ms: now.saturating_add(wait_ms),
             resumed: false,
+            in_fault_filter,
         }));
         self.waiters.push(Rc::clone(&w));
         w
+    }
+
+    /// Requests the fault filter has let go no longer wait: their places free
+    /// up here (or in their `on_log`, whichever comes first).
+    pub fn prune_released(&mut self, now: u64) {
+        self.waiters.retain(|x| {
+            let w = x.borrow();
+            !(w.in_fault_filter && w.go_at_ms <= now)
+        });
     }
 
     /// A waiter whose client went away leaves the queue.
@@ -238,7 +267,10 @@ pub fn on_tick(queue: &Queue) -> bool {
         .borrow()
         .waiters
         .iter()
-        .filter(|w| w.borrow().go_at_ms <= now)
+        .filter(|w| {
+            let w = w.borrow();
+            !w.in_fault_filter && w.go_at_ms <= now
+        })
         .cloned()
         .collect();
     for w in due {
@@ -254,5 +286,9 @@ pub fn on_tick(queue: &Queue) -> bool {
             log::debug!("llm-capacity: queued request {ctx} is gone (host status {s})");
         }
     }
-    queue.borrow().len() > 0
+    queue
+        .borrow()
+        .waiters
+        .iter()
+        .any(|w| !w.borrow().in_fault_filter)
 }

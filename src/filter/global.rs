@@ -235,9 +235,18 @@ impl Stream {
         match gate {
             Gate::Asked | Gate::Replied(_) => {}
             Gate::Go => {
-                if self.hold(p.wait_ms).is_none() {
-                    self.sent_ms = HostClock.now_ms();
-                    self.count_outcome();
+                let go = match self.hold(p.wait_ms) {
+                    None => {
+                        self.sent_ms = HostClock.now_ms();
+                        self.count_outcome();
+                        true
+                    }
+                    // Held by the fault filter: it goes on, and is counted when it ends.
+                    Some(Action::Continue) => true,
+                    // Paused here until the queue's tick resumes it.
+                    Some(_) => false,
+                };
+                if go {
                     if let Err(s) = abi::resume_request() {
                         log::debug!("llm-capacity: cannot resume the request (host status {s})");
                     }

@@ -13,7 +13,7 @@ mod upstream;
 use crate::core::accounting::{preflight_encoded, Preflight, ResponseTracker, Settlement, Source};
 use crate::core::calibrate;
 use crate::core::circuit;
-use crate::core::config::{Config, LogLevel, RoutePolicy, TenantSource};
+use crate::core::config::{Config, LogLevel, QueueHold, RoutePolicy, TenantSource};
 use crate::core::decision::{self, RequestHead, Verdict};
 use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
 use crate::core::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
@@ -730,7 +730,7 @@ impl Stream {
         // The wait budget: the route's, and the client's own timeout when it says
         // it; none when this worker's queue is full.
         let max_wait_ms = match p.queue {
-            Some(q) if self.queue.borrow().len() < q.max_size as usize => self
+            Some(q) if self.queue_has_room(q.max_size, now) => self
                 .client_timeout_ms
                 .map_or(q.max_wait_ms, |c| c.min(q.max_wait_ms)),
             _ => 0,
@@ -772,7 +772,18 @@ impl Stream {
         }
         let now = HostClock.now_ms();
         // Charged already; hold the request until its place comes up.
-        self.waiter = Some(self.queue.borrow_mut().push(self.context_id, now, wait_ms));
+        let fault =
+            self.config.queue_hold == QueueHold::FaultFilter && hold_in_fault_filter(wait_ms);
+        self.waiter = Some(
+            self.queue
+                .borrow_mut()
+                .push(self.context_id, now, wait_ms, fault),
+        );
+        if fault {
+            // The fault filter after this one holds it; outcome and queue
+            // metrics are counted when it ends (`absorb_wait`).
+            return Some(Action::Continue);
+        }
         let poll = self
             .policy
             .as_ref()
@@ -783,6 +794,16 @@ impl Stream {
             log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
         }
         Some(Action::Pause)
+    }
+
+    /// Whether this worker's queue has room under `max`; places of requests
+    /// the fault filter has let go are freed first.
+    fn queue_has_room(&self, max: u32, now: u64) -> bool {
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= max as usize {
+            q.prune_released(now);
+        }
+        q.len() < max as usize
     }
 
     fn note_attempt(&mut self, a: &Attempt) {
@@ -842,12 +863,29 @@ impl Stream {
     /// Picks up what happened while the request waited for its turn.
     fn absorb_wait(&mut self) {
         let Some(w) = self.waiter.take() else { return };
-        let (resumed, since) = {
+        let (resumed, since, go_at, in_fault_filter) = {
             let wb = w.borrow();
-            (wb.resumed, wb.since_ms)
+            (wb.resumed, wb.since_ms, wb.go_at_ms, wb.in_fault_filter)
         };
-        if resumed {
-            let waited = HostClock.now_ms().saturating_sub(since);
+        let now = HostClock.now_ms();
+        let went = if in_fault_filter {
+            self.queue.borrow_mut().remove(&w);
+            let went = upstream_attempted().unwrap_or(now >= go_at);
+            if went && now.saturating_add(HOLD_SLACK_MS) < go_at {
+                warn_not_held();
+            }
+            went
+        } else {
+            resumed
+        };
+        if went {
+            // The fault filter holds exactly the delay it was given.
+            let waited = if in_fault_filter {
+                self.sent_ms = go_at.max(1);
+                go_at.saturating_sub(since)
+            } else {
+                now.saturating_sub(since)
+            };
             self.queue_wait_ms = Some(waited);
             if self.config.telemetry.metrics {
                 let mut m = self.metrics.borrow_mut();
@@ -999,6 +1037,30 @@ impl HttpContext for Stream {
         let d = decision::on_request_headers(&self.config, &head);
         self.policy = d.policy;
         self.outcome = d.outcome;
+        // The fault filter's headers are ours to set: a client's could delay,
+        // abort or (with a percentage) skip a hold.
+        match &headers {
+            Some(h) => {
+                let forged: Vec<String> = h
+                    .iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| {
+                        k.starts_with(admission::FAULT_HEADER_PREFIX)
+                            || *k == admission::HOLD_MARKER_HEADER
+                    })
+                    .map(str::to_string)
+                    .collect();
+                for name in forged {
+                    let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, &name);
+                }
+            }
+            // Other routes are never held: without the marker the fault filter
+            // ignores their x-envoy-fault-* headers.
+            None if self.config.queue_hold == QueueHold::FaultFilter => {
+                let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, admission::HOLD_MARKER_HEADER);
+            }
+            None => {}
+        }
         let mut missing_session: Option<String> = None;
         if let Some(policy) = self.policy.clone() {
             self.started_ms = HostClock.now_ms();
@@ -1223,6 +1285,56 @@ impl HttpContext for Stream {
             drop(_timer);
             abi::count::export();
         }
+    }
+}
+
+/// Hands the request to the fault filter for `wait_ms`. `false` if the headers
+/// cannot be set (then it is paused here instead: sent now, it would overrun).
+fn hold_in_fault_filter(wait_ms: u64) -> bool {
+    let set = abi::replace_header(
+        abi::MAP_REQUEST_HEADERS,
+        admission::FAULT_DELAY_HEADER,
+        &wait_ms.to_string(),
+    )
+    .and_then(|()| {
+        abi::replace_header(abi::MAP_REQUEST_HEADERS, admission::HOLD_MARKER_HEADER, "1")
+    });
+    if let Err(s) = set {
+        log::warn!("llm-capacity: cannot hand a queued request to the fault filter (host status {s}); holding it here");
+        let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, admission::FAULT_DELAY_HEADER);
+        let _ = abi::remove_header(abi::MAP_REQUEST_HEADERS, admission::HOLD_MARKER_HEADER);
+        return false;
+    }
+    true
+}
+
+/// Whether the router started an upstream attempt (`None`: the host cannot say).
+fn upstream_attempted() -> Option<bool> {
+    match abi::property(&["upstream", "request_attempt_count"]) {
+        Ok(Some(b)) => Some(
+            b.get(..8)
+                .and_then(|s| s.try_into().ok())
+                .map_or(!b.is_empty(), |a| u64::from_le_bytes(a) > 0),
+        ),
+        Ok(None) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Clock readings are per callback: an attempt this much before its time still counts as held.
+const HOLD_SLACK_MS: u64 = 5;
+
+thread_local! {
+    static WARNED_NOT_HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A request that left before its time was not held: the fault filter is
+/// missing (or misplaced) and the queue overruns the limit. Said once per VM.
+fn warn_not_held() {
+    if !WARNED_NOT_HELD.with(|w| w.replace(true)) {
+        log::error!(
+            "llm-capacity: queue_hold is fault_filter but a queued request reached the upstream before its time: is envoy.filters.http.fault (header_delay, matching x-llm-capacity-hold) after this filter?"
+        );
     }
 }
 

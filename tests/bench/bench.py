@@ -175,7 +175,8 @@ def proxy_config(variant: str, upstream_port: int, wasm: Path | None = None) -> 
             if f is not None:
                 f["vm_config"]["code"]["local"]["filename"] = str(wasm)
     if variant == "passthrough":
-        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        hcm["http_filters"] = [f for f in hcm["http_filters"]
+                               if f["name"] not in ("envoy.filters.http.wasm", "envoy.filters.http.fault")]
         _router(hcm).pop("upstream_http_filters", None)
         _plain_route(hcm)
         return cfg
@@ -192,6 +193,7 @@ def proxy_config(variant: str, upstream_port: int, wasm: Path | None = None) -> 
         plugin["routes"][ROUTE].pop("limits", None)
     if variant == "filter-nohold":
         plugin["hold_headers"] = False
+        plugin["queue_hold"] = "vm"  # the fault filter's delay needs held headers
     if variant == "filter-nochain":
         plugin["routes"][ROUTE]["clusters"] = ["emulator"]
         _plain_route(hcm)

@@ -226,6 +226,9 @@ class Envoy:
             stats = json.loads(r.read())["stats"]
         return {s["name"]: s["value"] for s in stats if "value" in s}
 
+    def stat(self, name: str) -> int:
+        return self.stats_json().get(name, 0)
+
     def stats_prometheus(self) -> str:
         with urllib.request.urlopen(self.admin_url + "/stats/prometheus", timeout=5) as r:
             return r.read().decode()

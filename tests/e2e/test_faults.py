@@ -12,9 +12,16 @@ What Envoy 1.40 does when the VM traps (checked here, with both policies):
 - the request that trapped gets 503 at once (details `wasm_fail_stream`);
 - requests in flight get 503 `wasm_fail_stream` when their answer comes back
   (the provider did serve them: the answer is replaced, not forwarded);
-- requests paused in the VM's queue get no callback again (a failed VM does not
-  tick): they end only when the HCM's `stream_idle_timeout` fires, with 503
-  `wasm_fail_stream` (envoy/envoy.yaml: 300 s; this file shortens it to 6 s);
+- queued requests held in Envoy's fault filter (`queue_hold: fault_filter`,
+  envoy/envoy.yaml) are answered at their turn, 503 `wasm_fail_stream`: the
+  fault filter lets them go at their time. FAIL_CLOSED: the per-attempt
+  instance (same failed VM) answers them before they leave; FAIL_RELOAD: they
+  reach the provider (admitted and charged) from a reloaded per-attempt
+  instance, and the failed downstream instance replaces the answer;
+- with `queue_hold: vm` (paused in the VM; Istio's WasmPlugin mode) they get no
+  callback again (a failed VM does not tick): they end only when the HCM's
+  `stream_idle_timeout` fires, with 503 `wasm_fail_stream` (envoy/envoy.yaml:
+  300 s; this file shortens it to 6 s);
 - FAIL_RELOAD: the next new request on that worker gets a fresh VM
   (`wasm.<plugin name>.vm_reload_success`); FAIL_CLOSED: every later request of
   that worker, on any route, gets 503 `wasm_fail_stream`.
@@ -110,17 +117,22 @@ def access_log(env) -> list[dict]:
 # ---------------------------------------------------------------------------
 
 LATENCY_S = 3.0  # the emulator's delay: the first requests are still in flight at the trap
-IDLE_S = 6  # stream_idle_timeout of this test: what ends requests paused in a dead VM
+IDLE_S = 6  # stream_idle_timeout with queue_hold vm: what ends requests paused in a dead VM
 MARGIN_S = 3.0  # scheduling slack on a loaded 2-core machine
+TURN_SLACK_S = 1.0  # a queued request in the fault filter is answered this close to its turn
 
 
-@pytest.mark.parametrize("policy,fault", [
-    ("FAIL_RELOAD", "trap"),
-    ("FAIL_CLOSED", "trap"),
-    ("FAIL_RELOAD", "trap-on-tick"),
+@pytest.mark.parametrize("policy,fault,hold", [
+    ("FAIL_RELOAD", "trap", "fault_filter"),
+    ("FAIL_CLOSED", "trap", "fault_filter"),
+    # Paused in the VM (no fault filter, e.g. Istio's WasmPlugin): the idle
+    # timeout is what ends them, whether the trap is in a request or a tick.
+    ("FAIL_RELOAD", "trap", "vm"),
+    ("FAIL_RELOAD", "trap-on-tick", "vm"),
 ])
-def test_vm_trap_answers_every_request_queued_and_in_flight(emulator, envoy_from, policy, fault):
+def test_vm_trap_answers_every_request_queued_and_in_flight(emulator, envoy_from, policy, fault, hold):
     plugin = base_plugin()
+    plugin["queue_hold"] = hold
     # 12 rpm with a burst of 2: three requests go at once (the third into a debt
     # of one), each later one waits 5 s more than the one before (max 30 s).
     plugin["routes"]["openai-chat"] = {
@@ -129,20 +141,32 @@ def test_vm_trap_answers_every_request_queued_and_in_flight(emulator, envoy_from
         "queue": {"max_wait_seconds": 30, "poll_ms": 20},
     }
     plugin["routes"]["llm-other"] = {"clusters": ["emulator"], "limits": {"requests_per_minute": 10000}}
-    # One worker: every request lives in the one VM that traps.
-    env = envoy_from(fault_config(emulator, plugin, policy, f"{IDLE_S}s"), concurrency=1)
+    # One worker: every request lives in the one VM that traps. In the fault
+    # filter the idle timeout (60 s) must not be what answers them.
+    idle = IDLE_S if hold == "vm" else 60
+    env = envoy_from(fault_config(emulator, plugin, policy, f"{idle}s"), concurrency=1)
     emulator.faults(latency_ms=int(LATENCY_S * 1000))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        t0_in_flight = time.monotonic()
         in_flight = [pool.submit(post, env, CHAT, CHAT_BODY) for _ in range(3)]
         harness.wait_for(lambda: stat(env, "cluster.emulator.upstream_rq_active") == 3, 10, "3 requests at the provider")
-        queued = [pool.submit(post, env, CHAT, CHAT_BODY) for _ in range(3)]
-        harness.wait_for(lambda: stat(env, "http.llm_egress.downstream_rq_active") == 6, 10, "3 queued requests")
+        queued = []
+        for _ in range(3):  # one at a time: their turns are in order, 5 s apart
+            queued.append(pool.submit(post, env, CHAT, CHAT_BODY))
+            harness.wait_for(lambda: stat(env, "http.llm_egress.downstream_rq_active") == 3 + len(queued), 10,
+                             "a queued request")
+        t_queued = time.monotonic()
         time.sleep(0.3)
         assert stat(env, "cluster.emulator.upstream_rq_total") == 3, "the queued requests must still be waiting"
         trap = pool.submit(post, env, CHAT, CHAT_BODY, {"x-llmcap-fault": fault})
         if fault == "trap-on-tick":
             queued.append(trap)  # it waits in the queue too; the next tick traps
+        else:
+            trap.result()
+            # From here on the provider answers at once: a queued request is
+            # answered at its turn, not a provider latency later.
+            emulator.faults(latency_ms=0)
         results = {"in_flight": [f.result() for f in in_flight], "queued": [f.result() for f in queued],
                    "trap": [trap.result()]}
 
@@ -157,9 +181,26 @@ def test_vm_trap_answers_every_request_queued_and_in_flight(emulator, envoy_from
     if fault == "trap":
         assert results["trap"][0][3] < 2.0, results["trap"]
     assert all(took < LATENCY_S + MARGIN_S for *_, took in results["in_flight"]), results["in_flight"]
-    # Paused in the dead VM: nothing resumes them; the stream idle timeout ends them.
-    assert all(took < IDLE_S + MARGIN_S for *_, took in results["queued"]), results["queued"]
-    assert emulator.stats()["requests_total"] == 3, "queued requests must never reach the provider"
+    if hold == "vm":
+        # Paused in the dead VM: nothing resumes them; the stream idle timeout ends them.
+        assert all(took < IDLE_S + MARGIN_S for *_, took in results["queued"]), results["queued"]
+    else:
+        # Held in the fault filter: each is answered at its own turn (about 5,
+        # 10 and 15 s after the first three), long before the idle timeout.
+        assert stat(env, "http.llm_egress.fault.delays_injected") == 3
+        for n, (*_, took) in enumerate(results["queued"]):
+            turn = 5.0 * (n + 1)
+            assert turn - 1.5 < took < turn + TURN_SLACK_S + (t_queued - t0_in_flight), (n, results["queued"])
+        assert stat(env, "http.llm_egress.fault.active_faults") == 0
+    if hold == "vm" or policy == "FAIL_CLOSED":
+        # FAIL_CLOSED: the per-attempt instance (same failed VM) answers a held
+        # request 503 at its turn before it leaves.
+        assert emulator.stats()["requests_total"] == 3, "queued requests must never reach the provider"
+    else:
+        # FAIL_RELOAD: the per-attempt instance runs in a reloaded VM, so a held
+        # request goes to the provider at its turn (it was admitted and charged);
+        # the failed downstream instance replaces the answer with 503.
+        assert emulator.stats()["requests_total"] == 6
     harness.wait_for(lambda: stat(env, "http.llm_egress.downstream_rq_active") == 0, 10, "no stream left")
     details = [e["details"] for e in env.access_entries(7)]
     assert details.count("wasm_fail_stream") == 7, details
@@ -307,7 +348,8 @@ def ecds_config(emulator, tmp: Path, plugin: dict, new_vm: bool):
     if new_vm:
         # No upstream instance: no other VM of this vm_id keeps its shared data alive.
         plugin["upstream_filter"] = False
-        hcm(cfg)["http_filters"][1]["typed_config"].pop("upstream_http_filters")
+        router = next(f for f in hcm(cfg)["http_filters"] if f["name"] == "envoy.filters.http.router")
+        router["typed_config"].pop("upstream_http_filters")
     else:
         harness.set_plugin_config(cfg, copy.deepcopy(plugin))
     d = tmp / "ecds"

@@ -141,12 +141,44 @@ def test_both_instances_share_vm_and_configuration(variant):
     assert down["configuration"]["value"]["upstream_filter"] is True
 
 
+@pytest.mark.parametrize("variant", ["egress-gateway", "sidecar"])
+def test_queued_requests_are_held_by_a_fault_filter_after_the_wasm_filter(variant):
+    """queue_hold: fault_filter needs Envoy's fault filter after the Wasm filter:
+    both inserted before the router, in that order; holding only requests the
+    filter marked, with no max_active_faults (past it, requests would go
+    unheld); and the hold's headers removed on every policy route."""
+    ef = docs_named(f"{variant}/envoyfilter-llm-capacity.yaml#0")
+    down, _ = wasm_instances(ef)
+    assert down["configuration"]["value"]["queue_hold"] == "fault_filter"
+    inserts = [p for p in ef["spec"]["configPatches"]
+               if p["applyTo"] == "HTTP_FILTER" and p["patch"]["operation"] == "INSERT_BEFORE"]
+    assert [p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] for p in inserts] == [
+        "envoy.filters.http.router"] * 2
+    wasm, hold = (p["patch"]["value"] for p in inserts)
+    assert "config_discovery" in wasm and hold["name"] == wasm["name"] + "-hold"
+    assert inserts[0]["match"] == inserts[1]["match"]
+    fault = hold["typed_config"]
+    assert fault["@type"] == "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+    assert fault["delay"] == {"header_delay": {}, "percentage": {"numerator": 100}}
+    assert fault["headers"] == [{"name": "x-llm-capacity-hold", "present_match": True}]
+    assert "max_active_faults" not in fault and "abort" not in fault
+    routes = docs_named(f"{variant}/envoyfilter-routes.yaml#0")["spec"]["configPatches"]
+    policy_routes = [p for p in routes if p["applyTo"] == "HTTP_ROUTE"]
+    names = {p["match"]["routeConfiguration"]["vhost"]["route"]["name"] for p in policy_routes}
+    assert names == set(down["configuration"]["value"]["routes"]), names
+    for p in policy_routes:
+        assert p["patch"]["value"]["request_headers_to_remove"] == [
+            "x-envoy-fault-delay-request", "x-llm-capacity-hold"], p
+
+
 def test_wasmplugin_config_is_the_gateway_one_without_upstream_instance():
     gw, _ = wasm_instances(docs_named(EF))
     wp = docs_named(WP)["spec"]
     a, b = dict(wp["pluginConfig"]), dict(gw["configuration"]["value"])
     assert a.pop("upstream_filter") is False and b.pop("upstream_filter") is True
     assert a.pop("hold_headers") is False and "hold_headers" not in b
+    # No fault filter after a WasmPlugin (and no held headers): queued requests pause in the VM.
+    assert a.pop("queue_hold") == "vm" and b.pop("queue_hold") == "fault_filter"
     assert a == b
     assert wp["pluginName"] == gw["root_id"] and wp["failStrategy"] == gw["failure_policy"]
 
@@ -301,7 +333,7 @@ def test_istio_shaped_envoy_serves_measures_logs_and_fails_over(tmp_path, emulat
     assert cfg["static_resources"]["listeners"][0]["name"] == f"0.0.0.0_{proxy.listener_port}"
     assert hcm["stat_prefix"] == f"outbound_0.0.0.0_{proxy.listener_port}"
     assert [f["name"] for f in hcm["http_filters"]] == [
-        "envoy.filters.http.fault", "envoy.filters.http.cors", name, "envoy.filters.http.router"]
+        "envoy.filters.http.fault", "envoy.filters.http.cors", name, f"{name}-hold", "envoy.filters.http.router"]
 
     # OpenAI through the openai-chat route: answered, counted, logged.
     r = oa(env).chat.completions.with_raw_response.create(

@@ -417,3 +417,44 @@ def test_tenant_table_and_metric_names_are_bounded(start_envoy, pair):
     assert any(ls.get("route") == "_overflow" for ls, _ in samples), "nothing folded into _overflow"
     names = [k for k in env.stats_json() if "llmcap_" in k]
     assert len(names) <= 2 * (1024 + 64), len(names)
+
+
+# ---------------------------------------------------------------------------
+# Queue holds cannot be forged, skipped or aborted by clients
+
+
+def test_clients_cannot_set_skip_or_abort_a_queue_hold(start_envoy, pair):
+    """envoy/envoy.yaml's fault filter holds queued requests for the wait the
+    filter sets (`x-envoy-fault-delay-request`, on requests it marks with
+    `x-llm-capacity-hold`). The filter strips both, and every other
+    `x-envoy-fault-*` header, from clients: nobody delays, aborts or skips a
+    hold, and neither header reaches the provider."""
+    primary, _ = pair
+    p = base_plugin()
+    assert p["queue_hold"] == "fault_filter"
+    # One request deep, one every 2 s: the third of three waits about 2 s.
+    p["routes"]["llm-other"] = {"clusters": [PRIMARY], "limits": {"requests_per_minute": 30, "burst_seconds": 2},
+                                "queue": {"max_wait_seconds": 10}}
+    env = start(start_envoy, pair, plugin=p)
+    body = json.dumps({"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 5}).encode()
+    forged = [("x-llm-capacity-hold", "1"), ("x-envoy-fault-delay-request", "3000"),
+              ("x-envoy-fault-delay-request-percentage", "0"), ("x-envoy-fault-abort-request", "503"),
+              ("x-envoy-fault-abort-request-percentage", "100"), ("x-envoy-fault-throughput-response", "1")]
+    # A policy route, not queued: no delay, no abort.
+    for _ in range(2):
+        r = post(env, COMPLETIONS, body, forged)
+        assert r.status == 200 and r.elapsed < 1.0, (r.status, r.elapsed)
+    # Queued: held for its own wait (about 2 s), not 3 s, not 0 (percentage 0).
+    r = post(env, COMPLETIONS, body, forged)
+    assert r.status == 200 and 1.0 < r.elapsed < 2.8, (r.status, r.elapsed)
+    # A route without a policy: the marker is stripped, so no delay either.
+    r = rawhttp.exchange(env.port, "GET", "/v1/models", [("host", "llm.test"), *forged], b"", timeout=10)
+    assert r.status != 503 and r.elapsed < 1.0, (r.status, r.elapsed)
+    assert env.stats_json().get("http.llm_egress.fault.delays_injected") == 1
+    assert env.stats_json().get("http.llm_egress.fault.aborts_injected", 0) == 0
+    # The fault filter's inputs stay in Envoy (other routes pass the client's headers on).
+    sent = [a for a in recent(primary) if a["path"] == COMPLETIONS]
+    assert len(sent) == 3
+    for a in sent:
+        leaked = [h for h in a["headers"] if h.startswith("x-envoy-fault-") or h == "x-llm-capacity-hold"]
+        assert not leaked, leaked
