@@ -79,7 +79,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("mutate,message", BAD, ids=["misspelled", "mistyped", "dangling"])
+@pytest.mark.parametrize("mutate,message", BAD, ids=["misspelled", "global-lease", "mistyped", "dangling"])
 def test_bad_config_is_refused_with_exact_message(start_envoy, mutate, message):
     cfg = harness.load_envoy_config()
     plugin = harness.plugin_config(cfg)
