@@ -185,23 +185,9 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    // Minimal encoder, test-only, to build wire bytes by the spec.
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn ld(field: u64, body: &[u8], out: &mut Vec<u8>) {
-        varint(field << 3 | 2, out);
-        varint(body.len() as u64, out);
-        out.extend_from_slice(body);
-    }
+    // Wire bytes by the spec, with the global tier's encoder.
+    use crate::core::global::{field_bytes as ld, varint};
+
     fn enc_value(v: &Value) -> Vec<u8> {
         let mut o = Vec::new();
         match v {

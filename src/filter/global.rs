@@ -76,10 +76,7 @@ impl Stream {
             requests: 1,
             tokens: cost.tokens,
         };
-        let lease = Hits {
-            requests: g.lease_requests,
-            tokens: g.lease_tokens,
-        };
+        let lease = g.lease();
         let renew_ms = u64::from(g.timeout_ms) * 2;
         let take = match global::take(&HostStore, &key, need, lease, now, renew_ms) {
             Ok(t) => t,
@@ -127,15 +124,7 @@ impl Stream {
             requests: short.requests + lease.requests,
             tokens: short.tokens + lease.tokens + debt,
         };
-        let entries = g.entries(&self.route);
-        let msg = global::encode_request(&g.domain, &entries, ask);
-        match abi::grpc_call(
-            &g.cluster,
-            global::SERVICE,
-            global::METHOD,
-            &msg,
-            g.timeout_ms,
-        ) {
+        match call(g, &self.route, ask) {
             Ok(token) => {
                 self.global_pending = Some(Pending {
                     token,
@@ -456,6 +445,18 @@ impl Stream {
     }
 }
 
+/// Asks the rate limit service for `ask` on the route's descriptors.
+fn call(g: &GlobalConfig, route: &str, ask: Hits) -> Result<u32, u32> {
+    let msg = global::encode_request(&g.domain, &g.entries(route), ask);
+    abi::grpc_call(
+        &g.cluster,
+        global::SERVICE,
+        global::METHOD,
+        &msg,
+        g.timeout_ms,
+    )
+}
+
 /// The windows an answer describes for the units asked (statuses come in
 /// descriptor order); a unit not asked keeps its window from the pool.
 fn answer_windows(a: &Answer, ask: Hits, old: Windows, now: u64) -> Windows {
@@ -544,18 +545,8 @@ pub fn make_renewals(calls: &mut std::collections::HashMap<u32, RenewalCall>) ->
         }
         let g = &r.global;
         let key = global::pool_key(&r.route);
-        let lease = Hits {
-            requests: g.lease_requests,
-            tokens: g.lease_tokens,
-        };
-        let msg = global::encode_request(&g.domain, &g.entries(&r.route), lease);
-        match abi::grpc_call(
-            &g.cluster,
-            global::SERVICE,
-            global::METHOD,
-            &msg,
-            g.timeout_ms,
-        ) {
+        let lease = g.lease();
+        match call(g, &r.route, lease) {
             Ok(token) => {
                 calls.insert(
                     token,
