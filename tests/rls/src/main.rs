@@ -114,7 +114,8 @@ async fn run(args: Args) -> Result<(), String> {
             engine,
             args.verbose,
         )))
-        .serve_with_incoming(TcpIncoming::from(listener))
+        // Small gRPC frames: without TCP_NODELAY a first answer can wait ~40 ms (Nagle and delayed ACK).
+        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await
         .map_err(|e| format!("serve: {e}"))
 }
