@@ -20,14 +20,33 @@ use std::rc::Rc;
 /// gRPC status DEADLINE_EXCEEDED.
 const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 
-/// A failed call's result label: Envoy's async client ends a call that runs
-/// past its timeout as an HTTP 504, which gRPC maps to UNAVAILABLE, so the
-/// elapsed time tells a timeout from a refused connection.
-fn timed_out(status: u32, elapsed_ms: u64, timeout_ms: u32) -> &'static str {
-    if status == GRPC_DEADLINE_EXCEEDED || elapsed_ms >= u64::from(timeout_ms) {
-        "timeout"
-    } else {
-        "error"
+/// The service's answer to a call, or the result label of a failed one. Envoy's
+/// async client ends a call that runs past its timeout as an HTTP 504, which
+/// gRPC maps to UNAVAILABLE, so the elapsed time tells a timeout from a refused
+/// connection.
+fn read_answer(
+    status: u32,
+    size: usize,
+    elapsed_ms: u64,
+    timeout_ms: u32,
+) -> Result<Answer, &'static str> {
+    if status != 0 {
+        log::debug!("llm-capacity: rate limit service call failed (gRPC status {status})");
+        // 90%: Envoy's timer and the host clock (read once per callback) do not
+        // agree to the millisecond; a refused connection fails far earlier.
+        let late = status == GRPC_DEADLINE_EXCEEDED
+            || elapsed_ms.saturating_mul(10) >= u64::from(timeout_ms) * 9;
+        return Err(if late { "timeout" } else { "error" });
+    }
+    match abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size) {
+        Ok(Some(b)) => global::decode_response(&b).map_err(|e| {
+            log::warn!(
+                "llm-capacity: rate limit service answer unreadable ({})",
+                e.0
+            );
+            "error"
+        }),
+        _ => Err("error"),
     }
 }
 
@@ -164,29 +183,9 @@ impl Stream {
                 now.saturating_sub(p.at),
             );
         }
-        let answer = if status != 0 {
-            Err(timed_out(status, now.saturating_sub(p.at), g.timeout_ms))
-        } else {
-            match abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size) {
-                Ok(Some(b)) => global::decode_response(&b).map_err(|e| {
-                    log::warn!(
-                        "llm-capacity: rate limit service answer unreadable ({})",
-                        e.0
-                    );
-                    "error"
-                }),
-                _ => Err("error"),
-            }
-        };
+        let answer = read_answer(status, size, now.saturating_sub(p.at), g.timeout_ms);
         let gate = match answer {
-            Err(result) => {
-                if status != 0 {
-                    log::debug!(
-                        "llm-capacity: rate limit service call failed (gRPC status {status})"
-                    );
-                }
-                self.global_failed(&g, p.taken, p.debt, Some(result))
-            }
+            Err(result) => self.global_failed(&g, p.taken, p.debt, Some(result)),
             Ok(a) if !a.over_limit => {
                 self.count(
                     &[("route", &self.route), ("result", "ok")],
@@ -277,7 +276,6 @@ impl Stream {
         match g.on_failure {
             FailurePolicy::Closed => {
                 self.global_decision("fail_closed");
-                self.global_give_back(true);
                 let wait = g.retry_interval_ms.max(1_000);
                 let mut r = LocalReply::openai_error(
                     503,
@@ -318,7 +316,6 @@ impl Stream {
                         snapshot,
                     }) => {
                         self.global_decision("fallback_limited");
-                        self.global_give_back(true);
                         let limit = snapshot.get(dim).map(|d| d.limit);
                         let wait =
                             ratelimit::jittered(retry_after_ms, self.rng.borrow_mut().next_u64());
@@ -354,7 +351,6 @@ impl Stream {
         if let Some(c) = &mut self.global {
             c.charged = taken;
         }
-        self.global_give_back(true);
         self.global_decision("over_limit");
         let dim = a
             .statuses
@@ -391,10 +387,7 @@ impl Stream {
     }
 
     fn global_reply(&mut self, outcome: Outcome, r: LocalReply) -> Action {
-        // The request does not leave: local charges and budgets come back.
-        self.release(true);
-        self.release_probe();
-        self.budgets.release(&HostClock, true);
+        self.give_everything_back();
         self.reply(outcome, r)
     }
 
@@ -582,19 +575,11 @@ pub fn on_renewal_answer(
         return;
     };
     let now = HostClock.now_ms();
-    let answer = if status != 0 {
-        None
-    } else {
-        abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size)
-            .ok()
-            .flatten()
-            .and_then(|b| global::decode_response(&b).ok())
-    };
+    let answer = read_answer(status, size, now.saturating_sub(c.at), c.timeout_ms);
     let result = match &answer {
-        None if timed_out(status, now.saturating_sub(c.at), c.timeout_ms) == "timeout" => "timeout",
-        None => "error",
-        Some(a) if a.over_limit => "over_limit",
-        Some(_) => "ok",
+        Err(result) => result,
+        Ok(a) if a.over_limit => "over_limit",
+        Ok(_) => "ok",
     };
     if count {
         let mut m = metrics.borrow_mut();
@@ -610,12 +595,12 @@ pub fn on_renewal_answer(
         );
     }
     let r = match answer {
-        None => global::failed(&HostStore, &c.key, now + c.retry_interval_ms, 0),
-        Some(a) if a.over_limit => {
+        Err(_) => global::failed(&HostStore, &c.key, now + c.retry_interval_ms, 0),
+        Ok(a) if a.over_limit => {
             let reset = a.wait_ms().unwrap_or(global::UNKNOWN_WINDOW_MS);
             global::no_lease_until(&HostStore, &c.key, now + reset)
         }
-        Some(a) => {
+        Ok(a) => {
             let windows = answer_windows(&a, c.lease, Windows::default(), now);
             global::grant(&HostStore, &c.key, c.lease, windows, now)
         }

@@ -902,10 +902,7 @@ impl Stream {
             // Nothing was sent: nothing to settle or count as reconciled.
             self.tracker = None;
             self.queue.borrow_mut().remove(&w);
-            self.release(true);
-            self.global_give_back(true);
-            self.release_probe();
-            self.budgets.release(&HostClock, true);
+            self.give_everything_back();
             self.count(
                 &[("route", &self.route), ("result", "abandoned")],
                 QUEUED_TOTAL,
@@ -917,6 +914,15 @@ impl Stream {
         if self.config.telemetry.metrics {
             self.metrics.borrow_mut().count(labels, name, 1);
         }
+    }
+
+    /// The request never left: every charge, its global share, a probe claim
+    /// and its budget reservations come back.
+    fn give_everything_back(&mut self) {
+        self.release(true);
+        self.global_give_back(true);
+        self.release_probe();
+        self.budgets.release(&HostClock, true);
     }
 
     /// Settles every charge: with the real usage, or as unsent.
@@ -1249,10 +1255,7 @@ impl HttpContext for Stream {
             // The client left while the rate limit service was asked: nothing
             // was sent. (Whatever the service charges for the call is lost.)
             self.tracker = None;
-            self.release(true);
-            self.global_give_back(true);
-            self.release_probe();
-            self.budgets.release(&HostClock, true);
+            self.give_everything_back();
         }
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle();

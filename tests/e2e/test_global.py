@@ -240,7 +240,7 @@ def test_slow_service_times_out_into_the_policy(emu, start_rls, envoys):
     took = time.monotonic() - t0
     assert status == 503 and b"global_limit_unavailable" in body, (status, body)
     assert took < 0.8, took
-    assert metric_sum(env, "llmcap_global_calls_total", result="timeout") == 1
+    assert metric_sum(env, "llmcap_global_calls_total", result="timeout") == 1, [x for x in harness.prom_samples(env) if "global" in x[0] and x[2]]
 
 
 def test_a_missing_service_cluster_is_a_failure_not_a_crash(emu, start_rls, envoys):
