@@ -57,7 +57,7 @@ build-fault:
 	CARGO_TARGET_DIR=target/fault cargo build --release --target wasm32-wasip1 -p llm-capacity --features fault-injection
 
 ## test: native unit tests, the core's tests on wasm32 under node, a fuzz smoke, end to end in real Envoy
-test: setup build emulator test-unit test-wasm test-fuzz test-rls test-e2e
+test: setup lint build emulator test-unit test-wasm test-fuzz test-rls test-e2e
 
 test-unit:
 	cargo test --workspace

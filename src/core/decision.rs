@@ -2,7 +2,7 @@
 
 use super::config::{Config, RoutePolicy, Unmatched};
 use super::reply::LocalReply;
-use super::telemetry::Outcome;
+use super::telemetry::RequestOutcome;
 use std::rc::Rc;
 
 /// The parts of the request head the decision needs, read by the adapter.
@@ -23,7 +23,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub policy: Option<Rc<RoutePolicy>>,
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     pub verdict: Verdict,
 }
 
@@ -32,32 +32,22 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
     let cap = policy.as_ref().map_or(cfg.defaults.max_request_bytes, |p| {
         p.policy.max_request_bytes
     });
-    if let Some(len) = head.content_length {
-        if len > cap {
-            let msg = format!(
-                "Request body of {len} bytes exceeds the limit of {cap} bytes for this route."
-            );
-            return Decision {
-                policy,
-                outcome: Outcome::TooLarge,
-                verdict: Verdict::Reply(LocalReply::openai_error(
-                    413,
-                    "invalid_request_error",
-                    "request_too_large",
-                    &msg,
-                )),
-            };
-        }
+    if let Some(len) = head.content_length.filter(|&len| len > cap) {
+        return Decision {
+            policy,
+            outcome: RequestOutcome::TooLarge,
+            verdict: Verdict::Reply(too_large(cap, Some(len))),
+        };
     }
     match (&policy, cfg.unmatched) {
         (Some(_), _) => Decision {
             policy,
-            outcome: Outcome::Admitted,
+            outcome: RequestOutcome::Admitted,
             verdict: Verdict::Continue,
         },
         (None, Unmatched::Pass) => Decision {
             policy,
-            outcome: Outcome::Unmatched,
+            outcome: RequestOutcome::Unmatched,
             verdict: Verdict::Continue,
         },
         (None, Unmatched::Reject) => {
@@ -67,7 +57,7 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
             );
             Decision {
                 policy,
-                outcome: Outcome::NoPolicy,
+                outcome: RequestOutcome::NoPolicy,
                 verdict: Verdict::Reply(LocalReply::openai_error(
                     404,
                     "invalid_request_error",
@@ -77,6 +67,18 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
             }
         }
     }
+}
+
+/// The 413 for a body over the route's cap: `len` from the content-length when
+/// the headers said it, `None` when a chunked body grew past the cap.
+pub fn too_large(cap: u64, len: Option<u64>) -> LocalReply {
+    let msg = match len {
+        Some(len) => {
+            format!("Request body of {len} bytes exceeds the limit of {cap} bytes for this route.")
+        }
+        None => format!("Request body exceeds the limit of {cap} bytes for this route."),
+    };
+    LocalReply::openai_error(413, "invalid_request_error", "request_too_large", &msg)
 }
 
 #[cfg(test)]
@@ -105,7 +107,7 @@ mod tests {
                 content_length: Some(10),
             },
         );
-        assert_eq!(d.outcome, Outcome::Admitted);
+        assert_eq!(d.outcome, RequestOutcome::Admitted);
         assert_eq!(d.verdict, Verdict::Continue);
         assert_eq!(d.policy.unwrap().name, "chat");
     }
@@ -119,7 +121,7 @@ mod tests {
                 content_length: Some(11),
             },
         );
-        assert_eq!(d.outcome, Outcome::TooLarge);
+        assert_eq!(d.outcome, RequestOutcome::TooLarge);
         let Verdict::Reply(r) = d.verdict else {
             panic!("expected a reply")
         };
@@ -141,7 +143,7 @@ mod tests {
         );
         assert_eq!(
             (d.outcome, d.verdict),
-            (Outcome::Unmatched, Verdict::Continue)
+            (RequestOutcome::Unmatched, Verdict::Continue)
         );
         let d = on_request_headers(
             &c,
@@ -150,7 +152,7 @@ mod tests {
                 content_length: Some(101),
             },
         );
-        assert_eq!(d.outcome, Outcome::TooLarge);
+        assert_eq!(d.outcome, RequestOutcome::TooLarge);
         // Chunked: no length known at headers time.
         let d = on_request_headers(
             &c,
@@ -159,7 +161,7 @@ mod tests {
                 content_length: None,
             },
         );
-        assert_eq!(d.outcome, Outcome::Unmatched);
+        assert_eq!(d.outcome, RequestOutcome::Unmatched);
     }
 
     #[test]
@@ -171,7 +173,7 @@ mod tests {
                 content_length: None,
             },
         );
-        assert_eq!(d.outcome, Outcome::NoPolicy);
+        assert_eq!(d.outcome, RequestOutcome::NoPolicy);
         let Verdict::Reply(r) = d.verdict else {
             panic!("expected a reply")
         };

@@ -81,6 +81,18 @@ impl MemStore {
     pub fn keys(&self) -> usize {
         self.map.borrow().len()
     }
+
+    /// Every key and value, sorted by key (for tests comparing what was written).
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = self
+            .map
+            .borrow()
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl SharedStore for MemStore {

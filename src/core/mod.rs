@@ -1,7 +1,8 @@
 //! The pure core: everything the filter decides, with no proxy-wasm imports.
 //!
-//! Host access (clock, randomness, shared data, metrics) goes through the small
-//! traits in [`env`], so the core runs natively and on wasm32 in tests.
+//! Host access goes through the small traits of [`host`] (and [`env`]: clock,
+//! randomness, shared data), so the core runs natively and on wasm32 in tests;
+//! [`exchange`] is one request's life on top of them.
 
 pub mod accounting;
 pub mod budget;
@@ -11,8 +12,10 @@ pub mod config;
 pub mod decision;
 pub mod env;
 pub mod estimate;
+pub mod exchange;
 pub mod failover;
 pub mod global;
+pub mod host;
 pub mod limiter;
 pub mod pbstruct;
 pub mod provider_headers;

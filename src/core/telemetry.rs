@@ -69,7 +69,7 @@ pub const BUDGET_EVICTIONS_TOTAL: &str = "llmcap_budget_evictions_total";
 const MAX_LABEL_LEN: usize = 96;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// A route with a policy; the request went upstream.
     Admitted,
     /// A route without a policy, passed through (`unmatched_routes: pass`).
@@ -93,19 +93,19 @@ pub enum Outcome {
     GlobalUnavailable,
 }
 
-impl Outcome {
+impl RequestOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Admitted => "admitted",
-            Outcome::Unmatched => "unmatched",
-            Outcome::TooLarge => "rejected_too_large",
-            Outcome::NoPolicy => "rejected_no_policy",
-            Outcome::InvalidBody => "rejected_invalid_body",
-            Outcome::RateLimited => "rejected_rate_limited",
-            Outcome::NoUpstream => "rejected_no_upstream",
-            Outcome::BudgetExceeded => "rejected_budget",
-            Outcome::NoSession => "rejected_no_session",
-            Outcome::GlobalUnavailable => "rejected_global_unavailable",
+            RequestOutcome::Admitted => "admitted",
+            RequestOutcome::Unmatched => "unmatched",
+            RequestOutcome::TooLarge => "rejected_too_large",
+            RequestOutcome::NoPolicy => "rejected_no_policy",
+            RequestOutcome::InvalidBody => "rejected_invalid_body",
+            RequestOutcome::RateLimited => "rejected_rate_limited",
+            RequestOutcome::NoUpstream => "rejected_no_upstream",
+            RequestOutcome::BudgetExceeded => "rejected_budget",
+            RequestOutcome::NoSession => "rejected_no_session",
+            RequestOutcome::GlobalUnavailable => "rejected_global_unavailable",
         }
     }
 }
@@ -311,7 +311,7 @@ mod tests {
     fn access_log_state_json() {
         let s = AccessLogState {
             route: "chat",
-            outcome: Outcome::TooLarge.as_str(),
+            outcome: RequestOutcome::TooLarge.as_str(),
             ..Default::default()
         };
         assert_eq!(

@@ -352,24 +352,23 @@ pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
     status(unsafe { proxy_set_effective_context(context_id) })
 }
 
-/// Starts a unary gRPC call to `cluster`; the answer comes to the calling
-/// context's `on_grpc_call_response`. The SDK's dispatcher must know the token
-/// to route the answer, so this goes through its call, which panics only on a
-/// host status other than Ok, ParseFailure and InternalFailure: Envoy returns
-/// another (BadArgument) only when it cannot create a client for a parsed
-/// `GrpcService`, and the one passed here always names an Envoy cluster.
+/// Starts a unary gRPC call to `upstream` (a serialized `GrpcService`); the
+/// answer comes to the calling context's `on_grpc_call_response`. The SDK's
+/// dispatcher must know the token to route the answer, so this goes through its
+/// call, which panics only on a host status other than Ok, ParseFailure and
+/// InternalFailure: Envoy returns another (BadArgument) only when it cannot
+/// create a client for a parsed `GrpcService`, and the one passed here always
+/// names an Envoy cluster.
 pub fn grpc_call(
-    cluster: &str,
+    upstream: &[u8],
     service: &str,
     method: &str,
     message: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, u32> {
     hc!("other");
-    // A serialized GrpcService: Envoy would otherwise guess whether the name
-    // parses as one. Names are at most 120 bytes: every length byte is ASCII.
-    let upstream = crate::core::global::grpc_service(cluster);
-    let upstream = std::str::from_utf8(&upstream).map_err(|_| 2u32)?;
+    // Names are at most 120 bytes: every length byte is ASCII.
+    let upstream = std::str::from_utf8(upstream).map_err(|_| 2u32)?;
     proxy_wasm::hostcalls::dispatch_grpc_call(
         upstream,
         service,
@@ -463,11 +462,6 @@ pub fn header_text(map_type: u32, name: &str) -> Option<String> {
     header(map_type, name).ok().flatten().map(lossy)
 }
 
-/// A property as text (lossy UTF-8); `None` when absent or unreadable.
-pub fn property_text(path: &[&str]) -> Option<String> {
-    property(path).ok().flatten().map(lossy)
-}
-
 fn lossy(v: Vec<u8>) -> String {
     String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
@@ -554,27 +548,6 @@ pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
         _ => return Vec::new(),
     };
     decode_pairs(&bytes).unwrap_or_default()
-}
-
-/// One map's headers, read in a single host call for callbacks that need several.
-pub struct Headers(Vec<(String, String)>);
-
-impl Headers {
-    pub fn read(map_type: u32) -> Headers {
-        Headers(header_pairs(map_type))
-    }
-
-    /// The first value of `name` (lowercase), as Envoy's single-header read gives it.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
 }
 
 /// The ABI's pair encoding: u32 count, count x (u32 name size, u32 value size),

@@ -31,14 +31,14 @@ impl std::hash::Hasher for FastHash {
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHash>>;
 
 #[derive(Default)]
-pub struct Metrics {
+pub struct MetricIds {
     /// Keyed by the raw name and label values (see [`Metrics::raw_key`]): a
     /// known metric costs no formatting, only this lookup.
     ids: FastMap<Vec<u8>, u32>,
     key: Vec<u8>,
 }
 
-impl Metrics {
+impl MetricIds {
     /// Name and label values as given, with separators no label can contain
     /// (0xFF is never in UTF-8), into a reused buffer.
     fn raw_key(&mut self, kind: u32, labels: &[(&str, &str)], name: &str) {

@@ -2,17 +2,15 @@
 //! Shared by the upstream instance (every attempt) and the downstream one
 //! (final answer only, when no upstream instance is configured).
 
-use super::metrics::Metrics;
-use super::HostStore;
 use crate::core::circuit::{self, Mode, Outcome};
 use crate::core::config::Config;
 use crate::core::failover::{self, Class};
+use crate::core::host::Host;
 use crate::core::provider_headers::Signal;
 use crate::core::telemetry::{
     CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, COOLDOWNS_TOTAL, PROVIDER_REMAINING,
     UPSTREAM_ATTEMPTS_TOTAL,
 };
-use std::cell::RefCell;
 
 fn mode_str(m: Mode) -> (&'static str, u64) {
     match m {
@@ -23,13 +21,12 @@ fn mode_str(m: Mode) -> (&'static str, u64) {
 }
 
 /// Publishes a circuit state change (gauge, counter, log line).
-pub fn transition(config: &Config, metrics: &RefCell<Metrics>, cluster: &str, m: Mode) {
+pub fn transition(config: &Config, h: &mut dyn Host, cluster: &str, m: Mode) {
     let (name, value) = mode_str(m);
     log::info!("llm-capacity: circuit for cluster {cluster} is now {name}");
     if config.telemetry.metrics {
-        let mut mm = metrics.borrow_mut();
-        mm.set_gauge(&[("cluster", cluster)], CIRCUIT_STATE, value);
-        mm.count(
+        h.set_gauge(&[("cluster", cluster)], CIRCUIT_STATE, value);
+        h.count(
             &[("cluster", cluster), ("state", name)],
             CIRCUIT_TRANSITIONS_TOTAL,
             1,
@@ -37,18 +34,27 @@ pub fn transition(config: &Config, metrics: &RefCell<Metrics>, cluster: &str, m:
     }
 }
 
-/// Records one attempt's answer (or its absence) against `cluster`.
-#[allow(clippy::too_many_arguments)]
-pub fn observe(
-    config: &Config,
-    metrics: &RefCell<Metrics>,
-    cluster: &str,
-    probe: bool,
-    class: Class,
-    latency_ms: Option<u64>,
-    signal: &Signal,
-    now_ms: u64,
-) {
+/// One attempt's answer (or its absence), as health data for its cluster.
+pub struct Observation<'a> {
+    pub cluster: &'a str,
+    /// The attempt was the cluster's probe: its claim is released.
+    pub probe: bool,
+    pub class: Class,
+    pub latency_ms: Option<u64>,
+    pub signal: &'a Signal,
+    pub now_ms: u64,
+}
+
+/// Records one attempt's answer (or its absence) against its cluster.
+pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) {
+    let &Observation {
+        cluster,
+        probe,
+        class,
+        latency_ms,
+        signal,
+        now_ms,
+    } = o;
     let Some(c) = config.clusters.get(cluster) else {
         return; // a cluster the config does not know has no circuit
     };
@@ -58,34 +64,31 @@ pub fn observe(
         .enumerate()
     {
         // The probe claim is released once, with the first outcome.
-        match circuit::record(&HostStore, &key, &c.circuit, now_ms, o, probe && i == 0) {
-            Ok(Some(m)) => transition(config, metrics, cluster, m),
+        match circuit::record(&*h, &key, &c.circuit, now_ms, o, probe && i == 0) {
+            Ok(Some(m)) => transition(config, h, cluster, m),
             Ok(None) => {}
             Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
         }
         if matches!(o, Outcome::RateLimited { .. }) && config.telemetry.metrics {
-            metrics
-                .borrow_mut()
-                .count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
+            h.count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
         }
     }
     if c.adaptive && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()) {
         let r = (signal.requests.remaining, signal.requests.reset_ms);
         let t = (signal.tokens.remaining, signal.tokens.reset_ms);
-        if let Err(e) = circuit::observe_quota(&HostStore, &key, &c.circuit, now_ms, r, t) {
+        if let Err(e) = circuit::observe_quota(&*h, &key, &c.circuit, now_ms, r, t) {
             log::debug!("llm-capacity: quota update for {cluster} failed ({e:?})");
         }
     }
     if config.telemetry.metrics {
-        let mut m = metrics.borrow_mut();
-        m.count(
+        h.count(
             &[("cluster", cluster), ("class", class.as_str())],
             UPSTREAM_ATTEMPTS_TOTAL,
             1,
         );
         for (dim, q) in [("requests", signal.requests), ("tokens", signal.tokens)] {
             if let Some(r) = q.remaining {
-                m.set_gauge(
+                h.set_gauge(
                     &[("cluster", cluster), ("limit", dim)],
                     PROVIDER_REMAINING,
                     r,
@@ -96,22 +99,15 @@ pub fn observe(
 }
 
 /// A wait learnt after the headers (Gemini's `retryDelay` in the error body).
-pub fn cool_down(config: &Config, metrics: &RefCell<Metrics>, cluster: &str, ms: u64, now_ms: u64) {
+pub fn cool_down(config: &Config, h: &mut dyn Host, cluster: &str, ms: u64, now_ms: u64) {
     let Some(c) = config.clusters.get(cluster) else {
         return;
     };
     let o = Outcome::RateLimited {
         cooldown_ms: Some(ms),
     };
-    match circuit::record(
-        &HostStore,
-        &circuit::key(cluster),
-        &c.circuit,
-        now_ms,
-        o,
-        false,
-    ) {
-        Ok(Some(m)) => transition(config, metrics, cluster, m),
+    match circuit::record(&*h, &circuit::key(cluster), &c.circuit, now_ms, o, false) {
+        Ok(Some(m)) => transition(config, h, cluster, m),
         Ok(None) => {}
         Err(e) => log::debug!("llm-capacity: cool-down for {cluster} failed ({e:?})"),
     }

@@ -9,10 +9,9 @@
 //! filter holds it, and the list only counts it against `max_size`. VMs are
 //! single-threaded, so `Rc<RefCell<..>>` is enough.
 
-use super::abi;
-use super::{HostClock, HostStore};
 use crate::core::config::RoutePolicy;
-use crate::core::env::{Clock, StoreError};
+use crate::core::env::{SharedStore, StoreError};
+use crate::core::host::Host;
 use crate::core::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
 use crate::core::ratelimit;
 use crate::core::reply::LocalReply;
@@ -73,8 +72,9 @@ pub struct Refusal {
     pub tenant: Option<String>,
 }
 
+/// What one admission attempt did.
 #[derive(Default)]
-pub struct Attempt {
+pub struct AdmitResult {
     pub charges: Vec<Charge>,
     /// The snapshot answers describe (the tenant's when tenant limits apply).
     pub view: Option<Snapshot>,
@@ -92,10 +92,16 @@ enum Step {
     Failed(StoreError),
 }
 
-fn step(key: &str, owner: &str, limits: &Limits, t: &Ticket, floor: f64, now: u64) -> Step {
+struct Bucket<'a> {
+    key: &'a str,
+    owner: &'a str,
+    limits: &'a Limits,
+}
+
+fn step(store: &dyn SharedStore, b: Bucket<'_>, t: &Ticket, floor: f64, now: u64) -> Step {
     let max_wait = (t.max_wait_ms > 0).then_some(t.max_wait_ms);
     match limiter::admit_or_schedule(
-        &HostStore, key, owner, limits, &t.cost, floor, max_wait, now,
+        store, b.key, b.owner, b.limits, &t.cost, floor, max_wait, now,
     ) {
         Ok(Admission::Admitted(s)) => Step::Go(s, 0),
         Ok(Admission::Scheduled { wait_ms, snapshot }) => Step::Go(snapshot, wait_ms),
@@ -109,17 +115,22 @@ fn step(key: &str, owner: &str, limits: &Limits, t: &Ticket, floor: f64, now: u6
 }
 
 /// Charges the tenant, then the route. A refusal leaves nothing charged.
-pub fn attempt(t: &Ticket, now: u64) -> Attempt {
-    let mut a = Attempt::default();
+pub fn attempt(store: &dyn SharedStore, t: &Ticket, now: u64) -> AdmitResult {
+    let mut a = AdmitResult::default();
     let p = &t.policy.policy;
     let floor = p.priority.as_ref().map_or(0.0, |pr| pr.floor(t.class));
     // The tenant first: it is the narrower limit, and is refunded if the route refuses.
     if let Some(tc) = &p.tenant {
         let tenant = t.tenant.clone().unwrap_or_else(|| "-".to_string());
-        match limiter::tenant_key(&HostStore, &t.route, &tenant, tc.slots, now) {
+        match limiter::tenant_key(store, &t.route, &tenant, tc.slots, now) {
             Ok((key, evicted)) => {
                 a.evicted = evicted;
-                match step(&key, &tenant, &tc.limits, t, floor, now) {
+                let b = Bucket {
+                    key: &key,
+                    owner: &tenant,
+                    limits: &tc.limits,
+                };
+                match step(store, b, t, floor, now) {
                     Step::Go(snap, wait) => {
                         a.charges.push(Charge {
                             key,
@@ -152,7 +163,12 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
     }
     if let Some(lc) = &p.limits {
         let key = limiter::route_key(&t.route);
-        match step(&key, &t.route, &lc.limits, t, floor, now) {
+        let b = Bucket {
+            key: &key,
+            owner: &t.route,
+            limits: &lc.limits,
+        };
+        match step(store, b, t, floor, now) {
             Step::Go(snap, wait) => {
                 a.charges.push(Charge {
                     key,
@@ -166,7 +182,7 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
             }
             Step::Refused(dim, wait_ms, snapshot) if !lc.shadow => {
                 // The request does not leave: the tenant gets its charge back.
-                release(&mut a.charges, Cost::default(), true, now);
+                release(store, &mut a.charges, Cost::default(), true, now);
                 let snapshot = a.view.take().unwrap_or(snapshot);
                 let limit = snapshot.get(dim).map(|d| d.limit);
                 a.refused = Some(Refusal {
@@ -187,10 +203,16 @@ pub fn attempt(t: &Ticket, now: u64) -> Attempt {
 }
 
 /// Settles charges with the real usage (`actual`), or as never sent.
-pub fn release(charges: &mut Vec<Charge>, actual: Cost, unsent: bool, now: u64) {
+pub fn release(
+    store: &dyn SharedStore,
+    charges: &mut Vec<Charge>,
+    actual: Cost,
+    unsent: bool,
+    now: u64,
+) {
     for c in charges.drain(..) {
         if let Err(e) = limiter::settle(
-            &HostStore, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, c.at, now,
+            store, &c.key, &c.owner, &c.limits, &c.cost, &actual, unsent, c.at, now,
         ) {
             log::warn!("llm-capacity: limiter settlement failed ({e:?})");
         }
@@ -204,12 +226,13 @@ pub fn refusal_reply(t: &Ticket, r: &Refusal, random: u64) -> LocalReply {
     ratelimit::rejection(&t.route, r.tenant.as_deref(), r.dim, r.limit, wait, headers)
 }
 
+#[derive(Debug)]
 pub struct Waiter {
     pub context_id: u32,
     pub since_ms: u64,
     pub go_at_ms: u64,
-    /// Set by the tick when the request was resumed.
-    pub resumed: bool,
+    /// Set by the tick when it resumed the request (when it did).
+    pub resumed_at_ms: Option<u64>,
     /// Held by Envoy's fault filter, not paused here: the tick leaves it alone.
     pub in_fault_filter: bool,
 }
@@ -219,10 +242,8 @@ pub struct WaitQueue {
     waiters: Vec<Rc<RefCell<Waiter>>>,
 }
 
-pub type Queue = Rc<RefCell<WaitQueue>>;
-
 impl WaitQueue {
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.waiters.len()
     }
 
@@ -237,11 +258,20 @@ impl WaitQueue {
             context_id,
             since_ms: now,
             go_at_ms: now.saturating_add(wait_ms),
-            resumed: false,
+            resumed_at_ms: None,
             in_fault_filter,
         }));
         self.waiters.push(Rc::clone(&w));
         w
+    }
+
+    /// Whether the queue has room under `max`; places of requests the fault
+    /// filter has let go are freed first.
+    pub fn has_room(&mut self, max: u32, now: u64) -> bool {
+        if self.len() >= max as usize {
+            self.prune_released(now);
+        }
+        self.len() < max as usize
     }
 
     /// Requests the fault filter has let go no longer wait: their places free
@@ -261,8 +291,8 @@ impl WaitQueue {
 
 /// From the root context's tick: resumes every request whose time has come.
 /// Returns whether anyone is still waiting.
-pub fn on_tick(queue: &Queue) -> bool {
-    let now = HostClock.now_ms();
+pub fn on_tick(queue: &RefCell<WaitQueue>, h: &mut dyn Host) -> bool {
+    let now = h.now_ms();
     let due: Vec<Rc<RefCell<Waiter>>> = queue
         .borrow()
         .waiters
@@ -277,11 +307,13 @@ pub fn on_tick(queue: &Queue) -> bool {
         queue.borrow_mut().remove(&w);
         let ctx = {
             let mut wb = w.borrow_mut();
-            wb.resumed = true;
+            wb.resumed_at_ms = Some(now);
             wb.context_id
         };
         // The stream settles its own charges: if it is gone, its on_log already did.
-        let resumed = abi::set_effective_context(ctx).and_then(|()| abi::resume_request());
+        let resumed = h
+            .set_effective_context(ctx)
+            .and_then(|()| h.resume_request());
         if let Err(s) = resumed {
             log::debug!("llm-capacity: queued request {ctx} is gone (host status {s})");
         }

@@ -1,10 +1,9 @@
 //! Session and tenant budgets on the request path: admission before the request
 //! leaves, settlement with the real usage when it ends.
 
-use super::HostStore;
 use crate::core::budget::{self, Cap, Charge, Price, Remaining, Verdict, PICO_PER_USD};
 use crate::core::config::{Config, RoutePolicy};
-use crate::core::env::{Clock, StoreError};
+use crate::core::env::{Clock, SharedStore, StoreError};
 use crate::core::reply::LocalReply;
 
 /// What one request holds against its budgets.
@@ -36,6 +35,7 @@ impl Budgets {
     /// as `model` (reserved input and output allowance).
     pub fn admit(
         &mut self,
+        store: &dyn SharedStore,
         config: &Config,
         policy: &RoutePolicy,
         model: Option<&str>,
@@ -47,14 +47,14 @@ impl Budgets {
         let total = tokens.0.saturating_add(tokens.1);
         let route = policy.name.as_str();
         if let (Some(sb), Some(session)) = (&policy.policy.session_budget, &self.session) {
-            let v = budget::session_admit(&HostStore, route, session, &sb.caps, now, total, spend);
+            let v = budget::session_admit(store, route, session, &sb.caps, now, total, spend);
             self.take(v, "session")?;
         }
         if let (Some(tb), Some(tenant)) = (&policy.policy.tenant_budget, &self.tenant) {
-            let v = budget::tenant_admit(&HostStore, route, tenant, &tb.caps, now, spend);
+            let v = budget::tenant_admit(store, route, tenant, &tb.caps, now, spend);
             if let Err(refused) = self.take(v, "tenant") {
                 // The session's charge goes back: this call never happens.
-                self.release(&FixedClock(now), true);
+                self.release(store, &FixedClock(now), true);
                 return Err(refused);
             }
         }
@@ -102,7 +102,13 @@ impl Budgets {
 
     /// The call ended (or never left, `unsent`): reservations become real usage.
     /// Returns the spend in pico-dollars.
-    pub fn settle(&mut self, clock: &dyn Clock, usage: (u64, u64, u64), unsent: bool) -> u64 {
+    pub fn settle(
+        &mut self,
+        store: &dyn SharedStore,
+        clock: &dyn Clock,
+        usage: (u64, u64, u64),
+        unsent: bool,
+    ) -> u64 {
         let (input, output, cached) = usage;
         let spend = if unsent {
             0
@@ -119,15 +125,15 @@ impl Budgets {
         }
         let now = clock.now_ms();
         for c in self.charges.drain(..) {
-            if let Err(e) = budget::settle(&HostStore, &c, now, tokens, spend, unsent) {
+            if let Err(e) = budget::settle(store, &c, now, tokens, spend, unsent) {
                 log::debug!("llm-capacity: budget settlement dropped ({e:?})");
             }
         }
         spend
     }
 
-    pub fn release(&mut self, clock: &dyn Clock, unsent: bool) {
-        self.settle(clock, (0, 0, 0), unsent);
+    pub fn release(&mut self, store: &dyn SharedStore, clock: &dyn Clock, unsent: bool) {
+        self.settle(store, clock, (0, 0, 0), unsent);
     }
 
     pub fn priced(&self) -> bool {

@@ -4,17 +4,18 @@
 //! for the answer, bounded by `timeout_ms`). The service failing sends requests
 //! to the route's failure policy.
 
-use super::{abi, admission, HostClock, HostStore, Stream};
-use crate::core::env::{Clock, Random};
+use super::worker::Worker;
+use super::{admit, Exchange, Phase};
 use crate::core::global::{self, Answer, FailurePolicy, GlobalConfig, Hits, Windows};
+use crate::core::host::{Buffer, Flow, Host};
 use crate::core::limiter::{self, Admission, Cost, Dim};
 use crate::core::ratelimit;
 use crate::core::reply::LocalReply;
 use crate::core::telemetry::{
-    Outcome, GLOBAL_CALLS_TOTAL, GLOBAL_CALL_MS, GLOBAL_DECISIONS_TOTAL, LIMITER_ERRORS_TOTAL,
-    RATE_LIMITED_TOTAL,
+    RequestOutcome, GLOBAL_CALLS_TOTAL, GLOBAL_CALL_MS, GLOBAL_DECISIONS_TOTAL,
+    LIMITER_ERRORS_TOTAL,
 };
-use proxy_wasm::types::Action;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// gRPC status DEADLINE_EXCEEDED.
@@ -25,6 +26,7 @@ const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 /// gRPC maps to UNAVAILABLE, so the elapsed time tells a timeout from a refused
 /// connection.
 fn read_answer(
+    h: &dyn Host,
     status: u32,
     size: usize,
     elapsed_ms: u64,
@@ -38,7 +40,7 @@ fn read_answer(
             || elapsed_ms.saturating_mul(10) >= u64::from(timeout_ms) * 9;
         return Err(if late { "timeout" } else { "error" });
     }
-    match abi::buffer(abi::BUFFER_GRPC_RECEIVE, 0, size) {
+    match h.body(Buffer::GrpcAnswer, 0, size) {
         Ok(Some(b)) => global::decode_response(&b).map_err(|e| {
             log::warn!(
                 "llm-capacity: rate limit service answer unreadable ({})",
@@ -81,28 +83,34 @@ pub struct Pending {
 pub enum Gate {
     Go,
     /// Answered locally (refused or failing closed).
-    Replied(Action),
+    Replied(Flow),
     /// Waiting for the service.
     Asked,
 }
 
-impl Stream {
+impl Exchange {
     /// Runs the global tier for a request the local limits admitted.
-    pub(super) fn global_gate(&mut self, g: &Rc<GlobalConfig>, cost: Cost, wait_ms: u64) -> Gate {
-        let now = HostClock.now_ms();
-        let key = global::pool_key(&self.route);
+    pub(super) fn global_gate(
+        &mut self,
+        h: &mut dyn Host,
+        g: &Rc<GlobalConfig>,
+        cost: Cost,
+        wait_ms: u64,
+    ) -> Gate {
+        let now = h.now_ms();
+        let key = global::pool_key(&self.head.route);
         let need = Hits {
             requests: 1,
             tokens: cost.tokens,
         };
         let lease = g.lease();
         let renew_ms = u64::from(g.timeout_ms) * 2;
-        let take = match global::take(&HostStore, &key, need, lease, now, renew_ms) {
+        let take = match global::take(&*h, &key, need, lease, now, renew_ms) {
             Ok(t) => t,
             Err(e) => {
                 // The pool is this process's shared data: ask the service for all.
                 log::warn!("llm-capacity: global pool update failed ({e:?})");
-                self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
+                self.count(h, &[("route", &self.head.route)], LIMITER_ERRORS_TOTAL);
                 global::Take {
                     short: need,
                     lease: true,
@@ -110,7 +118,7 @@ impl Stream {
                 }
             }
         };
-        self.global = Some(GlobalCharge {
+        self.held.global = Some(GlobalCharge {
             key,
             charged: take.taken,
             windows: take.windows,
@@ -118,20 +126,22 @@ impl Stream {
         });
         if take.short.is_empty() {
             if take.renew {
-                want_renewal(&self.route, g);
+                want_renewal(&self.worker, h, &self.head.route, g);
             }
-            self.global_decision("pool");
+            self.global_decision(h, "pool");
             return Gate::Go;
         }
         if take.down {
-            return self.global_failed(g, take.taken, 0, None);
+            return self.global_failed(h, g, take.taken, 0, None);
         }
         let lease = if take.lease { lease } else { Hits::default() };
-        self.global_ask(g, take.taken, take.short, lease, take.debt, wait_ms)
+        self.global_ask(h, g, take.taken, take.short, lease, take.debt, wait_ms)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn global_ask(
         &mut self,
+        h: &mut dyn Host,
         g: &Rc<GlobalConfig>,
         taken: Hits,
         short: Hits,
@@ -143,9 +153,10 @@ impl Stream {
             requests: short.requests + lease.requests,
             tokens: short.tokens + lease.tokens + debt,
         };
-        match call(g, &self.route, ask) {
+        match call(h, g, &self.head.route, ask) {
             Ok(token) => {
-                self.global_pending = Some(Pending {
+                let at = h.now_ms();
+                self.phase = Phase::AskingGlobal(Pending {
                     token,
                     taken,
                     short,
@@ -153,7 +164,7 @@ impl Stream {
                     debt,
                     ask,
                     wait_ms,
-                    at: HostClock.now_ms(),
+                    at,
                 });
                 Gate::Asked
             }
@@ -162,80 +173,97 @@ impl Stream {
                     "llm-capacity: cannot call the rate limit service on cluster {} (host status {s})",
                     g.cluster
                 );
-                self.global_failed(g, taken, debt, Some("error"))
+                self.global_failed(h, g, taken, debt, Some("error"))
             }
         }
     }
 
     /// The service's answer (or a failed call) for the paused request.
-    pub(super) fn on_global_answer(&mut self, token: u32, status: u32, size: usize) {
-        let Some(p) = self.global_pending.take_if(|p| p.token == token) else {
+    pub fn on_grpc_answer(&mut self, h: &mut dyn Host, token: u32, status: u32, size: usize) {
+        let Phase::AskingGlobal(p) = &self.phase else {
             return;
         };
-        let Some(g) = self.policy.as_ref().and_then(|p| p.policy.global.clone()) else {
+        if p.token != token {
+            return;
+        }
+        let Phase::AskingGlobal(p) = std::mem::take(&mut self.phase) else {
             return;
         };
-        let now = HostClock.now_ms();
+        let Some(g) = self
+            .head
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.global.clone())
+        else {
+            return;
+        };
+        let now = h.now_ms();
         if self.config.telemetry.metrics {
-            self.metrics.borrow_mut().record(
-                &[("route", &self.route)],
+            h.record(
+                &[("route", &self.head.route)],
                 GLOBAL_CALL_MS,
                 now.saturating_sub(p.at),
             );
         }
-        let answer = read_answer(status, size, now.saturating_sub(p.at), g.timeout_ms);
+        let answer = read_answer(&*h, status, size, now.saturating_sub(p.at), g.timeout_ms);
         let gate = match answer {
-            Err(result) => self.global_failed(&g, p.taken, p.debt, Some(result)),
+            Err(result) => self.global_failed(h, &g, p.taken, p.debt, Some(result)),
             Ok(a) if !a.over_limit => {
                 self.count(
-                    &[("route", &self.route), ("result", "ok")],
+                    h,
+                    &[("route", &self.head.route), ("result", "ok")],
                     GLOBAL_CALLS_TOTAL,
                 );
-                let old = self.global.as_ref().map(|c| c.windows).unwrap_or_default();
+                let old = self
+                    .held
+                    .global
+                    .as_ref()
+                    .map(|c| c.windows)
+                    .unwrap_or_default();
                 let windows = answer_windows(&a, p.ask, old, now);
-                if let Err(e) = global::grant(&HostStore, &self.global_key(), p.lease, windows, now)
-                {
+                if let Err(e) = global::grant(&*h, &self.global_key(), p.lease, windows, now) {
                     log::debug!("llm-capacity: global lease not kept ({e:?})");
                 }
-                if let Some(c) = &mut self.global {
+                if let Some(c) = &mut self.held.global {
                     c.charged.requests += p.short.requests;
                     c.charged.tokens += p.short.tokens;
                     c.windows = windows;
                 }
-                self.global_decision("service");
+                self.global_decision(h, "service");
                 Gate::Go
             }
             Ok(a) => {
                 self.count(
-                    &[("route", &self.route), ("result", "over_limit")],
+                    h,
+                    &[("route", &self.head.route), ("result", "over_limit")],
                     GLOBAL_CALLS_TOTAL,
                 );
                 let reset = a.wait_ms().unwrap_or(global::UNKNOWN_WINDOW_MS);
                 if !p.lease.is_empty() {
                     // The slice did not fit; what this request needs may.
-                    let _ = global::no_lease_until(&HostStore, &self.global_key(), now + reset);
-                    self.global_ask(&g, p.taken, p.short, Hits::default(), p.debt, p.wait_ms)
+                    let _ = global::no_lease_until(&*h, &self.global_key(), now + reset);
+                    let (taken, short, debt, wait) = (p.taken, p.short, p.debt, p.wait_ms);
+                    self.global_ask(h, &g, taken, short, Hits::default(), debt, wait)
                 } else {
-                    self.global_refused(&a, p.ask, p.taken, p.debt, reset)
+                    self.global_refused(h, &a, p.ask, p.taken, p.debt, reset)
                 }
             }
         };
         match gate {
             Gate::Asked | Gate::Replied(_) => {}
             Gate::Go => {
-                let go = match self.hold(p.wait_ms) {
+                let go = match self.hold(h, p.wait_ms) {
                     None => {
-                        self.sent_ms = HostClock.now_ms();
-                        self.count_outcome();
+                        self.sent(h);
                         true
                     }
                     // Held by the fault filter: it goes on, and is counted when it ends.
-                    Some(Action::Continue) => true,
+                    Some(Flow::Continue) => true,
                     // Paused here until the queue's tick resumes it.
-                    Some(_) => false,
+                    Some(Flow::Pause) => false,
                 };
                 if go {
-                    if let Err(s) = abi::resume_request() {
+                    if let Err(s) = h.resume_request() {
                         log::debug!("llm-capacity: cannot resume the request (host status {s})");
                     }
                 }
@@ -244,38 +272,41 @@ impl Stream {
     }
 
     fn global_key(&self) -> String {
-        self.global
+        self.held
+            .global
             .as_ref()
-            .map_or_else(|| global::pool_key(&self.route), |c| c.key.clone())
+            .map_or_else(|| global::pool_key(&self.head.route), |c| c.key.clone())
     }
 
     /// The service is down, slow or unreachable: the failure policy decides.
     fn global_failed(
         &mut self,
+        h: &mut dyn Host,
         g: &Rc<GlobalConfig>,
         taken: Hits,
         debt: u64,
         result: Option<&'static str>,
     ) -> Gate {
-        let now = HostClock.now_ms();
+        let now = h.now_ms();
         if let Some(result) = result {
             self.count(
-                &[("route", &self.route), ("result", result)],
+                h,
+                &[("route", &self.head.route), ("result", result)],
                 GLOBAL_CALLS_TOTAL,
             );
             let until = now + g.retry_interval_ms;
-            if let Err(e) = global::failed(&HostStore, &self.global_key(), until, debt) {
+            if let Err(e) = global::failed(&*h, &self.global_key(), until, debt) {
                 log::debug!("llm-capacity: global failure not recorded ({e:?})");
             }
         }
-        if let Some(c) = &mut self.global {
+        if let Some(c) = &mut self.held.global {
             // Only what came from the pool counts globally now.
             c.charged = taken;
             c.by_service = false;
         }
         match g.on_failure {
             FailurePolicy::Closed => {
-                self.global_decision("fail_closed");
+                self.global_decision(h, "fail_closed");
                 let wait = g.retry_interval_ms.max(1_000);
                 let mut r = LocalReply::openai_error(
                     503,
@@ -283,31 +314,31 @@ impl Stream {
                     "global_limit_unavailable",
                     &format!(
                         "The fleet-wide rate limit for route \"{}\" cannot be checked now. Please try again in {}.",
-                        self.route,
+                        self.head.route,
                         ratelimit::openai_duration(wait)
                     ),
                 );
                 r.headers
                     .push(("retry-after".to_string(), wait.div_ceil(1000).to_string()));
-                Gate::Replied(self.global_reply(Outcome::GlobalUnavailable, r))
+                Gate::Replied(self.global_reply(h, RequestOutcome::GlobalUnavailable, r))
             }
             FailurePolicy::Open => {
                 let Some(limits) = &g.fallback else {
-                    self.global_decision("fail_open");
+                    self.global_decision(h, "fail_open");
                     return Gate::Go;
                 };
                 let cost = self.reserved_cost();
-                let key = fallback_key(&self.route);
-                match limiter::admit(&HostStore, &key, &self.route, limits, &cost, now) {
+                let key = fallback_key(&self.head.route);
+                match limiter::admit(&*h, &key, &self.head.route, limits, &cost, now) {
                     Ok(Admission::Admitted(_) | Admission::Scheduled { .. }) => {
-                        self.charges.push(admission::Charge::new(
+                        self.held.charges.push(admit::Charge::new(
                             key,
-                            self.route.clone(),
+                            self.head.route.clone(),
                             limits,
                             cost,
                             now,
                         ));
-                        self.global_decision("fail_open");
+                        self.global_decision(h, "fail_open");
                         Gate::Go
                     }
                     Ok(Admission::Rejected {
@@ -315,19 +346,24 @@ impl Stream {
                         retry_after_ms,
                         snapshot,
                     }) => {
-                        self.global_decision("fallback_limited");
+                        self.global_decision(h, "fallback_limited");
                         let limit = snapshot.get(dim).map(|d| d.limit);
-                        let wait =
-                            ratelimit::jittered(retry_after_ms, self.rng.borrow_mut().next_u64());
-                        let r =
-                            ratelimit::rejection(&self.route, None, dim, limit, wait, Vec::new());
-                        self.note_limit("global_fallback", dim);
-                        Gate::Replied(self.global_reply(Outcome::RateLimited, r))
+                        let wait = ratelimit::jittered(retry_after_ms, h.random_u64());
+                        let r = ratelimit::rejection(
+                            &self.head.route,
+                            None,
+                            dim,
+                            limit,
+                            wait,
+                            Vec::new(),
+                        );
+                        self.note_limit(h, "global_fallback", dim);
+                        Gate::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
                     }
                     Err(e) => {
                         log::warn!("llm-capacity: fallback limit update failed ({e:?}); request let through");
-                        self.count(&[("route", &self.route)], LIMITER_ERRORS_TOTAL);
-                        self.global_decision("fail_open");
+                        self.count(h, &[("route", &self.head.route)], LIMITER_ERRORS_TOTAL);
+                        self.global_decision(h, "fail_open");
                         Gate::Go
                     }
                 }
@@ -338,6 +374,7 @@ impl Stream {
     /// The service said no: a 429 until its window resets.
     fn global_refused(
         &mut self,
+        h: &mut dyn Host,
         a: &Answer,
         ask: Hits,
         taken: Hits,
@@ -346,12 +383,12 @@ impl Stream {
     ) -> Gate {
         // All or nothing: the service charged none of it, the debt included.
         if debt > 0 {
-            let _ = global::failed(&HostStore, &self.global_key(), 0, debt);
+            let _ = global::failed(&*h, &self.global_key(), 0, debt);
         }
-        if let Some(c) = &mut self.global {
+        if let Some(c) = &mut self.held.global {
             c.charged = taken;
         }
-        self.global_decision("over_limit");
+        self.global_decision(h, "over_limit");
         let dim = a
             .statuses
             .iter()
@@ -364,31 +401,19 @@ impl Stream {
                     Dim::Requests
                 }
             });
-        let wait = ratelimit::jittered(reset_ms, self.rng.borrow_mut().next_u64());
-        let mut r = ratelimit::rejection(&self.route, None, dim, None, wait, Vec::new());
+        let wait = ratelimit::jittered(reset_ms, h.random_u64());
+        let mut r = ratelimit::rejection(&self.head.route, None, dim, None, wait, Vec::new());
         r.details = "global_rate_limit_exceeded";
         if let Some(h) = r.headers.iter_mut().find(|(k, _)| k == "x-llm-capacity") {
             h.1 = "global_rate_limit_exceeded".to_string();
         }
-        self.note_limit("global", dim);
-        Gate::Replied(self.global_reply(Outcome::RateLimited, r))
+        self.note_limit(h, "global", dim);
+        Gate::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
     }
 
-    fn note_limit(&mut self, scope: &'static str, dim: Dim) {
-        self.limit = Some((scope, dim.as_str()));
-        self.count(
-            &[
-                ("route", &self.route),
-                ("scope", scope),
-                ("limit", dim.as_str()),
-            ],
-            RATE_LIMITED_TOTAL,
-        );
-    }
-
-    fn global_reply(&mut self, outcome: Outcome, r: LocalReply) -> Action {
-        self.give_everything_back();
-        self.reply(outcome, r)
+    fn global_reply(&mut self, h: &mut dyn Host, outcome: RequestOutcome, r: LocalReply) -> Flow {
+        self.give_back(h, true);
+        self.reply(h, outcome, r)
     }
 
     fn reserved_cost(&self) -> Cost {
@@ -399,37 +424,36 @@ impl Stream {
         })
     }
 
-    fn global_decision(&mut self, decision: &'static str) {
-        self.global_result = Some(decision);
+    fn global_decision(&mut self, h: &mut dyn Host, decision: &'static str) {
+        self.report.global = Some(decision);
         self.count(
-            &[("route", &self.route), ("result", decision)],
+            h,
+            &[("route", &self.head.route), ("result", decision)],
             GLOBAL_DECISIONS_TOTAL,
         );
     }
 
     /// Gives the request's global share back (`unsent`), or settles it with the
     /// usage: unused reservation back to the pool, usage beyond it owed.
-    pub(super) fn global_give_back(&mut self, unsent: bool) {
-        let Some(c) = self.global.take() else { return };
-        let now = HostClock.now_ms();
-        let used = self.settled.as_ref().map(|s| s.total());
+    pub(super) fn global_give_back(&mut self, h: &mut dyn Host, unsent: bool) {
+        let Some(c) = self.held.global.take() else {
+            return;
+        };
+        let now = h.now_ms();
+        let used = self.response.settled.as_ref().map(|s| s.total());
         let result = match (unsent, used) {
-            (true, _) => global::give_back(&HostStore, &c.key, c.charged, c.windows, now),
+            (true, _) => global::give_back(&*h, &c.key, c.charged, c.windows, now),
             (false, None) => Ok(()), // no usage known: the reservation stands
             (false, Some(used)) if used < c.charged.tokens => {
                 let back = Hits {
                     requests: 0,
                     tokens: c.charged.tokens - used,
                 };
-                global::give_back(&HostStore, &c.key, back, c.windows, now)
+                global::give_back(&*h, &c.key, back, c.windows, now)
             }
-            (false, Some(used)) if c.by_service => global::owe(
-                &HostStore,
-                &c.key,
-                used - c.charged.tokens,
-                c.windows.tokens,
-                now,
-            ),
+            (false, Some(used)) if c.by_service => {
+                global::owe(&*h, &c.key, used - c.charged.tokens, c.windows.tokens, now)
+            }
             (false, Some(_)) => Ok(()),
         };
         if let Err(e) = result {
@@ -439,9 +463,9 @@ impl Stream {
 }
 
 /// Asks the rate limit service for `ask` on the route's descriptors.
-fn call(g: &GlobalConfig, route: &str, ask: Hits) -> Result<u32, u32> {
+fn call(h: &mut dyn Host, g: &GlobalConfig, route: &str, ask: Hits) -> Result<u32, u32> {
     let msg = global::encode_request(&g.domain, &g.entries(route), ask);
-    abi::grpc_call(
+    h.grpc_call(
         &g.cluster,
         global::SERVICE,
         global::METHOD,
@@ -489,8 +513,8 @@ struct Renewal {
     global: Rc<GlobalConfig>,
 }
 
-/// A renewal call in flight, by token.
-pub struct RenewalCall {
+/// A renewal call in flight.
+struct RenewalCall {
     route: String,
     key: String,
     lease: Hits,
@@ -499,113 +523,130 @@ pub struct RenewalCall {
     at: u64,
 }
 
+/// The worker's renewals: wanted by streams, in flight by token.
+#[derive(Default)]
+pub struct Renewals {
+    wanted: Vec<Renewal>,
+    calls: HashMap<u32, RenewalCall>,
+}
+
+impl Renewals {
+    /// Renewal calls waiting for their answer.
+    pub fn in_flight(&self) -> usize {
+        self.calls.len()
+    }
+}
+
 /// Renewals per worker at once; more routes than this wait for the next take.
 const MAX_RENEWALS: usize = 64;
 
-thread_local! {
-    static WANTED: std::cell::RefCell<Vec<Renewal>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn want_renewal(route: &str, g: &Rc<GlobalConfig>) {
-    let added = WANTED.with(|w| {
-        let mut w = w.borrow_mut();
+fn want_renewal(worker: &Worker, h: &mut dyn Host, route: &str, g: &Rc<GlobalConfig>) {
+    let added = {
+        let mut r = worker.renewals.borrow_mut();
+        let w = &mut r.wanted;
         if w.len() >= MAX_RENEWALS || w.iter().any(|r| r.route == route) {
-            return false;
+            false
+        } else {
+            w.push(Renewal {
+                route: route.to_string(),
+                global: Rc::clone(g),
+            });
+            true
         }
-        w.push(Renewal {
-            route: route.to_string(),
-            global: Rc::clone(g),
-        });
-        true
-    });
+    };
     // The root's next tick makes the call (1 ms: the tick's finest grain).
     if added {
-        if let Err(s) = abi::set_tick_period(1) {
+        if let Err(s) = h.set_tick_period(1) {
             log::debug!("llm-capacity: cannot schedule a global renewal (host status {s})");
         }
     }
 }
 
-/// From the root's tick: makes the renewals streams asked for. Returns whether
-/// there were any.
-pub fn make_renewals(calls: &mut std::collections::HashMap<u32, RenewalCall>) -> bool {
-    let wanted = WANTED.with(|w| std::mem::take(&mut *w.borrow_mut()));
-    let any = !wanted.is_empty();
-    let now = HostClock.now_ms();
-    for r in wanted {
-        if calls.len() >= MAX_RENEWALS {
-            break; // an unanswered backlog: the next take asks again
+impl Worker {
+    /// From the root's tick: makes the renewals streams asked for. Returns
+    /// whether there were any.
+    pub(super) fn make_renewals(&self, h: &mut dyn Host) -> bool {
+        let wanted = std::mem::take(&mut self.renewals.borrow_mut().wanted);
+        let any = !wanted.is_empty();
+        if !any {
+            return false;
         }
-        let g = &r.global;
-        let key = global::pool_key(&r.route);
-        let lease = g.lease();
-        match call(g, &r.route, lease) {
-            Ok(token) => {
-                calls.insert(
-                    token,
-                    RenewalCall {
-                        route: r.route,
-                        key,
-                        lease,
-                        retry_interval_ms: g.retry_interval_ms,
-                        timeout_ms: g.timeout_ms,
-                        at: now,
-                    },
-                );
+        let now = h.now_ms();
+        for r in wanted {
+            if self.renewals.borrow().calls.len() >= MAX_RENEWALS {
+                break; // an unanswered backlog: the next take asks again
             }
-            Err(s) => {
-                log::debug!("llm-capacity: global renewal not sent (host status {s})");
-                let _ = global::failed(&HostStore, &key, now + g.retry_interval_ms, 0);
+            let g = &r.global;
+            let key = global::pool_key(&r.route);
+            let lease = g.lease();
+            match call(h, g, &r.route, lease) {
+                Ok(token) => {
+                    self.renewals.borrow_mut().calls.insert(
+                        token,
+                        RenewalCall {
+                            route: r.route,
+                            key,
+                            lease,
+                            retry_interval_ms: g.retry_interval_ms,
+                            timeout_ms: g.timeout_ms,
+                            at: now,
+                        },
+                    );
+                }
+                Err(s) => {
+                    log::debug!("llm-capacity: global renewal not sent (host status {s})");
+                    let _ = global::failed(&*h, &key, now + g.retry_interval_ms, 0);
+                }
             }
         }
+        any
     }
-    any
-}
 
-/// The service's answer to a renewal: the slice goes into the pool.
-pub fn on_renewal_answer(
-    calls: &mut std::collections::HashMap<u32, RenewalCall>,
-    metrics: &std::cell::RefCell<super::Metrics>,
-    count: bool,
-    token: u32,
-    status: u32,
-    size: usize,
-) {
-    let Some(c) = calls.remove(&token) else {
-        return;
-    };
-    let now = HostClock.now_ms();
-    let answer = read_answer(status, size, now.saturating_sub(c.at), c.timeout_ms);
-    let result = match &answer {
-        Err(result) => result,
-        Ok(a) if a.over_limit => "over_limit",
-        Ok(_) => "ok",
-    };
-    if count {
-        let mut m = metrics.borrow_mut();
-        m.count(
-            &[("route", &c.route), ("result", result)],
-            GLOBAL_CALLS_TOTAL,
-            1,
-        );
-        m.record(
-            &[("route", &c.route)],
-            GLOBAL_CALL_MS,
-            now.saturating_sub(c.at),
-        );
-    }
-    let r = match answer {
-        Err(_) => global::failed(&HostStore, &c.key, now + c.retry_interval_ms, 0),
-        Ok(a) if a.over_limit => {
-            let reset = a.wait_ms().unwrap_or(global::UNKNOWN_WINDOW_MS);
-            global::no_lease_until(&HostStore, &c.key, now + reset)
+    /// The service's answer to a renewal (`metrics`: the config counts them):
+    /// the slice goes into the pool. Answers for other tokens are ignored.
+    pub fn on_renewal_answer(
+        &self,
+        h: &mut dyn Host,
+        metrics: bool,
+        token: u32,
+        status: u32,
+        size: usize,
+    ) {
+        let Some(c) = self.renewals.borrow_mut().calls.remove(&token) else {
+            return;
+        };
+        let now = h.now_ms();
+        let answer = read_answer(&*h, status, size, now.saturating_sub(c.at), c.timeout_ms);
+        let result = match &answer {
+            Err(result) => result,
+            Ok(a) if a.over_limit => "over_limit",
+            Ok(_) => "ok",
+        };
+        if metrics {
+            h.count(
+                &[("route", &c.route), ("result", result)],
+                GLOBAL_CALLS_TOTAL,
+                1,
+            );
+            h.record(
+                &[("route", &c.route)],
+                GLOBAL_CALL_MS,
+                now.saturating_sub(c.at),
+            );
         }
-        Ok(a) => {
-            let windows = answer_windows(&a, c.lease, Windows::default(), now);
-            global::grant(&HostStore, &c.key, c.lease, windows, now)
+        let r = match answer {
+            Err(_) => global::failed(&*h, &c.key, now + c.retry_interval_ms, 0),
+            Ok(a) if a.over_limit => {
+                let reset = a.wait_ms().unwrap_or(global::UNKNOWN_WINDOW_MS);
+                global::no_lease_until(&*h, &c.key, now + reset)
+            }
+            Ok(a) => {
+                let windows = answer_windows(&a, c.lease, Windows::default(), now);
+                global::grant(&*h, &c.key, c.lease, windows, now)
+            }
+        };
+        if let Err(e) = r {
+            log::debug!("llm-capacity: global renewal not kept ({e:?})");
         }
-    };
-    if let Err(e) = r {
-        log::debug!("llm-capacity: global renewal not kept ({e:?})");
     }
 }

@@ -1,0 +1,373 @@
+//! The upstream instance: the same module placed as an upstream HTTP filter
+//! (root_id ending in `upstream`), where Envoy runs it once per router attempt.
+//!
+//! Each attempt: the body carries the model of the cluster it goes to; the
+//! answer (or its absence: reset, connect failure, timeout) feeds that
+//! cluster's circuit; a 429/503 wait is handed to the router's
+//! `rate_limited_retry_back_off` only when the retry stays on the same cluster.
+//! The request is never re-sent from here.
+
+use super::health::{self, Observation};
+use super::worker::Worker;
+use super::{carry_model_in_path, set_request_body};
+use crate::core::circuit;
+use crate::core::config::{Config, RoutePolicy};
+use crate::core::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
+use crate::core::host::{Buffer, Flow, Host, Map};
+use crate::core::provider_headers;
+use crate::core::request::Api;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+/// How often a healthy cluster's quota headers feed the remaining gauges.
+const QUOTA_SAMPLE_MS: u64 = 1000;
+
+/// Attempts waiting for their downstream stream's end, per VM, at most.
+const MAX_UNANSWERED: usize = 1024;
+/// An attempt whose stream was never seen ending is forgotten after this.
+const UNANSWERED_TTL_MS: u64 = 60_000;
+
+/// An attempt that ended without response headers.
+struct Unanswered {
+    stream: u32,
+    at_ms: u64,
+    cluster: String,
+    probe: bool,
+    latency_ms: u64,
+}
+
+/// Recently ended downstream streams remembered per VM, for attempts whose end
+/// Envoy reports after their stream's (a reset final attempt, a client gone).
+const ENDED_STREAMS: usize = 256;
+
+/// Per VM: attempts waiting for their stream's end, streams recently ended,
+/// and when each cluster's quota headers were last sampled.
+#[derive(Default)]
+pub struct Ledger {
+    unanswered: Vec<Unanswered>,
+    /// (stream, whether its client was answered), oldest first.
+    ended: VecDeque<(u32, bool)>,
+    /// Per cluster: when this VM last read a successful answer's quota headers.
+    quota_sampled: HashMap<String, u64>,
+}
+
+impl Ledger {
+    fn stream_ended(&self, stream: u32) -> Option<bool> {
+        self.ended
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == stream)
+            .map(|&(_, answered)| answered)
+    }
+
+    /// Attempts waiting for their stream's end.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.len()
+    }
+}
+
+/// An unanswered attempt whose stream's fate is known: a reset if the client
+/// was answered, else nothing (its probe claim given back).
+fn settle_one(config: &Config, h: &mut dyn Host, a: &Unanswered, client_answered: bool, now: u64) {
+    if client_answered {
+        record_reset(config, h, a, now);
+    } else if a.probe {
+        if let Some(c) = config.clusters.get(&a.cluster) {
+            let _ = circuit::release_probe(&*h, &circuit::key(&a.cluster), &c.circuit, now);
+        }
+    }
+}
+
+fn record_reset(config: &Config, h: &mut dyn Host, a: &Unanswered, now: u64) {
+    let o = Observation {
+        cluster: &a.cluster,
+        probe: a.probe,
+        class: Class::Reset,
+        latency_ms: Some(a.latency_ms),
+        signal: &provider_headers::Signal::default(),
+        now_ms: now,
+    };
+    health::observe(config, h, &o);
+}
+
+/// Called when downstream stream `stream` ends: its attempts that got no answer
+/// count as resets if the client was answered, and are dropped (their probe
+/// claims released) if the client had gone: a cancelled call says nothing
+/// about the provider.
+pub fn settle_unanswered(
+    config: &Config,
+    worker: &Worker,
+    h: &mut dyn Host,
+    stream: u32,
+    client_answered: bool,
+) {
+    let waiting = {
+        let mut l = worker.attempts.borrow_mut();
+        if l.ended.len() >= ENDED_STREAMS {
+            l.ended.pop_front();
+        }
+        l.ended.push_back((stream, client_answered));
+        !l.unanswered.is_empty()
+    };
+    if !waiting {
+        return;
+    }
+    let now = h.now_ms();
+    let mine: Vec<Unanswered> = {
+        let mut l = worker.attempts.borrow_mut();
+        // Mine, and any whose stream ended unseen (never matched): dropped.
+        let (mine, rest) = std::mem::take(&mut l.unanswered)
+            .into_iter()
+            .partition(|a| a.stream == stream || now.saturating_sub(a.at_ms) > UNANSWERED_TTL_MS);
+        l.unanswered = rest;
+        mine
+    };
+    for a in mine {
+        let answered = client_answered && a.stream == stream;
+        settle_one(config, h, &a, answered, now);
+    }
+}
+
+/// Error bodies read for Gemini's `retryDelay`, at most.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// One router attempt's life in the upstream instance.
+pub struct UpstreamAttempt {
+    config: Rc<Config>,
+    worker: Rc<Worker>,
+    route: Option<Rc<RoutePolicy>>,
+    cluster: String,
+    probe: bool,
+    started_ms: u64,
+    /// The downstream stream's context id, from the plan.
+    stream: Option<u32>,
+    rewrite_model: Option<String>,
+    answered: bool,
+    done: bool,
+    /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
+    error_body: Option<Vec<u8>>,
+}
+
+impl UpstreamAttempt {
+    pub fn new(config: Rc<Config>, worker: Rc<Worker>) -> Self {
+        UpstreamAttempt {
+            config,
+            worker,
+            route: None,
+            cluster: String::new(),
+            probe: false,
+            started_ms: 0,
+            stream: None,
+            rewrite_model: None,
+            answered: false,
+            done: false,
+            error_body: None,
+        }
+    }
+
+    /// Whether this answer's quota headers are read: always for adaptive
+    /// clusters, else at most once per [`QUOTA_SAMPLE_MS`] per cluster and VM.
+    fn wants_quota(&self, now: u64) -> bool {
+        let Some(c) = self.config.clusters.get(&self.cluster) else {
+            return false;
+        };
+        if c.adaptive {
+            return true;
+        }
+        if !self.config.telemetry.metrics {
+            return false;
+        }
+        let mut l = self.worker.attempts.borrow_mut();
+        match l.quota_sampled.get_mut(&self.cluster) {
+            Some(last) if now.saturating_sub(*last) < QUOTA_SAMPLE_MS => false,
+            Some(last) => {
+                *last = now;
+                true
+            }
+            None => {
+                // Bounded: only configured clusters get an entry.
+                l.quota_sampled.insert(self.cluster.clone(), now);
+                true
+            }
+        }
+    }
+
+    /// The attempt ended (done or logged) without response headers.
+    pub fn on_end(&mut self, h: &mut dyn Host) {
+        if self.done || self.answered || self.route.is_none() {
+            return;
+        }
+        self.done = true;
+        // No response headers: reset, connect failure, per-try timeout, or the
+        // client went away. Only the downstream stream's end tells which, so the
+        // outcome waits for it (same worker, same VM) unless it cannot be matched.
+        let now = h.now_ms();
+        let a = Unanswered {
+            stream: self.stream.unwrap_or(0),
+            at_ms: now,
+            cluster: self.cluster.clone(),
+            probe: self.probe,
+            latency_ms: now.saturating_sub(self.started_ms),
+        };
+        let ended = self
+            .stream
+            .and_then(|s| self.worker.attempts.borrow().stream_ended(s));
+        if let Some(answered) = ended {
+            // The downstream stream ended first: its verdict is known.
+            settle_one(&self.config, h, &a, answered, now);
+            return;
+        }
+        let deferred = self.stream.is_some() && {
+            let mut l = self.worker.attempts.borrow_mut();
+            if l.unanswered.len() >= MAX_UNANSWERED {
+                false
+            } else {
+                l.unanswered.push(Unanswered {
+                    cluster: a.cluster.clone(),
+                    ..a
+                });
+                true
+            }
+        };
+        if !deferred {
+            record_reset(&self.config, h, &a, now);
+        }
+    }
+
+    /// The attempt's request headers: which cluster, whether it is the probe,
+    /// and the model its body must carry.
+    pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> Flow {
+        let Some(plan_text) = h.property_text(&[PLAN_PROPERTY]) else {
+            return Flow::Continue; // not a request the downstream filter planned
+        };
+        let Some(plan) = failover::decode_plan(&plan_text) else {
+            return Flow::Continue;
+        };
+        let Some(route) = self.config.route(plan.route).cloned() else {
+            return Flow::Continue;
+        };
+        self.cluster = h
+            .property_text(&["xds", "cluster_name"])
+            .unwrap_or_default();
+        self.stream = plan.stream;
+        // Only a planned probe needs to know which attempt this is.
+        self.probe = plan.probe_cluster == Some(self.cluster.as_str())
+            && h.header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(1)
+                <= 1;
+        self.started_ms = h.now_ms();
+        let change =
+            failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
+        self.route = Some(route);
+        let Some(model) = change else {
+            return Flow::Continue;
+        };
+        let path = h.header(Map::RequestHeaders, ":path").unwrap_or_default();
+        if Api::detect(&path) == Some(Api::Gemini) {
+            carry_model_in_path(h, &path, &model);
+            return Flow::Continue;
+        }
+        if end_of_stream {
+            return Flow::Continue;
+        }
+        // Hold the headers so content-length can follow the rewritten body.
+        self.rewrite_model = Some(model);
+        Flow::Pause
+    }
+
+    /// The attempt's request body: it carries the attempt's model.
+    pub fn on_request_body(&mut self, h: &mut dyn Host, body_size: usize, eos: bool) -> Flow {
+        let Some(model) = &self.rewrite_model else {
+            return Flow::Continue;
+        };
+        if !eos {
+            return Flow::Pause;
+        }
+        let body = h
+            .body(Buffer::RequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if let Some(new_body) = failover::body_with_model(&body, model) {
+            if let Err(s) = set_request_body(h, body_size, &new_body) {
+                log::warn!("llm-capacity: model rewrite failed (host status {s}); sent unchanged");
+            }
+        }
+        self.rewrite_model = None;
+        Flow::Continue
+    }
+
+    /// The attempt's answer: health data for its cluster, and the wait the
+    /// router's back-off may use.
+    pub fn on_response_headers(&mut self, h: &mut dyn Host) -> Flow {
+        let Some(route) = self.route.clone() else {
+            return Flow::Continue;
+        };
+        self.answered = true;
+        self.done = true;
+        let now = h.now_ms();
+        let status = h
+            .header(Map::ResponseHeaders, ":status")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let class = Class::of_status(status);
+        // A success says nothing new unless the circuit follows the provider's
+        // quota; the remaining gauges are sampled once a second per cluster.
+        let mut forged = false;
+        let signal = if class != Class::Ok || self.wants_quota(now) {
+            let headers = h.header_list(Map::ResponseHeaders);
+            forged = headers.get(RETRY_AFTER_HEADER).is_some();
+            provider_headers::parse(headers.iter(), now)
+        } else {
+            provider_headers::Signal::default()
+        };
+        if forged {
+            // Only our own value may steer the router's back-off (a success is
+            // never retried, so only error answers are checked).
+            let _ = h.remove_header(Map::ResponseHeaders, RETRY_AFTER_HEADER);
+        }
+        let o = Observation {
+            cluster: &self.cluster,
+            probe: self.probe,
+            class,
+            latency_ms: Some(now.saturating_sub(self.started_ms)),
+            signal: &signal,
+            now_ms: now,
+        };
+        health::observe(&self.config, h, &o);
+        if matches!(class, Class::RateLimited | Class::ServerError) {
+            match signal.cooldown_ms() {
+                // A retry of a single-cluster route stays on this cluster: let the
+                // router wait what the provider asked (header in whole seconds).
+                Some(ms) if route.clusters.len() <= 1 => {
+                    let secs = ms.div_ceil(1000).max(1).to_string();
+                    let _ = h.set_header(Map::ResponseHeaders, RETRY_AFTER_HEADER, &secs);
+                }
+                None if class == Class::RateLimited => self.error_body = Some(Vec::new()),
+                _ => {}
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The attempt's answer body: a 429's may carry Gemini's `retryDelay`.
+    pub fn on_response_body(&mut self, h: &mut dyn Host, chunk_size: usize, eos: bool) -> Flow {
+        if let Some(buf) = &mut self.error_body {
+            if buf.len() + chunk_size <= MAX_ERROR_BODY {
+                if let Ok(Some(chunk)) = h.body(Buffer::ResponseBody, 0, chunk_size) {
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+            if eos {
+                let delay = provider_headers::gemini_retry_delay_ms(buf);
+                self.error_body = None;
+                if let Some(ms) = delay {
+                    let now = h.now_ms();
+                    health::cool_down(&self.config, h, &self.cluster, ms, now);
+                }
+            }
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,1278 @@
+//! One request's life, from its headers to its log line: [`Exchange`], driven
+//! by the adapter's downstream callbacks, each a method taking the [`Host`].
+//!
+//! The life, phase by phase ([`Phase`]):
+//! 1. headers: the route's policy, the body cap, forged headers stripped, tenant,
+//!    priority, session and deadline read; a bodiless request is dispatched now;
+//! 2. body: buffered up to the cap, then estimated ([`preflight_encoded`]);
+//! 3. dispatch, written once: plan over the cluster chain, charge the budgets,
+//!    carry the first cluster's model, admit against the local limits, then the
+//!    global tier ([`global`]); the request goes, waits for its turn
+//!    ([`Phase::Queued`]), waits for the rate limit service
+//!    ([`Phase::AskingGlobal`]) or is answered here ([`Phase::Replied`]);
+//! 4. response: our rate-limit and budget headers, the final answer as health
+//!    data (without an upstream instance), usage read from JSON or SSE;
+//! 5. log: settle the tokens, give back what was held ([`Exchange::give_back`],
+//!    the one give-back path), write the access-log state.
+//!
+//! Every shared-data failure fails open (logged and counted); nothing here panics.
+
+pub mod admit;
+pub mod attempt;
+pub mod budgets;
+pub mod global;
+pub mod health;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use crate::core::accounting::{preflight_encoded, Preflight, ResponseTracker, Settlement, Source};
+use crate::core::calibrate;
+use crate::core::circuit;
+use crate::core::config::{Config, QueueHold, RoutePolicy, TenantSource};
+use crate::core::decision::{self, RequestHead, Verdict};
+use crate::core::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
+use crate::core::host::{Buffer, Flow, HeaderList, Host, Map};
+use crate::core::limiter::Cost;
+use crate::core::provider_headers;
+use crate::core::ratelimit;
+use crate::core::reply::LocalReply;
+use crate::core::request::Api;
+use crate::core::telemetry::{
+    operation_name, provider_name, AccessLogState, RequestOutcome, BUDGET_EVICTIONS_TOTAL,
+    BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, LIMITER_ERRORS_TOTAL,
+    QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL,
+    SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
+    WASM_MEMORY_BYTES,
+};
+use crate::core::truncate;
+use admit::{AdmitResult, Charge, Refusal, Ticket, Waiter};
+use std::cell::RefCell;
+use std::rc::Rc;
+use worker::Worker;
+
+/// Filter-state key the access log reads as `%FILTER_STATE(wasm.llm_capacity:PLAIN)%`.
+pub const FILTER_STATE_KEY: &str = "llm_capacity";
+/// The router's count of upstream attempts (8 bytes, little endian).
+pub const ATTEMPT_COUNT_PROPERTY: [&str; 2] = ["upstream", "request_attempt_count"];
+/// Tenant ids longer than this are cut (they are stored in shared data).
+pub const MAX_TENANT_LEN: usize = 128;
+/// Clock readings are per callback: an attempt this much before its time still counts as held.
+const HOLD_SLACK_MS: u64 = 5;
+
+/// Where a request is in its life. Each phase holds what only it needs.
+#[derive(Debug, Default)]
+pub enum Phase {
+    /// Headers not decided yet, or between two steps of one callback.
+    #[default]
+    Open,
+    /// Not ours to govern (no policy for the route): passed, and counted.
+    Passed,
+    /// The body arrives (headers held, or passed when the host cannot hold them).
+    ReadingBody,
+    /// Paused until the rate limit service answers.
+    AskingGlobal(global::Pending),
+    /// Admitted; waiting for its place (paused here, or in the fault filter).
+    Queued(Rc<RefCell<Waiter>>),
+    /// Left for the upstream at `at_ms` (latency, downstream-only health).
+    Sent { at_ms: u64 },
+    /// Answered by the filter itself.
+    Replied,
+    /// Never left (client gone while queued or asking): everything given back.
+    Abandoned,
+}
+
+impl Phase {
+    /// The outcome was decided and counted: the access-log state is written.
+    fn decided(&self) -> bool {
+        matches!(self, Phase::Passed | Phase::Sent { .. } | Phase::Replied)
+    }
+}
+
+/// What the request's headers said.
+#[derive(Debug, Default)]
+struct Head {
+    route: String,
+    policy: Option<Rc<RoutePolicy>>,
+    tenant: Option<String>,
+    /// Priority class, 0 = highest.
+    class: usize,
+    client_timeout_ms: Option<u64>,
+    /// The request body has a content-encoding the filter does not decode.
+    encoded_body: bool,
+    path: String,
+    /// When the request arrived, for the deadline left for retries.
+    started_ms: u64,
+}
+
+/// How far the response has come.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    #[default]
+    None,
+    /// Response headers came (from upstream or a local reply): the client was answered.
+    Headers,
+    /// The response reached its end.
+    Ended,
+}
+
+/// The answer's side: usage tracking and what it settled at.
+#[derive(Debug, Default)]
+struct Response {
+    tracker: Option<ResponseTracker>,
+    progress: Progress,
+    /// The model the answer names (access log `gen_ai.response.model`).
+    model: Option<String>,
+    settled: Option<Settlement>,
+}
+
+/// What the request holds against shared state until it ends.
+#[derive(Default)]
+struct Held {
+    /// Local limits charged at admission.
+    charges: Vec<Charge>,
+    /// The request's share of the fleet-wide quota.
+    global: Option<global::GlobalCharge>,
+    budgets: budgets::Budgets,
+}
+
+/// What is reported about the request (metrics labels, access log).
+#[derive(Debug)]
+struct Report {
+    outcome: RequestOutcome,
+    /// Rate-limit headers for the answer, from the admission snapshot.
+    rate_headers: Vec<(&'static str, String)>,
+    limit: Option<(&'static str, &'static str)>,
+    shadow_limited: Option<&'static str>,
+    queue_wait_ms: Option<u64>,
+    /// How the global tier decided.
+    global: Option<&'static str>,
+}
+
+/// One request's life. See the module documentation for its phases.
+pub struct Exchange {
+    config: Rc<Config>,
+    worker: Rc<Worker>,
+    context_id: u32,
+    phase: Phase,
+    head: Head,
+    /// Where the request goes (`None`: the route has no cluster chain).
+    plan: Option<Plan>,
+    pre: Option<Preflight>,
+    held: Held,
+    response: Response,
+    report: Report,
+}
+
+impl Exchange {
+    pub fn new(config: Rc<Config>, worker: Rc<Worker>, context_id: u32) -> Self {
+        Exchange {
+            config,
+            worker,
+            context_id,
+            phase: Phase::Open,
+            head: Head::default(),
+            plan: None,
+            pre: None,
+            held: Held::default(),
+            response: Response::default(),
+            report: Report {
+                outcome: RequestOutcome::Unmatched,
+                rate_headers: Vec::new(),
+                limit: None,
+                shadow_limited: None,
+                queue_wait_ms: None,
+                global: None,
+            },
+        }
+    }
+
+    /// Where the request is now.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The outcome as counted (or as it stands, if not decided yet).
+    pub fn outcome(&self) -> RequestOutcome {
+        self.report.outcome
+    }
+
+    // ------------------------------------------------------------ callbacks
+
+    /// Request headers: decide, read the request's identity, hold for the body.
+    pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> Flow {
+        self.head.route = h.property_text(&["xds", "route_name"]).unwrap_or_default();
+        // A policy route reads several headers: all of them in one host call.
+        let headers = self
+            .config
+            .route(&self.head.route)
+            .map(|_| h.header_list(Map::RequestHeaders));
+        let header = |h: &dyn Host, name: &str| match &headers {
+            Some(l) => l.get(name).map(str::to_string),
+            None => h.header(Map::RequestHeaders, name),
+        };
+        // Envoy's codec has already rejected malformed content-length values.
+        let content_length = header(h, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let d = decision::on_request_headers(
+            &self.config,
+            &RequestHead {
+                route: &self.head.route,
+                content_length,
+            },
+        );
+        self.head.policy = d.policy;
+        self.report.outcome = d.outcome;
+        self.strip_forged(h, headers.as_ref());
+        let mut missing_session: Option<String> = None;
+        if let Some(policy) = self.head.policy.clone() {
+            self.head.started_ms = h.now_ms();
+            let get = |h: &dyn Host, name: &str| {
+                header(h, name).map(|v| truncate(&v, MAX_TENANT_LEN).to_string())
+            };
+            let p = &policy.policy;
+            if let Some(tc) = &p.tenant {
+                self.head.tenant = identity(h, &tc.source, &get);
+            }
+            if let Some(pr) = &p.priority {
+                self.head.class = pr.class_of(get(h, &pr.header).as_deref());
+            }
+            self.head.client_timeout_ms = client_timeout_ms(&|name| get(h, name));
+            if let Some(sb) = &p.session_budget {
+                self.held.budgets.session = get(h, &sb.header).filter(|v| !v.is_empty());
+                if sb.required && self.held.budgets.session.is_none() {
+                    missing_session = Some(sb.header.clone());
+                }
+            }
+            if let Some(tb) = &p.tenant_budget {
+                self.held.budgets.tenant =
+                    Some(identity(h, &tb.source, &get).unwrap_or_else(|| "-".to_string()));
+            }
+        }
+        if let (Verdict::Continue, Some(name)) = (&d.verdict, missing_session) {
+            let msg = format!("This route requires the {name} header naming the agent session.");
+            return self.reply(
+                h,
+                RequestOutcome::NoSession,
+                LocalReply::openai_error(400, "invalid_request_error", "session_required", &msg),
+            );
+        }
+        match (d.verdict, self.head.policy.clone()) {
+            (Verdict::Reply(r), _) => self.reply(h, d.outcome, r),
+            (Verdict::Continue, None) => {
+                self.phase = Phase::Passed;
+                self.count_outcome(h);
+                Flow::Continue
+            }
+            (Verdict::Continue, Some(_)) if !end_of_stream => {
+                // Hold the headers while the body arrives: the estimate, a rejection or
+                // a rewrite (and its content-length) must come before anything leaves.
+                self.head.encoded_body = header(h, "content-encoding")
+                    .is_some_and(|v| !v.eq_ignore_ascii_case("identity"));
+                self.head.path = header(h, ":path").unwrap_or_default();
+                self.phase = Phase::ReadingBody;
+                if !self.config.hold_headers {
+                    // The host cannot hold headers and still deliver the body
+                    // (no allow_on_headers_stop_iteration): let them go, and hold
+                    // the body instead, which every host supports.
+                    return Flow::Continue;
+                }
+                Flow::Pause
+            }
+            // No body: limits still count the request (no tokens).
+            (Verdict::Continue, Some(policy)) => self.dispatch(h, &policy, None),
+        }
+    }
+
+    /// The fault filter's headers are ours to set: a client's could delay, abort
+    /// or (with a percentage) skip a hold. The attempt count steers the route's
+    /// cluster matcher: only Envoy may set it.
+    fn strip_forged(&self, h: &mut dyn Host, headers: Option<&HeaderList>) {
+        match headers {
+            Some(l) => {
+                let forged: Vec<String> = l
+                    .iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| {
+                        k.starts_with(admit::FAULT_HEADER_PREFIX) || *k == admit::HOLD_MARKER_HEADER
+                    })
+                    .map(str::to_string)
+                    .collect();
+                for name in forged {
+                    let _ = h.remove_header(Map::RequestHeaders, &name);
+                }
+            }
+            // Other routes are never held: without the marker the fault filter
+            // ignores their x-envoy-fault-* headers.
+            None if self.config.queue_hold == QueueHold::FaultFilter => {
+                let _ = h.remove_header(Map::RequestHeaders, admit::HOLD_MARKER_HEADER);
+            }
+            None => {}
+        }
+        if let Some(policy) = &self.head.policy {
+            let sent_attempt_count =
+                headers.is_none_or(|l| l.get("x-envoy-attempt-count").is_some());
+            if !policy.clusters.is_empty() && sent_attempt_count {
+                let _ = h.remove_header(Map::RequestHeaders, "x-envoy-attempt-count");
+            }
+        }
+    }
+
+    /// A request body chunk (`body_size`: everything buffered so far).
+    pub fn on_request_body(&mut self, h: &mut dyn Host, body_size: usize, eos: bool) -> Flow {
+        if !matches!(self.phase, Phase::ReadingBody) {
+            return Flow::Continue;
+        }
+        let cap = self
+            .head
+            .policy
+            .as_ref()
+            .map_or(self.config.defaults.max_request_bytes, |p| {
+                p.policy.max_request_bytes
+            });
+        if body_size as u64 > cap {
+            // Chunked bodies have no content-length to check up front.
+            let r = decision::too_large(cap, None);
+            return self.reply(h, RequestOutcome::TooLarge, r);
+        }
+        if !eos {
+            return Flow::Pause; // buffer until the whole body is here
+        }
+        self.phase = Phase::Open;
+        let Some(policy) = self.head.policy.clone() else {
+            return Flow::Continue;
+        };
+        let body = match h.body(Buffer::RequestBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::warn!("llm-capacity: cannot read request body (host status {s})");
+                Vec::new()
+            }
+        };
+        let pre = {
+            let store = self.worker.calibration_reads(&*h);
+            preflight_encoded(
+                &policy.policy,
+                &self.head.path,
+                &body,
+                Some(&store),
+                self.head.encoded_body,
+            )
+        };
+        match pre {
+            Ok(p) => {
+                self.pre = Some(p);
+                self.dispatch(h, &policy, Some((body, body_size)))
+            }
+            Err(reply) => self.reply(h, RequestOutcome::InvalidBody, reply),
+        }
+    }
+
+    /// Plan, budgets, the first cluster's model, limits: written once for
+    /// requests with a body (`body`: its bytes and buffered size) and without.
+    fn dispatch(
+        &mut self,
+        h: &mut dyn Host,
+        policy: &Rc<RoutePolicy>,
+        body: Option<(Vec<u8>, usize)>,
+    ) -> Flow {
+        let (tokens, model, api) = match &self.pre {
+            Some(p) => (p.reserved, p.model.clone(), p.api),
+            None => (0, None, None),
+        };
+        if let Err(flow) = self.route_upstream(h, policy, tokens) {
+            return flow;
+        }
+        // The first attempt's body carries its cluster's model; the upstream
+        // instance rewrites it again for attempts that go elsewhere.
+        let target_model = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.slots.first())
+            .and_then(|&i| policy.clusters.get(i))
+            .and_then(|t| t.model.clone())
+            .filter(|m| body.is_some() && model.as_deref() != Some(m.as_str()));
+        let priced = target_model.clone().or(model);
+        let budget_tokens = self
+            .pre
+            .as_ref()
+            .map_or((0, 0), |p| (p.reserved_input, p.output_allowance));
+        if let Err(flow) = self.charge_budgets(h, policy, priced.as_deref(), budget_tokens) {
+            return flow;
+        }
+        if let Some((body, body_size)) = body {
+            self.rewrite_body(h, &body, body_size, target_model.as_deref(), api);
+        }
+        self.publish_plan(h, policy, priced.as_deref());
+        let mut cost = Cost::default();
+        if let Some(pre) = &self.pre {
+            if self.config.telemetry.metrics {
+                let model = pre.model.as_deref().unwrap_or("");
+                let route = self.head.route.as_str();
+                for (kind, n) in [
+                    ("estimated_input", pre.input_estimate),
+                    ("reserved", pre.reserved),
+                ] {
+                    h.count(
+                        &[("route", route), ("model", model), ("kind", kind)],
+                        TOKENS_TOTAL,
+                        n,
+                    );
+                }
+            }
+            cost = Cost {
+                tokens: pre.reserved,
+                input_tokens: pre.reserved_input,
+                output_tokens: pre.output_allowance,
+            };
+            self.response.tracker = Some(ResponseTracker::new(pre.api));
+        }
+        if let Some(flow) = self.admit(h, policy, cost) {
+            return flow;
+        }
+        self.sent(h)
+    }
+
+    /// The request goes upstream now.
+    fn sent(&mut self, h: &mut dyn Host) -> Flow {
+        self.phase = Phase::Sent { at_ms: h.now_ms() };
+        self.count_outcome(h);
+        Flow::Continue
+    }
+
+    /// The body the first attempt carries: the route's rewrite, and the first
+    /// cluster's model (in the Gemini path, or the body).
+    fn rewrite_body(
+        &mut self,
+        h: &mut dyn Host,
+        body: &[u8],
+        body_size: usize,
+        target_model: Option<&str>,
+        api: Option<Api>,
+    ) {
+        // Without held headers the content-length cannot follow a new body.
+        if !self.config.hold_headers {
+            return;
+        }
+        let pre = self.pre.as_ref();
+        let mut new_body = pre.and_then(|p| p.rewrite.clone());
+        if let Some(m) = target_model {
+            if api == Some(Api::Gemini) {
+                carry_model_in_path(h, &self.head.path, m);
+            } else if !pre.is_some_and(|p| p.size_based) {
+                let base = new_body.as_deref().unwrap_or(body);
+                if let Some(b) = failover::body_with_model(base, m) {
+                    new_body = Some(b);
+                }
+            }
+        }
+        if let Some(new_body) = &new_body {
+            if let Err(s) = set_request_body(h, body_size, new_body) {
+                log::warn!(
+                    "llm-capacity: body rewrite failed (host status {s}); sending it unchanged"
+                );
+            }
+        }
+    }
+
+    /// Response headers: from the upstream, or our own local reply.
+    pub fn on_response_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> Flow {
+        self.response.progress = Progress::Headers;
+        self.absorb_wait(h);
+        // Status, content type and the provider's headers: one host call.
+        let headers = (self.response.tracker.is_some() || self.observes_final())
+            .then(|| h.header_list(Map::ResponseHeaders));
+        if !matches!(self.phase, Phase::Replied) && self.head.policy.is_some() {
+            // Meant for the router's retry back-off (set by the upstream
+            // instance, or sent by a provider), never for the client.
+            let present = headers
+                .as_ref()
+                .is_none_or(|l| l.get(RETRY_AFTER_HEADER).is_some());
+            if present {
+                let _ = h.remove_header(Map::ResponseHeaders, RETRY_AFTER_HEADER);
+            }
+            // Before our rate-limit headers replace the provider's.
+            if let Some(l) = &headers {
+                self.observe_final(h, l);
+            }
+            // Our view replaces the provider's: clients are limited by us first.
+            for (name, value) in &self.report.rate_headers {
+                let _ = h.set_header(Map::ResponseHeaders, name, value);
+            }
+            for (name, value) in self.held.budgets.headers() {
+                let _ = h.set_header(Map::ResponseHeaders, name, &value);
+            }
+        }
+        if let (Some(t), Some(l)) = (&mut self.response.tracker, &headers) {
+            let status = l
+                .get(":status")
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
+            t.on_headers(status, l.get("content-type"), l.get("content-encoding"));
+            if end_of_stream {
+                self.response.progress = Progress::Ended;
+                self.settle(h);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A response body chunk (`chunk_size`: this chunk's bytes).
+    pub fn on_response_body(&mut self, h: &mut dyn Host, chunk_size: usize, eos: bool) -> Flow {
+        if let Some(t) = &mut self.response.tracker {
+            if t.wants_body() && chunk_size > 0 {
+                match h.body(Buffer::ResponseBody, 0, chunk_size) {
+                    Ok(Some(chunk)) => t.on_chunk(&chunk),
+                    Ok(None) => {}
+                    Err(s) => {
+                        log::debug!("llm-capacity: cannot read response chunk (host status {s})")
+                    }
+                }
+            }
+            if eos {
+                self.response.progress = Progress::Ended;
+                self.settle(h);
+            }
+        }
+        // Never hold a response back: every chunk goes to the client at once.
+        Flow::Continue
+    }
+
+    /// The stream's end (Envoy runs it before the access loggers).
+    pub fn on_log(&mut self, h: &mut dyn Host) {
+        self.absorb_wait(h);
+        if matches!(self.phase, Phase::AskingGlobal(_)) {
+            // The client left while the rate limit service was asked: nothing
+            // was sent. (Whatever the service charges for the call is lost.)
+            self.abandon(h);
+        }
+        // Streams that ended early (client gone, upstream reset) settle here.
+        self.settle(h);
+        // Bodiless requests have no settlement; what they hold is settled here.
+        self.give_back(h, false);
+        // Attempts that ended without an answer count against their cluster only
+        // if the client was still there to be answered (it saw response headers,
+        // the router's own 503 included); a client that left cancelled them.
+        if self.config.upstream_filter && self.plan.is_some() {
+            let answered = self.response.progress != Progress::None;
+            attempt::settle_unanswered(&self.config, &self.worker, h, self.context_id, answered);
+        }
+        // Once, at the end. Nothing for requests that never reached a decision
+        // (the client left mid-body, or Envoy refused them before the filter).
+        if self.phase.decided() {
+            self.publish(h);
+        }
+        if self.config.telemetry.metrics && self.worker.memory_report_due() {
+            let bytes = h.memory_bytes();
+            h.set_gauge(&[], WASM_MEMORY_BYTES, bytes);
+        }
+    }
+
+    // --------------------------------------------------------------- answers
+
+    fn reply(&mut self, h: &mut dyn Host, outcome: RequestOutcome, r: LocalReply) -> Flow {
+        self.report.outcome = outcome;
+        self.phase = Phase::Replied;
+        self.count_outcome(h);
+        match h.send_reply(&r) {
+            Ok(()) => Flow::Pause,
+            Err(s) => {
+                // Could not answer: let the request through rather than hang it.
+                log::warn!("llm-capacity: local reply failed (host status {s}); passing request");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Counts the request's outcome once it is decided (admitted, refused or
+    /// resumed from the queue).
+    fn count_outcome(&mut self, h: &mut dyn Host) {
+        if self.config.telemetry.metrics {
+            h.count(
+                &[
+                    ("route", &self.head.route),
+                    ("outcome", self.report.outcome.as_str()),
+                ],
+                REQUESTS_TOTAL,
+                1,
+            );
+        }
+    }
+
+    fn count(&self, h: &mut dyn Host, labels: &[(&str, &str)], name: &str) {
+        if self.config.telemetry.metrics {
+            h.count(labels, name, 1);
+        }
+    }
+
+    /// Writes the access-log filter state with everything known so far.
+    fn publish(&self, h: &mut dyn Host) {
+        if !self.config.telemetry.filter_state {
+            return;
+        }
+        let r = &self.report;
+        let mut state = AccessLogState {
+            route: &self.head.route,
+            outcome: r.outcome.as_str(),
+            ..Default::default()
+        };
+        if let Some(p) = &self.pre {
+            state.api = p.api.map(|a| a.as_str());
+            state.operation = p.api.map(operation_name);
+            state.model = p.model.as_deref();
+            state.input_estimate = Some(p.input_estimate);
+            state.reserved = Some(p.reserved);
+        }
+        state.response_model = self.response.model.as_deref();
+        state.queue_wait_ms = r.queue_wait_ms;
+        state.global = r.global;
+        if let Some((scope, limit)) = r.limit {
+            state.scope = Some(scope);
+            state.limit = Some(limit);
+        }
+        state.shadow_limited = r.shadow_limited;
+        if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
+            if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
+                state.cluster = Some(&t.cluster.name);
+                state.provider = provider_name(t.cluster.provider);
+            }
+            state.failover = plan.slots.first().is_some_and(|&i| i > 0);
+            state.probe = plan.probe;
+        }
+        if let Some(s) = &self.response.settled {
+            state.usage_source = Some(s.source.as_str());
+            state.input_tokens = Some(s.input);
+            state.output_tokens = Some(s.output);
+            state.cached_input_tokens = Some(s.cached_input);
+        }
+        if let Err(s) = h.set_property(&[FILTER_STATE_KEY], &state.to_json()) {
+            log::debug!("llm-capacity: cannot set filter state (host status {s})");
+        }
+    }
+
+    // ------------------------------------------------------------- upstream
+
+    /// Plans the attempts over the route's cluster chain. `Err` is the local
+    /// answer when no cluster can take the request now.
+    fn route_upstream(
+        &mut self,
+        h: &mut dyn Host,
+        policy: &Rc<RoutePolicy>,
+        tokens: u64,
+    ) -> Result<(), Flow> {
+        if policy.clusters.is_empty() {
+            return Ok(());
+        }
+        let now = h.now_ms();
+        // Without held headers the route's own cluster is where the request
+        // goes: only that one is gated.
+        let candidates = if self.config.hold_headers {
+            &policy.clusters[..]
+        } else {
+            policy.clusters.get(..1).unwrap_or_default()
+        };
+        let plan = match failover::plan(&*h, candidates, now, tokens) {
+            Ok(p) => p,
+            Err(u) => {
+                let r = failover::unavailable_reply(&u, now, h.random_u64());
+                return Err(self.reply(h, RequestOutcome::NoUpstream, r));
+            }
+        };
+        let chain = policy.clusters.len();
+        if !self.config.hold_headers {
+            // Headers already left: the circuits still gate the request, but the
+            // route's cluster and retries can no longer be steered.
+            self.plan = Some(plan);
+            return Ok(());
+        }
+        if chain > 1 {
+            // The route's matcher cluster specifier reads these, for the first
+            // attempt (after clear_route_cache) and for each retry. When the
+            // primary takes the first attempt, the route already points there
+            // (the matcher's default is the chain's first cluster): the route
+            // is left alone, which saves a slot and a route lookup.
+            let primary_first = plan.slots.first() == Some(&0);
+            for (n, &i) in plan.slots.iter().enumerate() {
+                if n == 0 && primary_first {
+                    continue;
+                }
+                if let Some(t) = policy.clusters.get(i) {
+                    let _ = h.set_property(
+                        &[&failover::slot_property(n + 1)],
+                        t.cluster.name.as_bytes(),
+                    );
+                }
+            }
+            if !primary_first {
+                if let Err(s) = h.clear_route_cache() {
+                    log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+                }
+            }
+        }
+        let remaining = self
+            .head
+            .client_timeout_ms
+            .map(|t| t.saturating_sub(now.saturating_sub(self.head.started_ms)));
+        if let Some(n) = failover::max_retries(
+            &plan,
+            chain,
+            remaining,
+            policy.policy.retry_min_remaining_ms,
+        ) {
+            let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
+        }
+        if let Some(&first) = plan.slots.first() {
+            if plan.probe {
+                // A probe is either the half-open one (the gate just moved the
+                // circuit there) or the one after a cool-down (still closed).
+                if let Some(t) = policy.clusters.get(first) {
+                    let key = circuit::key(&t.cluster.name);
+                    let half_open = circuit::view(&*h, &key, &t.cluster.circuit, now)
+                        .is_ok_and(|v| v.mode == circuit::Mode::HalfOpen);
+                    if half_open {
+                        health::transition(
+                            &self.config,
+                            h,
+                            &t.cluster.name,
+                            circuit::Mode::HalfOpen,
+                        );
+                    }
+                }
+            }
+            if first > 0 {
+                if let Some(t) = policy.clusters.get(first) {
+                    self.count(
+                        h,
+                        &[("route", &self.head.route), ("cluster", &t.cluster.name)],
+                        FAILOVERS_TOTAL,
+                    );
+                }
+            }
+        }
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Tells the upstream instance which route this is and which model the
+    /// body carries, so each attempt can carry its own cluster's model.
+    fn publish_plan(&self, h: &mut dyn Host, policy: &RoutePolicy, body_model: Option<&str>) {
+        let Some(plan) = &self.plan else { return };
+        if !self.config.upstream_filter {
+            return;
+        }
+        let probe = plan
+            .probe
+            .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
+            .flatten()
+            .map(|t| t.cluster.name.as_str());
+        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
+        if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
+            log::debug!("llm-capacity: cannot publish the plan (host status {s})");
+        }
+    }
+
+    /// Without an upstream instance, the final answer is the only health signal.
+    fn observes_final(&self) -> bool {
+        !self.config.upstream_filter
+            && matches!(self.phase, Phase::Sent { at_ms } if at_ms != 0)
+            && self.plan.is_some()
+    }
+
+    fn observe_final(&mut self, h: &mut dyn Host, headers: &HeaderList) {
+        if !self.observes_final() {
+            return;
+        }
+        let Phase::Sent { at_ms: sent_ms } = self.phase else {
+            return;
+        };
+        let status = headers
+            .get(":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let (Some(plan), Some(policy)) = (self.plan.take(), self.head.policy.clone()) else {
+            return;
+        };
+        let attempts = h
+            .property(&ATTEMPT_COUNT_PROPERTY)
+            .ok()
+            .flatten()
+            .and_then(|b| attempt_count(&b))
+            .unwrap_or(1)
+            .max(1);
+        let slot = plan
+            .slots
+            .get(attempts as usize - 1)
+            .or(plan.slots.last())
+            .copied();
+        if let Some(t) = slot.and_then(|i| policy.clusters.get(i)) {
+            let now = h.now_ms();
+            let signal = provider_headers::parse(headers.iter(), now);
+            let o = health::Observation {
+                cluster: &t.cluster.name,
+                probe: plan.probe && attempts == 1,
+                class: Class::of_status(status),
+                latency_ms: Some(now.saturating_sub(sent_ms)),
+                signal: &signal,
+                now_ms: now,
+            };
+            health::observe(&self.config, h, &o);
+        } else {
+            return;
+        }
+        self.plan = Some(Plan {
+            probe: false,
+            ..plan
+        });
+    }
+
+    // --------------------------------------------------------------- limits
+
+    /// Charges the call to its session and tenant budgets; `Err` is the refusal.
+    fn charge_budgets(
+        &mut self,
+        h: &mut dyn Host,
+        policy: &Rc<RoutePolicy>,
+        model: Option<&str>,
+        tokens: (u64, u64),
+    ) -> Result<(), Flow> {
+        if !budgets::Budgets::active(policy) {
+            return Ok(());
+        }
+        let now = h.now_ms();
+        let r = self
+            .held
+            .budgets
+            .admit(&*h, &self.config, policy, model, tokens, now);
+        for e in std::mem::take(&mut self.held.budgets.errors) {
+            log::warn!("llm-capacity: budget update failed ({e:?}); request let through");
+            self.count(h, &[("route", &self.head.route)], LIMITER_ERRORS_TOTAL);
+        }
+        if std::mem::take(&mut self.held.budgets.evicted) {
+            self.count(h, &[("route", &self.head.route)], BUDGET_EVICTIONS_TOTAL);
+        }
+        let Err(refused) = r else { return Ok(()) };
+        self.release_probe(h);
+        self.count(
+            h,
+            &[
+                ("route", &self.head.route),
+                ("scope", refused.scope),
+                ("limit", refused.cap.as_str()),
+            ],
+            BUDGET_EXCEEDED_TOTAL,
+        );
+        self.report.limit = Some((refused.scope, refused.cap.as_str()));
+        Err(self.reply(h, RequestOutcome::BudgetExceeded, refused.reply))
+    }
+
+    /// Runs the limits. `Some` is what to return to Envoy when the request does
+    /// not go on now (refused, or waiting for its turn).
+    fn admit(&mut self, h: &mut dyn Host, policy: &Rc<RoutePolicy>, cost: Cost) -> Option<Flow> {
+        let p = &policy.policy;
+        if p.limits.is_none() && p.tenant.is_none() && p.global.is_none() {
+            return None;
+        }
+        let now = h.now_ms();
+        // The wait budget: the route's, and the client's own timeout when it says
+        // it; none when this worker's queue is full.
+        let max_wait_ms = match p.queue {
+            Some(q) if self.worker.queue.borrow_mut().has_room(q.max_size, now) => self
+                .head
+                .client_timeout_ms
+                .map_or(q.max_wait_ms, |c| c.min(q.max_wait_ms)),
+            _ => 0,
+        };
+        let ticket = Ticket {
+            route: self.head.route.clone(),
+            tenant: self.head.tenant.clone(),
+            policy: Rc::clone(policy),
+            cost,
+            class: self.head.class,
+            max_wait_ms,
+        };
+        let a = admit::attempt(&*h, &ticket, now);
+        self.note_admission(h, &a);
+        if let Some(refusal) = &a.refused {
+            let reply = admit::refusal_reply(&ticket, refusal, h.random_u64());
+            return Some(self.refused(h, refusal, reply));
+        }
+        let wait = a.wait_ms;
+        if let Some(v) = &a.view {
+            self.report.rate_headers = ratelimit::headers(v, p.rate_limit_headers);
+        }
+        self.held.charges = a.charges;
+        // The fleet-wide tier, behind the local gate; before the request is
+        // held for its local turn, so a global refusal does not wait first.
+        if let Some(g) = &p.global {
+            match self.global_gate(h, g, cost, wait) {
+                global::Gate::Go => {}
+                global::Gate::Replied(flow) => return Some(flow),
+                global::Gate::Asked => return Some(Flow::Pause),
+            }
+        }
+        self.hold(h, wait)
+    }
+
+    /// Holds an admitted request until its place comes up (`wait_ms` from now).
+    /// `None`: it goes now.
+    fn hold(&mut self, h: &mut dyn Host, wait_ms: u64) -> Option<Flow> {
+        if wait_ms == 0 {
+            return None;
+        }
+        let now = h.now_ms();
+        // Charged already; hold the request until its place comes up.
+        let fault =
+            self.config.queue_hold == QueueHold::FaultFilter && hold_in_fault_filter(h, wait_ms);
+        let w = self
+            .worker
+            .queue
+            .borrow_mut()
+            .push(self.context_id, now, wait_ms, fault);
+        self.phase = Phase::Queued(w);
+        if fault {
+            // The fault filter after this one holds it; outcome and queue
+            // metrics are counted when it ends (`absorb_wait`).
+            return Some(Flow::Continue);
+        }
+        let poll = self
+            .head
+            .policy
+            .as_ref()
+            .and_then(|p| p.policy.queue)
+            .map_or(20, |q| q.poll_ms);
+        self.worker.queue_poll_ms.set(poll);
+        if let Err(s) = h.set_tick_period(poll) {
+            log::warn!("llm-capacity: cannot start the queue tick (host status {s})");
+        }
+        Some(Flow::Pause)
+    }
+
+    fn note_admission(&mut self, h: &mut dyn Host, a: &AdmitResult) {
+        if a.evicted {
+            self.count(h, &[("route", &self.head.route)], TENANT_EVICTIONS_TOTAL);
+        }
+        for e in &a.errors {
+            // Fail open: a shared-data hiccup must not take LLM traffic down.
+            log::warn!("llm-capacity: limiter update failed ({e:?}); request let through");
+            self.count(h, &[("route", &self.head.route)], LIMITER_ERRORS_TOTAL);
+        }
+        if let Some((scope, dim)) = a.shadow {
+            self.report.shadow_limited = Some(dim.as_str());
+            self.count(
+                h,
+                &[
+                    ("route", &self.head.route),
+                    ("scope", scope),
+                    ("limit", dim.as_str()),
+                ],
+                SHADOW_LIMITED_TOTAL,
+            );
+        }
+    }
+
+    fn refused(&mut self, h: &mut dyn Host, r: &Refusal, reply: LocalReply) -> Flow {
+        self.release_probe(h);
+        self.held.budgets.release(&*h, &*h, true);
+        self.note_limit(h, r.scope, r.dim);
+        self.reply(h, RequestOutcome::RateLimited, reply)
+    }
+
+    fn note_limit(
+        &mut self,
+        h: &mut dyn Host,
+        scope: &'static str,
+        dim: crate::core::limiter::Dim,
+    ) {
+        self.report.limit = Some((scope, dim.as_str()));
+        self.count(
+            h,
+            &[
+                ("route", &self.head.route),
+                ("scope", scope),
+                ("limit", dim.as_str()),
+            ],
+            RATE_LIMITED_TOTAL,
+        );
+    }
+
+    /// Picks up what happened while the request waited for its turn.
+    fn absorb_wait(&mut self, h: &mut dyn Host) {
+        let Phase::Queued(w) = &self.phase else {
+            return;
+        };
+        let w = Rc::clone(w);
+        let (resumed_at, since, go_at, in_fault_filter) = {
+            let wb = w.borrow();
+            (
+                wb.resumed_at_ms,
+                wb.since_ms,
+                wb.go_at_ms,
+                wb.in_fault_filter,
+            )
+        };
+        let now = h.now_ms();
+        let went_at = if in_fault_filter {
+            self.worker.queue.borrow_mut().remove(&w);
+            let went = upstream_attempted(h).unwrap_or(now >= go_at);
+            if went && now.saturating_add(HOLD_SLACK_MS) < go_at {
+                self.warn_not_held();
+            }
+            // The fault filter holds exactly the delay it was given.
+            went.then_some(go_at.max(1))
+        } else {
+            resumed_at.map(|at| at.max(1))
+        };
+        let Some(at_ms) = went_at else {
+            // The client went away while waiting: the place is given back.
+            self.worker.queue.borrow_mut().remove(&w);
+            self.abandon(h);
+            self.count(
+                h,
+                &[("route", &self.head.route), ("result", "abandoned")],
+                QUEUED_TOTAL,
+            );
+            return;
+        };
+        let waited = if in_fault_filter {
+            go_at.saturating_sub(since)
+        } else {
+            now.saturating_sub(since)
+        };
+        self.report.queue_wait_ms = Some(waited);
+        if self.config.telemetry.metrics {
+            let route = self.head.route.as_str();
+            h.count(&[("route", route), ("result", "admitted")], QUEUED_TOTAL, 1);
+            h.record(&[("route", route)], QUEUE_WAIT_MS, waited);
+        }
+        self.phase = Phase::Sent { at_ms };
+        self.count_outcome(h);
+    }
+
+    /// A request that left before its time was not held: the fault filter is
+    /// missing (or misplaced) and the queue overruns the limit. Said once per VM.
+    fn warn_not_held(&self) {
+        if !self.worker.warned_not_held.replace(true) {
+            log::error!(
+                "llm-capacity: queue_hold is fault_filter but a queued request reached the upstream before its time: is envoy.filters.http.fault (header_delay, matching x-llm-capacity-hold) after this filter?"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------ give-back
+
+    /// The request never left: nothing to settle or count as reconciled, and
+    /// everything it holds comes back.
+    fn abandon(&mut self, h: &mut dyn Host) {
+        self.phase = Phase::Abandoned;
+        self.response.tracker = None;
+        self.give_back(h, true);
+    }
+
+    /// The one give-back path. `unsent`: the request never left, so every
+    /// charge, its global share, a probe claim and its budget reservations come
+    /// back whole; otherwise what it holds is settled with its usage (or
+    /// stands as reserved when no usage is known).
+    fn give_back(&mut self, h: &mut dyn Host, unsent: bool) {
+        self.release_charges(h, unsent);
+        self.global_give_back(h, unsent);
+        if unsent {
+            self.release_probe(h);
+        }
+        self.held.budgets.release(&*h, &*h, unsent);
+    }
+
+    /// Settles every local charge: with the real usage, or as unsent.
+    fn release_charges(&mut self, h: &mut dyn Host, unsent: bool) {
+        if self.held.charges.is_empty() {
+            return; // nothing charged, or settled already: no clock read
+        }
+        let actual = match &self.response.settled {
+            Some(s) => Cost {
+                tokens: s.total(),
+                input_tokens: s.input,
+                output_tokens: s.output,
+            },
+            None => Cost::default(),
+        };
+        let now = h.now_ms();
+        admit::release(&*h, &mut self.held.charges, actual, unsent, now);
+    }
+
+    /// A probe that never left (refused by a limit, client gone) gives its claim back.
+    fn release_probe(&mut self, h: &mut dyn Host) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        if !plan.probe {
+            return;
+        }
+        plan.probe = false;
+        let first = plan.slots.first().copied();
+        if let Some(t) = first.and_then(|i| self.head.policy.as_ref()?.clusters.get(i).cloned()) {
+            let key = circuit::key(&t.cluster.name);
+            let now = h.now_ms();
+            let _ = circuit::release_probe(&*h, &key, &t.cluster.circuit, now);
+        }
+    }
+
+    /// Decides the tokens the request is charged (once), reports them, feeds
+    /// calibration and the budgets, and settles what it holds.
+    fn settle(&mut self, h: &mut dyn Host) {
+        if self.response.settled.is_some() {
+            return;
+        }
+        let (Some(pre), Some(tracker)) = (&self.pre, &mut self.response.tracker) else {
+            return;
+        };
+        let s = tracker.settle(pre, self.response.progress == Progress::Ended);
+        self.response.model = tracker.response_model();
+        if self.config.telemetry.metrics {
+            let r = self.head.route.as_str();
+            h.count(
+                &[("route", r), ("source", s.source.as_str())],
+                RECONCILIATIONS_TOTAL,
+                1,
+            );
+            // The model label bounds itself: the per-VM metric table folds
+            // names past its cap (a client cannot mint stats without limit).
+            let model = pre.model.as_deref().unwrap_or("");
+            for (kind, n) in [
+                ("input", s.input),
+                ("output", s.output),
+                ("cached_input", s.cached_input),
+            ] {
+                h.count(
+                    &[("route", r), ("model", model), ("kind", kind)],
+                    TOKENS_TOTAL,
+                    n,
+                );
+            }
+            if s.source == Source::Provider && s.input > 0 && !pre.size_based {
+                let err = pre.input_estimate.abs_diff(s.input).saturating_mul(100) / s.input;
+                h.record(&[("route", r)], ESTIMATE_ERROR_PERCENT, err);
+            }
+        }
+        let learn = self
+            .head
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.policy.calibrate);
+        if let (true, Source::Provider, Some(model), false) =
+            (learn, s.source, &pre.model, pre.size_based)
+        {
+            if self.worker.calibration_sample_due(model, h.now_ms()) {
+                if let Err(e) = calibrate::observe(&*h, &*h, model, pre.input_raw, s.input) {
+                    log::debug!("llm-capacity: calibration sample dropped ({e:?})");
+                }
+            }
+        }
+        let spend = self
+            .held
+            .budgets
+            .settle(&*h, &*h, (s.input, s.output, s.cached_input), false);
+        if self.held.budgets.priced() && self.config.telemetry.metrics {
+            h.count(
+                &[("route", &self.head.route)],
+                SPEND_MICRODOLLARS_TOTAL,
+                spend / 1_000_000,
+            );
+        }
+        self.response.settled = Some(s);
+        self.release_charges(h, false);
+        self.global_give_back(h, false);
+    }
+}
+
+/// The tenant (or budget tenant) a request names: a header's value, or the
+/// downstream mTLS peer's identity.
+fn identity(
+    h: &dyn Host,
+    source: &TenantSource,
+    get: &dyn Fn(&dyn Host, &str) -> Option<String>,
+) -> Option<String> {
+    match source {
+        TenantSource::Header(name) => get(h, name),
+        TenantSource::PeerCertificate => peer_identity(h),
+    }
+}
+
+/// The downstream mTLS peer's identity: the certificate's URI SAN (a SPIFFE ID
+/// in Istio), else its subject; `None` without a client certificate.
+fn peer_identity(h: &dyn Host) -> Option<String> {
+    ["uri_san_peer_certificate", "subject_peer_certificate"]
+        .iter()
+        .filter_map(|attr| h.property_text(&["connection", attr]))
+        .find(|v| !v.is_empty())
+        .map(|v| truncate(&v, MAX_TENANT_LEN).to_string())
+}
+
+/// The client's own deadline, when it sends one: the official OpenAI and
+/// Anthropic SDKs send `x-stainless-timeout` (seconds); Envoy-aware clients
+/// `x-envoy-expected-rq-timeout-ms`.
+fn client_timeout_ms(get: &dyn Fn(&str) -> Option<String>) -> Option<u64> {
+    let stainless = get("x-stainless-timeout")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| (s * 1000.0) as u64);
+    let envoy = get("x-envoy-expected-rq-timeout-ms").and_then(|v| v.trim().parse::<u64>().ok());
+    match (stainless, envoy) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Hands the request to the fault filter for `wait_ms`. `false` if the headers
+/// cannot be set (then it is paused here instead: sent now, it would overrun).
+fn hold_in_fault_filter(h: &mut dyn Host, wait_ms: u64) -> bool {
+    let set = h
+        .set_header(
+            Map::RequestHeaders,
+            admit::FAULT_DELAY_HEADER,
+            &wait_ms.to_string(),
+        )
+        .and_then(|()| h.set_header(Map::RequestHeaders, admit::HOLD_MARKER_HEADER, "1"));
+    if let Err(s) = set {
+        log::warn!("llm-capacity: cannot hand a queued request to the fault filter (host status {s}); holding it here");
+        let _ = h.remove_header(Map::RequestHeaders, admit::FAULT_DELAY_HEADER);
+        let _ = h.remove_header(Map::RequestHeaders, admit::HOLD_MARKER_HEADER);
+        return false;
+    }
+    true
+}
+
+/// The router's attempt count from its property bytes (`None` if unreadable).
+pub fn attempt_count(bytes: &[u8]) -> Option<u64> {
+    bytes
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// Whether the router started an upstream attempt (`None`: the host cannot say).
+fn upstream_attempted(h: &dyn Host) -> Option<bool> {
+    match h.property(&ATTEMPT_COUNT_PROPERTY) {
+        Ok(Some(b)) => Some(attempt_count(&b).map_or(!b.is_empty(), |a| a > 0)),
+        Ok(None) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// A Gemini request names its model in the path: the attempt's model goes there.
+fn carry_model_in_path(h: &mut dyn Host, path: &str, model: &str) {
+    if let Some(p) = failover::gemini_path_with_model(path, model) {
+        let _ = h.set_header(Map::RequestHeaders, ":path", &p);
+    }
+}
+
+/// Replaces the buffered request body, and its content-length with it (the
+/// headers are still held: allow_on_headers_stop_iteration).
+fn set_request_body(h: &mut dyn Host, body_size: usize, new_body: &[u8]) -> Result<(), u32> {
+    h.set_body(Buffer::RequestBody, 0, body_size, new_body)
+        .and_then(|()| {
+            h.set_header(
+                Map::RequestHeaders,
+                "content-length",
+                &new_body.len().to_string(),
+            )
+        })
+}

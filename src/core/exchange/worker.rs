@@ -1,0 +1,146 @@
+//! What one worker's VM keeps between requests: the wait queue, the global
+//! tier's renewals, the calibration cache and the upstream attempts' ledger.
+//! Everything is bounded; VMs are single-threaded, so cells are enough. No
+//! borrow is held across a host call (a resumed request may run at once).
+
+use super::admit::{self, WaitQueue};
+use super::attempt::Ledger;
+use super::global::Renewals;
+use crate::core::env::{SharedStore, StoreError};
+use crate::core::host::Host;
+use crate::core::truncate;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// How long a VM reuses a calibration read, and how often it feeds a sample per
+/// model: a shared-data read and a CAS write saved on most requests under load,
+/// while the ratio (a slow-moving average) still learns from every worker.
+pub const CALIBRATION_CACHE_MS: u64 = 100;
+/// Entries in each per-VM calibration map before it is cleared (bounded memory).
+pub const CALIBRATION_CACHE_ENTRIES: usize = 256;
+/// A VM reports its linear memory with its first request and every this many
+/// after (counted, so the report needs no clock read).
+pub const MEMORY_REPORT_EVERY: u32 = 256;
+/// Model names kept as calibration cache keys are cut to this.
+const MAX_MODEL_KEY_LEN: usize = 128;
+
+/// A shared-data read (value and CAS token, `None` if never written) and when it was made.
+type CachedRead = (Option<(Vec<u8>, u32)>, u64);
+
+/// Per-VM state shared by the VM's root contexts and every stream of them.
+pub struct Worker {
+    /// Requests of this worker waiting for capacity.
+    pub queue: RefCell<WaitQueue>,
+    /// Global-tier renewals wanted and in flight.
+    pub renewals: RefCell<Renewals>,
+    /// Upstream attempts waiting for their stream's end, and quota sampling.
+    pub attempts: RefCell<Ledger>,
+    /// The queue's tick period as last set, restored after a renewal's tick.
+    pub queue_poll_ms: Cell<u32>,
+    /// A queued request left before its time: said once per VM.
+    pub warned_not_held: Cell<bool>,
+    since_memory_report: Cell<u32>,
+    calibration_reads: RefCell<HashMap<String, CachedRead>>,
+    calibration_sampled: RefCell<HashMap<String, u64>>,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            queue: RefCell::default(),
+            renewals: RefCell::default(),
+            attempts: RefCell::default(),
+            queue_poll_ms: Cell::new(20),
+            warned_not_held: Cell::new(false),
+            since_memory_report: Cell::new(0),
+            calibration_reads: RefCell::default(),
+            calibration_sampled: RefCell::default(),
+        }
+    }
+}
+
+impl Worker {
+    /// The root context's tick: makes the renewals streams asked for, resumes
+    /// the requests whose turn has come, and sets the next tick.
+    pub fn on_tick(&self, h: &mut dyn Host) {
+        let renewed = self.make_renewals(h);
+        let waiting = admit::on_tick(&self.queue, h);
+        if !waiting {
+            // Nobody waits: stop ticking until a stream enqueues again.
+            let _ = h.set_tick_period(0);
+        } else if renewed {
+            // Back from the renewal's 1 ms tick to the queue's poll.
+            let _ = h.set_tick_period(self.queue_poll_ms.get());
+        }
+    }
+
+    /// Whether this request reports the VM's memory (its first, then every
+    /// [`MEMORY_REPORT_EVERY`]).
+    pub fn memory_report_due(&self) -> bool {
+        let n = self.since_memory_report.get();
+        self.since_memory_report
+            .set(if n + 1 >= MEMORY_REPORT_EVERY {
+                0
+            } else {
+                n + 1
+            });
+        n == 0
+    }
+
+    /// Whether this VM feeds a calibration sample for `model` now (at most one per
+    /// [`CALIBRATION_CACHE_MS`]).
+    pub fn calibration_sample_due(&self, model: &str, now: u64) -> bool {
+        let mut m = self.calibration_sampled.borrow_mut();
+        if let Some(at) = m.get_mut(model) {
+            if now.saturating_sub(*at) < CALIBRATION_CACHE_MS {
+                return false;
+            }
+            *at = now;
+            return true;
+        }
+        if m.len() >= CALIBRATION_CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(truncate(model, MAX_MODEL_KEY_LEN).to_string(), now);
+        true
+    }
+
+    /// Shared data for the pre-flight's calibration lookups, through this VM's
+    /// short cache.
+    pub fn calibration_reads<'a>(&'a self, host: &'a dyn Host) -> CalibrationReads<'a> {
+        CalibrationReads { worker: self, host }
+    }
+}
+
+/// Shared data for the pre-flight's calibration lookups, through a short
+/// per-VM cache. Only reads are cached: writes go straight to the host.
+pub struct CalibrationReads<'a> {
+    worker: &'a Worker,
+    host: &'a dyn Host,
+}
+
+impl SharedStore for CalibrationReads<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let now = self.host.now_ms();
+        let hit = self
+            .worker
+            .calibration_reads
+            .borrow()
+            .get(key)
+            .filter(|(_, at)| now.saturating_sub(*at) < CALIBRATION_CACHE_MS)
+            .map(|(v, _)| v.clone());
+        if let Some(v) = hit {
+            return Ok(v);
+        }
+        let v = self.host.get(key)?;
+        let mut m = self.worker.calibration_reads.borrow_mut();
+        if m.len() >= CALIBRATION_CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(key.to_string(), (v.clone(), now));
+        Ok(v)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.host.set(key, value, cas)
+    }
+}

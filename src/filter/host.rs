@@ -1,0 +1,199 @@
+//! The core's host interface over our ABI layer: each method one host call (the
+//! clock read at most once per callback), statuses as values.
+
+use super::abi;
+use super::metrics::MetricIds;
+use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
+use crate::core::host::{
+    Body, Buffer, Calls, Entropy, HeaderList, Headers, Map, Metrics, Properties, Replies, Status,
+    Streams, Timers, Vm,
+};
+use crate::core::reply::{serialize_pairs, LocalReply};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+thread_local! {
+    /// The clock as read in the current callback (`None`: not read yet).
+    static NOW_MS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Called first in every host callback: later clock reads in it share one reading.
+pub fn enter() {
+    NOW_MS.with(|c| c.set(None));
+}
+
+/// Envoy, as the core sees it. One per context; the metric ids and the jitter
+/// generator are the VM's.
+#[derive(Clone)]
+pub struct Envoy {
+    pub metrics: Rc<RefCell<MetricIds>>,
+    pub rng: Rc<RefCell<SplitMix64>>,
+}
+
+fn map(m: Map) -> u32 {
+    match m {
+        Map::RequestHeaders => abi::MAP_REQUEST_HEADERS,
+        Map::ResponseHeaders => abi::MAP_RESPONSE_HEADERS,
+    }
+}
+
+impl Clock for Envoy {
+    /// Host wall clock, read at most once per host callback. 0 if the host
+    /// refuses, which callers treat as time going backwards (saturating
+    /// arithmetic), never as a panic.
+    fn now_ms(&self) -> u64 {
+        NOW_MS.with(|c| {
+            c.get().unwrap_or_else(|| {
+                let now = abi::now_ns().map_or(0, |ns| ns / 1_000_000);
+                c.set(Some(now));
+                now
+            })
+        })
+    }
+}
+
+impl SharedStore for Envoy {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        abi::shared_get(key).map_err(StoreError::Host)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        abi::shared_set(key, value, cas).map_err(|s| {
+            if s == abi::CAS_MISMATCH {
+                StoreError::CasMismatch
+            } else {
+                StoreError::Host(s)
+            }
+        })
+    }
+}
+
+impl Headers for Envoy {
+    fn header(&self, m: Map, name: &str) -> Option<String> {
+        abi::header_text(map(m), name)
+    }
+    fn header_list(&self, m: Map) -> HeaderList {
+        HeaderList(abi::header_pairs(map(m)))
+    }
+    fn set_header(&mut self, m: Map, name: &str, value: &str) -> Result<(), Status> {
+        abi::replace_header(map(m), name, value)
+    }
+    fn remove_header(&mut self, m: Map, name: &str) -> Result<(), Status> {
+        abi::remove_header(map(m), name)
+    }
+}
+
+fn buffer(b: Buffer) -> u32 {
+    match b {
+        Buffer::RequestBody => abi::BUFFER_REQUEST_BODY,
+        Buffer::ResponseBody => abi::BUFFER_RESPONSE_BODY,
+        Buffer::GrpcAnswer => abi::BUFFER_GRPC_RECEIVE,
+    }
+}
+
+impl Body for Envoy {
+    fn body(&self, b: Buffer, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
+        abi::buffer(buffer(b), start, max)
+    }
+    fn set_body(
+        &mut self,
+        b: Buffer,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
+        abi::set_buffer(buffer(b), start, size, data)
+    }
+}
+
+impl Properties for Envoy {
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+        abi::property(path)
+    }
+    fn set_property(&mut self, path: &[&str], value: &[u8]) -> Result<(), Status> {
+        abi::set_property(path, value)
+    }
+    fn clear_route_cache(&mut self) -> Result<(), Status> {
+        abi::clear_route_cache()
+    }
+}
+
+impl Replies for Envoy {
+    fn send_reply(&mut self, r: &LocalReply) -> Result<(), Status> {
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        abi::send_local_response(r.status, r.details, &r.body, &serialize_pairs(&headers))
+    }
+}
+
+impl Streams for Envoy {
+    fn set_effective_context(&mut self, context_id: u32) -> Result<(), Status> {
+        abi::set_effective_context(context_id)
+    }
+    fn resume_request(&mut self) -> Result<(), Status> {
+        abi::resume_request()
+    }
+}
+
+impl Timers for Envoy {
+    fn set_tick_period(&mut self, ms: u32) -> Result<(), Status> {
+        abi::set_tick_period(ms)
+    }
+}
+
+impl Calls for Envoy {
+    fn grpc_call(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, Status> {
+        // A serialized GrpcService: Envoy would otherwise guess whether the name
+        // parses as one.
+        let upstream = crate::core::global::grpc_service(cluster);
+        abi::grpc_call(&upstream, service, method, message, timeout_ms)
+    }
+}
+
+impl Metrics for Envoy {
+    fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
+        self.metrics.borrow_mut().count(labels, name, value);
+    }
+    fn record(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
+        self.metrics.borrow_mut().record(labels, name, value);
+    }
+    fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
+        self.metrics.borrow_mut().set_gauge(labels, name, value);
+    }
+}
+
+impl Entropy for Envoy {
+    fn random_u64(&mut self) -> u64 {
+        self.rng.borrow_mut().next_u64()
+    }
+}
+
+impl Vm for Envoy {
+    fn memory_bytes(&self) -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        let bytes = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+        #[cfg(not(target_arch = "wasm32"))]
+        let bytes = 0;
+        bytes
+    }
+}
+
+/// Seeds a cheap per-VM generator from WASI `random_get` (getrandom), rather than
+/// paying a host call per random number.
+pub fn vm_random() -> SplitMix64 {
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        // No entropy: still distinct per VM and start time, which is all jitter needs.
+        return SplitMix64(abi::now_ns().unwrap_or(0x5eed));
+    }
+    SplitMix64(u64::from_le_bytes(seed))
+}
