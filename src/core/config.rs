@@ -1,7 +1,7 @@
 //! Plugin configuration: parsed, validated and compiled once, in `on_configure`.
 //!
 //! The input is a JSON value (Envoy hands the filter either JSON text or a
-//! `google.protobuf.Struct`, which [`super::pbstruct`] turns into JSON). Parsing is
+//! `google.protobuf.Struct`, which [`crate::core::pbstruct`] turns into JSON). Parsing is
 //! hand-written over `serde_json::Value` so that every error names the exact path
 //! and value; unknown fields are errors, because a misspelled limit that is
 //! silently ignored is worse than a config that is refused.
@@ -25,12 +25,12 @@
 //! telemetry: { metrics: true, filter_state: true }
 //! ```
 
-use super::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
-use super::circuit::CircuitConfig;
-use super::estimate::Encoding;
-use super::global::GlobalConfig;
-use super::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
-use super::request::Api;
+use crate::core::limits::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
+use crate::core::limits::global::GlobalConfig;
+use crate::core::limits::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
+use crate::core::tokens::estimate::Encoding;
+use crate::core::tokens::request::Api;
+use crate::core::upstream::circuit::CircuitConfig;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -653,7 +653,7 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
         p.limits = Some(Rc::new(LimitConfig { limits, shadow }));
     }
     if let Some((v, path)) = o.take("global") {
-        let g = super::global::parse(v, &path, |v, path| {
+        let g = crate::core::limits::global::parse(v, &path, |v, path| {
             let mut l = Obj::new(v, path)?;
             let (limits, shadow) = limit_fields(&mut l)?;
             l.finish(LIMIT_FIELDS)?;
@@ -1013,7 +1013,7 @@ fn err(path: &str, message: String) -> ConfigError {
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 64 {
-        format!("{}...", super::truncate(&s, 64))
+        format!("{}...", crate::core::truncate(&s, 64))
     } else {
         s
     }

@@ -7,9 +7,9 @@
 //! status as a value (`Err(status)`), never a panic. Logs go through the `log`
 //! facade, which the adapter routes to the host.
 
-use super::env::{Clock, MemStore, SharedStore, SplitMix64, StoreError};
-use super::reply::LocalReply;
-use super::telemetry::tagged_name;
+use crate::core::env::{Clock, MemStore, SharedStore, SplitMix64, StoreError};
+use crate::core::reply::LocalReply;
+use crate::core::telemetry::tagged_name;
 use std::collections::HashMap;
 
 /// A host status other than Ok (carried for logs).
@@ -499,7 +499,7 @@ impl Metrics for FakeHost {
 
 impl Entropy for FakeHost {
     fn random_u64(&mut self) -> u64 {
-        use super::env::Random;
+        use crate::core::env::Random;
         self.rng.get_or_insert(SplitMix64(7)).next_u64()
     }
 }

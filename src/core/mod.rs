@@ -1,29 +1,21 @@
 //! The pure core: everything the filter decides, with no proxy-wasm imports.
 //!
-//! Host access goes through the small traits of [`host`] (and [`env`]: clock,
-//! randomness, shared data), so the core runs natively and on wasm32 in tests;
-//! [`exchange`] is one request's life on top of them.
+//! Grouped by concern: [`exchange`] is one request's life (and each upstream
+//! attempt's), built on [`tokens`] (what a request costs), [`limits`] (what it
+//! may spend), [`upstream`] (where it may go) and [`config`]. Host access goes
+//! through the small traits of [`host`] and [`env`] (clock, randomness, shared
+//! data), so the core runs natively and on wasm32 in tests.
 
-pub mod accounting;
-pub mod budget;
-pub mod calibrate;
-pub mod circuit;
 pub mod config;
-pub mod decision;
 pub mod env;
-pub mod estimate;
 pub mod exchange;
-pub mod failover;
-pub mod global;
 pub mod host;
-pub mod limiter;
+pub mod limits;
 pub mod pbstruct;
-pub mod provider_headers;
-pub mod ratelimit;
 pub mod reply;
-pub mod request;
 pub mod telemetry;
-pub mod usage;
+pub mod tokens;
+pub mod upstream;
 
 /// Crate version and git revision, stamped by build.rs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

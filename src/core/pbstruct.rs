@@ -106,7 +106,7 @@ fn decode_value(bytes: &[u8], depth: usize) -> Result<Value, DecodeError> {
     Ok(out)
 }
 
-/// A protobuf wire reader over borrowed bytes; also used by [`super::global`].
+/// A protobuf wire reader over borrowed bytes; also used by [`crate::core::limits::global`].
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -186,7 +186,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     // Wire bytes by the spec, with the global tier's encoder.
-    use crate::core::global::{field_bytes as ld, varint};
+    use crate::core::limits::global::{field_bytes as ld, varint};
 
     fn enc_value(v: &Value) -> Vec<u8> {
         let mut o = Vec::new();

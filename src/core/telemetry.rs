@@ -219,8 +219,8 @@ pub struct AccessLogState<'a> {
 }
 
 /// The GenAI operation name of an API (OpenTelemetry `gen_ai.operation.name`).
-pub fn operation_name(api: super::request::Api) -> &'static str {
-    use super::request::Api;
+pub fn operation_name(api: crate::core::tokens::request::Api) -> &'static str {
+    use crate::core::tokens::request::Api;
     match api {
         Api::OpenAiChat | Api::AnthropicMessages => "chat",
         Api::OpenAiResponses => "chat",
@@ -231,8 +231,8 @@ pub fn operation_name(api: super::request::Api) -> &'static str {
 }
 
 /// The GenAI provider name of a cluster's provider (`gen_ai.provider.name`).
-pub fn provider_name(p: super::config::Provider) -> Option<&'static str> {
-    use super::config::Provider;
+pub fn provider_name(p: crate::core::config::Provider) -> Option<&'static str> {
+    use crate::core::config::Provider;
     match p {
         Provider::OpenAi => Some("openai"),
         Provider::Anthropic => Some("anthropic"),

@@ -154,7 +154,7 @@ impl Calls for Envoy {
     ) -> Result<u32, Status> {
         // A serialized GrpcService: Envoy would otherwise guess whether the name
         // parses as one.
-        let upstream = crate::core::global::grpc_service(cluster);
+        let upstream = crate::core::limits::global::grpc_service(cluster);
         abi::grpc_call(&upstream, service, method, message, timeout_ms)
     }
 }

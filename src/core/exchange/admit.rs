@@ -12,8 +12,8 @@
 use crate::core::config::RoutePolicy;
 use crate::core::env::{SharedStore, StoreError};
 use crate::core::host::Host;
-use crate::core::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
-use crate::core::ratelimit;
+use crate::core::limits::limiter::{self, Admission, Cost, Dim, Limits, Snapshot};
+use crate::core::limits::ratelimit;
 use crate::core::reply::LocalReply;
 use std::cell::RefCell;
 use std::rc::Rc;

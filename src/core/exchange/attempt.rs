@@ -10,12 +10,12 @@
 use super::health::{self, Observation};
 use super::worker::Worker;
 use super::{carry_model_in_path, set_request_body};
-use crate::core::circuit;
 use crate::core::config::{Config, RoutePolicy};
-use crate::core::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
 use crate::core::host::{Buffer, Flow, Host, Map};
-use crate::core::provider_headers;
-use crate::core::request::Api;
+use crate::core::tokens::request::Api;
+use crate::core::upstream::circuit;
+use crate::core::upstream::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
+use crate::core::upstream::provider_headers;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 

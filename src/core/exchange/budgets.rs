@@ -1,9 +1,9 @@
 //! Session and tenant budgets on the request path: admission before the request
 //! leaves, settlement with the real usage when it ends.
 
-use crate::core::budget::{self, Cap, Charge, Price, Remaining, Verdict, PICO_PER_USD};
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::env::{Clock, SharedStore, StoreError};
+use crate::core::limits::budget::{self, Cap, Charge, Price, Remaining, Verdict, PICO_PER_USD};
 use crate::core::reply::LocalReply;
 
 /// What one request holds against its budgets.

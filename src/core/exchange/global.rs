@@ -6,10 +6,10 @@
 
 use super::worker::Worker;
 use super::{admit, Exchange, Phase};
-use crate::core::global::{self, Answer, FailurePolicy, GlobalConfig, Hits, Windows};
 use crate::core::host::{Buffer, Flow, Host};
-use crate::core::limiter::{self, Admission, Cost, Dim};
-use crate::core::ratelimit;
+use crate::core::limits::global::{self, Answer, FailurePolicy, GlobalConfig, Hits, Windows};
+use crate::core::limits::limiter::{self, Admission, Cost, Dim};
+use crate::core::limits::ratelimit;
 use crate::core::reply::LocalReply;
 use crate::core::telemetry::{
     RequestOutcome, GLOBAL_CALLS_TOTAL, GLOBAL_CALL_MS, GLOBAL_DECISIONS_TOTAL,

@@ -2,15 +2,15 @@
 //! Shared by the upstream instance (every attempt) and the downstream one
 //! (final answer only, when no upstream instance is configured).
 
-use crate::core::circuit::{self, Mode, Outcome};
 use crate::core::config::Config;
-use crate::core::failover::{self, Class};
 use crate::core::host::Host;
-use crate::core::provider_headers::Signal;
 use crate::core::telemetry::{
     CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, COOLDOWNS_TOTAL, PROVIDER_REMAINING,
     UPSTREAM_ATTEMPTS_TOTAL,
 };
+use crate::core::upstream::circuit::{self, Mode, Outcome};
+use crate::core::upstream::failover::{self, Class};
+use crate::core::upstream::provider_headers::Signal;
 
 fn mode_str(m: Mode) -> (&'static str, u64) {
     match m {

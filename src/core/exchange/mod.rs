@@ -20,6 +20,7 @@
 pub mod admit;
 pub mod attempt;
 pub mod budgets;
+pub mod decision;
 pub mod global;
 pub mod health;
 pub mod worker;
@@ -27,18 +28,11 @@ pub mod worker;
 #[cfg(test)]
 mod tests;
 
-use crate::core::accounting::{preflight_encoded, Preflight, ResponseTracker, Settlement, Source};
-use crate::core::calibrate;
-use crate::core::circuit;
 use crate::core::config::{Config, QueueHold, RoutePolicy, TenantSource};
-use crate::core::decision::{self, RequestHead, Verdict};
-use crate::core::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
 use crate::core::host::{Buffer, Flow, HeaderList, Host, Map};
-use crate::core::limiter::Cost;
-use crate::core::provider_headers;
-use crate::core::ratelimit;
+use crate::core::limits::limiter::Cost;
+use crate::core::limits::ratelimit;
 use crate::core::reply::LocalReply;
-use crate::core::request::Api;
 use crate::core::telemetry::{
     operation_name, provider_name, AccessLogState, RequestOutcome, BUDGET_EVICTIONS_TOTAL,
     BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, LIMITER_ERRORS_TOTAL,
@@ -46,8 +40,17 @@ use crate::core::telemetry::{
     SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
     WASM_MEMORY_BYTES,
 };
+use crate::core::tokens::accounting::{
+    preflight_encoded, Preflight, ResponseTracker, Settlement, Source,
+};
+use crate::core::tokens::calibrate;
+use crate::core::tokens::request::Api;
 use crate::core::truncate;
+use crate::core::upstream::circuit;
+use crate::core::upstream::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
+use crate::core::upstream::provider_headers;
 use admit::{AdmitResult, Charge, Refusal, Ticket, Waiter};
+use decision::{RequestHead, Verdict};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::Worker;
@@ -981,7 +984,7 @@ impl Exchange {
         &mut self,
         h: &mut dyn Host,
         scope: &'static str,
-        dim: crate::core::limiter::Dim,
+        dim: crate::core::limits::limiter::Dim,
     ) {
         self.report.limit = Some((scope, dim.as_str()));
         self.count(

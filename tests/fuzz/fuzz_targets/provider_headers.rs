@@ -2,7 +2,7 @@
 //! Anthropic RFC 3339 resets) and Gemini's retryDelay error body.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use llm_capacity::core::provider_headers as ph;
+use llm_capacity::core::upstream::provider_headers as ph;
 
 const NAMES: [&str; 8] = [
     "retry-after",

@@ -2,7 +2,7 @@
 //! for every API, chosen by the first byte.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use llm_capacity::core::accounting::preflight_encoded;
+use llm_capacity::core::tokens::accounting::preflight_encoded;
 use llm_capacity::core::config::Policy;
 
 const PATHS: [&str; 7] = [

@@ -2,7 +2,7 @@
 //! whatever bytes come back from the service, then uses the windows it names.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use llm_capacity::core::global;
+use llm_capacity::core::limits::global;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(a) = global::decode_response(data) {

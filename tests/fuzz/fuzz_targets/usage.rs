@@ -2,7 +2,7 @@
 //! for every dialect.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use llm_capacity::core::usage::{model_from_json, usage_from_json, Dialect, SseUsageParser};
+use llm_capacity::core::tokens::usage::{model_from_json, usage_from_json, Dialect, SseUsageParser};
 
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! and turning samples into the text pieces the filter's request parser feeds to
 //! [`TextStats::add`].
 
-use llm_capacity::core::estimate::{Features, Structure, TextStats};
+use llm_capacity::core::tokens::estimate::{Features, Structure, TextStats};
 use serde_json::Value;
 use std::path::Path;
 
@@ -82,7 +82,7 @@ pub fn load_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
     Ok(out)
 }
 
-/// What the filter's request parser (src/core/request.rs) passes to the
+/// What the filter's request parser (src/core/tokens/request.rs) passes to the
 /// estimator for an OpenAI chat body: each message's role, name and content
 /// text, its `tool_calls` / `function_call` as JSON text, and the whole `tools`
 /// array as one JSON text; image parts are counted in `images`. (It does not add

@@ -1,6 +1,6 @@
 //! The native tool (exact tokenizers are not built for wasm).
 
-use llm_capacity::core::estimate::{
+use llm_capacity::core::tokens::estimate::{
     estimate_tokens, Coefficients, Encoding, FEATURES, FEATURE_NAMES, IMAGE_TOKENS,
 };
 use llm_tokenbench::{load_corpus, speed_table, Sample, CLASSES};
@@ -10,7 +10,7 @@ use std::path::Path;
 use tiktoken_rs::CoreBPE;
 
 const CORPUS: &str = "tests/corpus";
-const ESTIMATE_RS: &str = "src/core/estimate.rs";
+const ESTIMATE_RS: &str = "src/core/tokens/estimate.rs";
 const ACCURACY_MD: &str = "tests/tokenbench/results/accuracy.md";
 
 /// The exact encodings we can measure.
@@ -33,7 +33,7 @@ pub fn main() -> i32 {
         Some("count") => {
             // Exact counts and estimates of one text (for hand-checked tests).
             let text = args.get(1).cloned().unwrap_or_default();
-            let mut t = llm_capacity::core::estimate::TextStats::default();
+            let mut t = llm_capacity::core::tokens::estimate::TextStats::default();
             t.add(&text);
             for enc in EXACT {
                 println!(

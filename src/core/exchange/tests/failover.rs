@@ -1,12 +1,12 @@
 //! Failover planning and per-attempt records (tests/e2e/test_failover.py).
 
 use super::*;
-use crate::core::failover::{encode_plan, PLAN_PROPERTY, RETRY_AFTER_HEADER};
 use crate::core::host::Map;
 use crate::core::telemetry::{
     CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, COOLDOWNS_TOTAL, FAILOVERS_TOTAL,
     UPSTREAM_ATTEMPTS_TOTAL,
 };
+use crate::core::upstream::failover::{encode_plan, PLAN_PROPERTY, RETRY_AFTER_HEADER};
 use serde_json::json;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -2,7 +2,7 @@
 //! the failure policy, leases and renewals.
 
 use super::*;
-use crate::core::global::{encode_request, Hits, METHOD, SERVICE};
+use crate::core::limits::global::{encode_request, Hits, METHOD, SERVICE};
 use crate::core::telemetry::{
     GLOBAL_CALLS_TOTAL, GLOBAL_CALL_MS, GLOBAL_DECISIONS_TOTAL, RATE_LIMITED_TOTAL,
 };

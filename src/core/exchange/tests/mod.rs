@@ -15,10 +15,10 @@ mod traffic;
 use super::attempt::UpstreamAttempt;
 use super::worker::Worker;
 use super::{Exchange, Phase};
-use crate::core::accounting::{preflight, Preflight};
 use crate::core::config::{compile, Config};
 use crate::core::host::{FakeHost, Flow};
 use crate::core::reply::LocalReply;
+use crate::core::tokens::accounting::{preflight, Preflight};
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -228,7 +228,7 @@ pub fn estimate(env: &Envoy, route: &str, body: &str) -> Preflight {
 
 /// A `RateLimitResponse`: overall code, and per descriptor (over limit, seconds to reset).
 pub fn rls_answer(over: bool, statuses: &[(bool, u64)]) -> Vec<u8> {
-    use crate::core::global::{field_bytes, varint};
+    use crate::core::limits::global::{field_bytes, varint};
     let mut out = Vec::new();
     varint(1 << 3, &mut out);
     varint(if over { 2 } else { 1 }, &mut out);

@@ -1,7 +1,7 @@
 //! The threat model's claims (tests/e2e/test_security.py, test_tenant_identity.py).
 
 use super::*;
-use crate::core::failover::RETRY_AFTER_HEADER;
+use crate::core::upstream::failover::RETRY_AFTER_HEADER;
 use serde_json::json;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;

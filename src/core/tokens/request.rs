@@ -6,7 +6,7 @@
 //! response formats and other structured parts are counted as their raw JSON
 //! text, which is close to how providers serialize them into the prompt.
 
-use super::estimate::{Structure, TextStats};
+use crate::core::tokens::estimate::{Structure, TextStats};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -114,7 +114,7 @@ pub fn parse(api: Api, path: &str, body: &[u8]) -> Result<RequestFacts, BodyErro
         Api::Gemini => gemini(path, body, &mut f)?,
     }
     if let Some(m) = &mut f.model {
-        let end = super::truncate(m, MAX_MODEL_LEN).len();
+        let end = crate::core::truncate(m, MAX_MODEL_LEN).len();
         m.truncate(end);
     }
     f.choices = f.choices.clamp(1, 128);

@@ -32,8 +32,8 @@
 //! Time is the host's wall clock; if it steps backwards nothing panics: the window
 //! keeps counting into its latest bucket and deadlines simply last longer.
 
-use super::env::{SharedStore, StoreError};
-use super::limiter::CAS_RETRIES;
+use crate::core::env::{SharedStore, StoreError};
+use crate::core::limits::limiter::CAS_RETRIES;
 use serde::{Deserialize, Serialize};
 
 /// The CAS token used to create keys: no live value has it, so a racing creator

@@ -22,8 +22,8 @@
 //! holds more than `slots` keys per route however many identities pass through,
 //! and every value names its owner, so two identities never share counters.
 
-use super::env::{stable_hash, SharedStore, StoreError};
-use super::limiter::CAS_RETRIES;
+use crate::core::env::{stable_hash, SharedStore, StoreError};
+use crate::core::limits::limiter::CAS_RETRIES;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -14,13 +14,13 @@
 //!   (`reservation`);
 //! - a non-2xx answer: nothing, providers do not bill refused calls (`refused`).
 
-use super::calibrate;
-use super::config::{EnforceMaxTokens, InvalidBody, Policy};
-use super::env::SharedStore;
-use super::estimate::{estimate_tokens, Encoding, Structure, TextStats};
-use super::reply::LocalReply;
-use super::request::{self, Api, RequestFacts, Rewrite};
-use super::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
+use crate::core::config::{EnforceMaxTokens, InvalidBody, Policy};
+use crate::core::env::SharedStore;
+use crate::core::reply::LocalReply;
+use crate::core::tokens::calibrate;
+use crate::core::tokens::estimate::{estimate_tokens, Encoding, Structure, TextStats};
+use crate::core::tokens::request::{self, Api, RequestFacts, Rewrite};
+use crate::core::tokens::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
 
 /// Largest non-streamed response body kept to read its usage; larger ones settle
 /// at the reservation. Bounded so one answer cannot grow a VM's memory.
@@ -316,7 +316,7 @@ impl ResponseTracker {
         if self.json.is_empty() || self.json_overflow {
             return None;
         }
-        crate::core::usage::model_from_json(&self.json)
+        crate::core::tokens::usage::model_from_json(&self.json)
     }
 
     /// Decides the charge. `ended` says whether the response reached its end.

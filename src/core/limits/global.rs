@@ -22,10 +22,10 @@
 //! The wire format is small and fixed, so it is written by hand (no protobuf
 //! dependency in every worker's VM).
 
-use super::config::ConfigError;
-use super::env::{SharedStore, StoreError};
-use super::limiter::Limits;
-use super::pbstruct::{DecodeError, Reader};
+use crate::core::config::ConfigError;
+use crate::core::env::{SharedStore, StoreError};
+use crate::core::limits::limiter::Limits;
+use crate::core::pbstruct::{DecodeError, Reader};
 use serde::{Deserialize, Serialize};
 
 /// gRPC service and method of Envoy's rate limit service protocol.

@@ -19,7 +19,7 @@
 //! Time comes from the host's wall clock; if it steps backwards the state keeps
 //! its last time (no refill, never a negative interval).
 
-use super::env::{stable_hash, SharedStore, StoreError};
+use crate::core::env::{stable_hash, SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// CAS attempts before giving up on one update (the caller then fails open).

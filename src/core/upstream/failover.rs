@@ -9,11 +9,11 @@
 //! `x-envoy-max-retries`, so no retry can land on a cluster that is cooling down
 //! or open.
 
-use super::circuit::{self, Blocked, Gate, Outcome};
-use super::config::{RoutePolicy, Target};
-use super::env::{SharedStore, StoreError};
-use super::provider_headers::Signal;
-use super::reply::LocalReply;
+use crate::core::config::{RoutePolicy, Target};
+use crate::core::env::{SharedStore, StoreError};
+use crate::core::reply::LocalReply;
+use crate::core::upstream::circuit::{self, Blocked, Gate, Outcome};
+use crate::core::upstream::provider_headers::Signal;
 
 /// Filter-state name of attempt `n`'s cluster (1-based), read by the route's
 /// matcher cluster specifier as `wasm.llmcap_try_<n>`.
@@ -290,9 +290,9 @@ pub fn body_with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::circuit::CircuitConfig;
     use crate::core::config::{Cluster, Provider};
     use crate::core::env::MemStore;
+    use crate::core::upstream::circuit::CircuitConfig;
     use std::rc::Rc;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

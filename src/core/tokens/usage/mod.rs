@@ -143,7 +143,7 @@ pub fn model_from_json(body: &[u8]) -> Option<String> {
     let n: Named = serde_json::from_slice(body).ok()?;
     n.model
         .or(n.model_version)
-        .map(|m| super::truncate(&m, MAX_MODEL_LEN).to_string())
+        .map(|m| crate::core::truncate(&m, MAX_MODEL_LEN).to_string())
 }
 
 /// Usage from a complete (non-streamed) JSON response body, if it has any.
@@ -418,7 +418,7 @@ impl StreamState {
             self.error_seen = true;
         }
         if let (None, Some(m)) = (&self.model, &chunk.model) {
-            self.model = Some(super::truncate(&m.0, MAX_MODEL_LEN).to_string());
+            self.model = Some(crate::core::truncate(&m.0, MAX_MODEL_LEN).to_string());
         }
         let choices = chunk.choices.unwrap_or_default();
         for choice in &choices {
@@ -506,7 +506,7 @@ impl StreamState {
             }
             "message_start" => {
                 if let Some(m) = event.message.as_ref().and_then(|m| m.model.as_deref()) {
-                    self.model = Some(super::truncate(m, MAX_MODEL_LEN).to_string());
+                    self.model = Some(crate::core::truncate(m, MAX_MODEL_LEN).to_string());
                 }
                 if let Some(u) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
                     self.anthropic.merge(u);

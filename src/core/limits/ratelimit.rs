@@ -1,9 +1,9 @@
 //! What clients see of the limits: rate-limit headers on every answer and the
 //! 429 they get when a limit says no.
 
-use super::config::RateHeaders;
-use super::limiter::{Dim, Snapshot};
-use super::reply::LocalReply;
+use crate::core::config::RateHeaders;
+use crate::core::limits::limiter::{Dim, Snapshot};
+use crate::core::reply::LocalReply;
 
 /// A duration in OpenAI's header format (Go's `time.Duration` string):
 /// `0s`, `120ms`, `1s`, `1.5s`, `6m0s`, `1h0m0s`.
@@ -140,7 +140,7 @@ pub fn rejection(
 mod tests {
     use super::*;
     use crate::core::env::MemStore;
-    use crate::core::limiter::{admit, Admission, Cost, Limits, Rate};
+    use crate::core::limits::limiter::{admit, Admission, Cost, Limits, Rate};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

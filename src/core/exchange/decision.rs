@@ -1,8 +1,8 @@
 //! What to do with a request once its headers are known.
 
-use super::config::{Config, RoutePolicy, Unmatched};
-use super::reply::LocalReply;
-use super::telemetry::RequestOutcome;
+use crate::core::config::{Config, RoutePolicy, Unmatched};
+use crate::core::reply::LocalReply;
+use crate::core::telemetry::RequestOutcome;
 use std::rc::Rc;
 
 /// The parts of the request head the decision needs, read by the adapter.

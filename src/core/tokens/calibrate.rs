@@ -8,7 +8,7 @@
 //! merge; when all probed slots belong to other models, the least recently
 //! updated is taken over.
 
-use super::env::{stable_hash, Clock, SharedStore, StoreError};
+use crate::core::env::{stable_hash, Clock, SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub const SLOTS: u32 = 64;
@@ -53,7 +53,7 @@ fn read(store: &dyn SharedStore, i: u32) -> Result<Option<(Slot, u32)>, StoreErr
 }
 
 fn model_key(model: &str) -> &str {
-    super::truncate(model, MAX_MODEL_LEN)
+    crate::core::truncate(model, MAX_MODEL_LEN)
 }
 
 /// The learned ratio for a model, or 1.0 when nothing is known (or on host errors).

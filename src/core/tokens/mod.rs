@@ -1,0 +1,9 @@
+//! What a request costs: its body read ([`request`]), its tokens estimated
+//! ([`estimate`], [`calibrate`]), reserved before it leaves and settled with
+//! the usage its answer reports ([`accounting`], [`usage`]).
+
+pub mod accounting;
+pub mod calibrate;
+pub mod estimate;
+pub mod request;
+pub mod usage;
