@@ -8,15 +8,14 @@
 //! The request is never re-sent from here.
 
 use super::health::{self, Observation};
-use super::worker::Worker;
-use super::{carry_model_in_path, set_request_body};
+use super::plan::{carry_model_in_path, set_request_body};
+use super::worker::{Unanswered, Worker};
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::host::{Buffer, Flow, Host, Map};
 use crate::core::tokens::request::Api;
 use crate::core::upstream::circuit;
 use crate::core::upstream::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
 use crate::core::upstream::provider_headers;
-use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// How often a healthy cluster's quota headers feed the remaining gauges.
@@ -27,44 +26,9 @@ const MAX_UNANSWERED: usize = 1024;
 /// An attempt whose stream was never seen ending is forgotten after this.
 const UNANSWERED_TTL_MS: u64 = 60_000;
 
-/// An attempt that ended without response headers.
-struct Unanswered {
-    stream: u32,
-    at_ms: u64,
-    cluster: String,
-    probe: bool,
-    latency_ms: u64,
-}
-
 /// Recently ended downstream streams remembered per VM, for attempts whose end
 /// Envoy reports after their stream's (a reset final attempt, a client gone).
 const ENDED_STREAMS: usize = 256;
-
-/// Per VM: attempts waiting for their stream's end, streams recently ended,
-/// and when each cluster's quota headers were last sampled.
-#[derive(Default)]
-pub struct Ledger {
-    unanswered: Vec<Unanswered>,
-    /// (stream, whether its client was answered), oldest first.
-    ended: VecDeque<(u32, bool)>,
-    /// Per cluster: when this VM last read a successful answer's quota headers.
-    quota_sampled: HashMap<String, u64>,
-}
-
-impl Ledger {
-    fn stream_ended(&self, stream: u32) -> Option<bool> {
-        self.ended
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == stream)
-            .map(|&(_, answered)| answered)
-    }
-
-    /// Attempts waiting for their stream's end.
-    pub fn unanswered(&self) -> usize {
-        self.unanswered.len()
-    }
-}
 
 /// An unanswered attempt whose stream's fate is known: a reset if the client
 /// was answered, else nothing (its probe claim given back).

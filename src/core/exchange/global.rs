@@ -4,7 +4,7 @@
 //! for the answer, bounded by `timeout_ms`). The service failing sends requests
 //! to the route's failure policy.
 
-use super::worker::Worker;
+use super::worker::{Renewal, RenewalCall, Worker};
 use super::{admit, Exchange, Phase};
 use crate::core::host::{Buffer, Flow, Host};
 use crate::core::limits::global::{self, Answer, FailurePolicy, GlobalConfig, Hits, Windows};
@@ -15,7 +15,6 @@ use crate::core::telemetry::{
     RequestOutcome, GLOBAL_CALLS_TOTAL, GLOBAL_CALL_MS, GLOBAL_DECISIONS_TOTAL,
     LIMITER_ERRORS_TOTAL,
 };
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// gRPC status DEADLINE_EXCEEDED.
@@ -506,36 +505,6 @@ fn fallback_key(route: &str) -> String {
 // A leased pool is renewed before it runs out, by the worker's root context:
 // a call made from a stream would be cancelled when the stream ends (Envoy
 // cancels a context's calls when it goes), and its slice lost.
-
-/// A renewal to make at the next tick.
-struct Renewal {
-    route: String,
-    global: Rc<GlobalConfig>,
-}
-
-/// A renewal call in flight.
-struct RenewalCall {
-    route: String,
-    key: String,
-    lease: Hits,
-    retry_interval_ms: u64,
-    timeout_ms: u32,
-    at: u64,
-}
-
-/// The worker's renewals: wanted by streams, in flight by token.
-#[derive(Default)]
-pub struct Renewals {
-    wanted: Vec<Renewal>,
-    calls: HashMap<u32, RenewalCall>,
-}
-
-impl Renewals {
-    /// Renewal calls waiting for their answer.
-    pub fn in_flight(&self) -> usize {
-        self.calls.len()
-    }
-}
 
 /// Renewals per worker at once; more routes than this wait for the next take.
 const MAX_RENEWALS: usize = 64;

@@ -4,13 +4,14 @@
 //! borrow is held across a host call (a resumed request may run at once).
 
 use super::admit::{self, WaitQueue};
-use super::attempt::Ledger;
-use super::global::Renewals;
+use crate::core::config::GlobalConfig;
 use crate::core::env::{SharedStore, StoreError};
 use crate::core::host::Host;
+use crate::core::limits::global::Hits;
 use crate::core::truncate;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 /// How long a VM reuses a calibration read, and how often it feeds a sample per
 /// model: a shared-data read and a CAS write saved on most requests under load,
@@ -142,5 +143,70 @@ impl SharedStore for CalibrationReads<'_> {
     }
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         self.host.set(key, value, cas)
+    }
+}
+
+/// An attempt that ended without response headers.
+pub struct Unanswered {
+    pub stream: u32,
+    pub at_ms: u64,
+    pub cluster: String,
+    pub probe: bool,
+    pub latency_ms: u64,
+}
+
+/// Per VM: attempts waiting for their stream's end, streams recently ended,
+/// and when each cluster's quota headers were last sampled.
+#[derive(Default)]
+pub struct Ledger {
+    pub(super) unanswered: Vec<Unanswered>,
+    /// (stream, whether its client was answered), oldest first.
+    pub(super) ended: VecDeque<(u32, bool)>,
+    /// Per cluster: when this VM last read a successful answer's quota headers.
+    pub(super) quota_sampled: HashMap<String, u64>,
+}
+
+impl Ledger {
+    pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
+        self.ended
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == stream)
+            .map(|&(_, answered)| answered)
+    }
+
+    /// Attempts waiting for their stream's end.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.len()
+    }
+}
+
+/// A renewal to make at the next tick.
+pub struct Renewal {
+    pub(super) route: String,
+    pub(super) global: Rc<GlobalConfig>,
+}
+
+/// A renewal call in flight.
+pub struct RenewalCall {
+    pub(super) route: String,
+    pub(super) key: String,
+    pub(super) lease: Hits,
+    pub(super) retry_interval_ms: u64,
+    pub(super) timeout_ms: u32,
+    pub(super) at: u64,
+}
+
+/// The worker's renewals: wanted by streams, in flight by token.
+#[derive(Default)]
+pub struct Renewals {
+    pub(super) wanted: Vec<Renewal>,
+    pub(super) calls: HashMap<u32, RenewalCall>,
+}
+
+impl Renewals {
+    /// Renewal calls waiting for their answer.
+    pub fn in_flight(&self) -> usize {
+        self.calls.len()
     }
 }

@@ -467,8 +467,8 @@ pub fn window_end(status: Option<&DescriptorStatus>, now: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::core::config::global::{parse, DEFAULT_DOMAIN, DEFAULT_TIMEOUT_MS};
-    use crate::core::limits::limiter::Limits;
     use crate::core::env::MemStore;
+    use crate::core::limits::limiter::Limits;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -1,0 +1,234 @@
+//! Where the request goes: the plan over the route's cluster chain (slots,
+//! route cache, retries, probes), what the upstream instance is told, and the
+//! final answer as health data when there is no upstream instance.
+
+use super::*;
+
+impl Exchange {
+    /// Plans the attempts over the route's cluster chain. `Err` is the local
+    /// answer when no cluster can take the request now.
+    pub(super) fn route_upstream(
+        &mut self,
+        h: &mut dyn Host,
+        policy: &Rc<RoutePolicy>,
+        tokens: u64,
+    ) -> Result<(), Flow> {
+        if policy.clusters.is_empty() {
+            return Ok(());
+        }
+        let now = h.now_ms();
+        // Without held headers the route's own cluster is where the request
+        // goes: only that one is gated.
+        let candidates = if self.config.hold_headers {
+            &policy.clusters[..]
+        } else {
+            policy.clusters.get(..1).unwrap_or_default()
+        };
+        let plan = match failover::plan(&*h, candidates, now, tokens) {
+            Ok(p) => p,
+            Err(u) => {
+                let r = failover::unavailable_reply(&u, now, h.random_u64());
+                return Err(self.reply(h, RequestOutcome::NoUpstream, r));
+            }
+        };
+        let chain = policy.clusters.len();
+        if !self.config.hold_headers {
+            // Headers already left: the circuits still gate the request, but the
+            // route's cluster and retries can no longer be steered.
+            self.plan = Some(plan);
+            return Ok(());
+        }
+        if chain > 1 {
+            // The route's matcher cluster specifier reads these, for the first
+            // attempt (after clear_route_cache) and for each retry. When the
+            // primary takes the first attempt, the route already points there
+            // (the matcher's default is the chain's first cluster): the route
+            // is left alone, which saves a slot and a route lookup.
+            let primary_first = plan.slots.first() == Some(&0);
+            for (n, &i) in plan.slots.iter().enumerate() {
+                if n == 0 && primary_first {
+                    continue;
+                }
+                if let Some(t) = policy.clusters.get(i) {
+                    let _ = h.set_property(
+                        &[&failover::slot_property(n + 1)],
+                        t.cluster.name.as_bytes(),
+                    );
+                }
+            }
+            if !primary_first {
+                if let Err(s) = h.clear_route_cache() {
+                    log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+                }
+            }
+        }
+        let remaining = self
+            .head
+            .client_timeout_ms
+            .map(|t| t.saturating_sub(now.saturating_sub(self.head.started_ms)));
+        if let Some(n) = failover::max_retries(
+            &plan,
+            chain,
+            remaining,
+            policy.policy.retry_min_remaining_ms,
+        ) {
+            let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
+        }
+        if let Some(&first) = plan.slots.first() {
+            if plan.probe {
+                // A probe is either the half-open one (the gate just moved the
+                // circuit there) or the one after a cool-down (still closed).
+                if let Some(t) = policy.clusters.get(first) {
+                    let key = circuit::key(&t.cluster.name);
+                    let half_open = circuit::view(&*h, &key, &t.cluster.circuit, now)
+                        .is_ok_and(|v| v.mode == circuit::Mode::HalfOpen);
+                    if half_open {
+                        health::transition(
+                            &self.config,
+                            h,
+                            &t.cluster.name,
+                            circuit::Mode::HalfOpen,
+                        );
+                    }
+                }
+            }
+            if first > 0 {
+                if let Some(t) = policy.clusters.get(first) {
+                    self.count(
+                        h,
+                        &[("route", &self.head.route), ("cluster", &t.cluster.name)],
+                        FAILOVERS_TOTAL,
+                    );
+                }
+            }
+        }
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Tells the upstream instance which route this is and which model the
+    /// body carries, so each attempt can carry its own cluster's model.
+    pub(super) fn publish_plan(
+        &self,
+        h: &mut dyn Host,
+        policy: &RoutePolicy,
+        body_model: Option<&str>,
+    ) {
+        let Some(plan) = &self.plan else { return };
+        if !self.config.upstream_filter {
+            return;
+        }
+        let probe = plan
+            .probe
+            .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
+            .flatten()
+            .map(|t| t.cluster.name.as_str());
+        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
+        if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
+            log::debug!("llm-capacity: cannot publish the plan (host status {s})");
+        }
+    }
+
+    /// Without an upstream instance, the final answer is the only health signal.
+    pub(super) fn observes_final(&self) -> bool {
+        !self.config.upstream_filter
+            && matches!(self.phase, Phase::Sent { at_ms } if at_ms != 0)
+            && self.plan.is_some()
+    }
+
+    pub(super) fn observe_final(&mut self, h: &mut dyn Host, headers: &HeaderList) {
+        if !self.observes_final() {
+            return;
+        }
+        let Phase::Sent { at_ms: sent_ms } = self.phase else {
+            return;
+        };
+        let status = headers
+            .get(":status")
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        let (Some(plan), Some(policy)) = (self.plan.take(), self.head.policy.clone()) else {
+            return;
+        };
+        let attempts = h
+            .property(&ATTEMPT_COUNT_PROPERTY)
+            .ok()
+            .flatten()
+            .and_then(|b| attempt_count(&b))
+            .unwrap_or(1)
+            .max(1);
+        let slot = plan
+            .slots
+            .get(attempts as usize - 1)
+            .or(plan.slots.last())
+            .copied();
+        if let Some(t) = slot.and_then(|i| policy.clusters.get(i)) {
+            let now = h.now_ms();
+            let signal = provider_headers::parse(headers.iter(), now);
+            let o = health::Observation {
+                cluster: &t.cluster.name,
+                probe: plan.probe && attempts == 1,
+                class: Class::of_status(status),
+                latency_ms: Some(now.saturating_sub(sent_ms)),
+                signal: &signal,
+                now_ms: now,
+            };
+            health::observe(&self.config, h, &o);
+        } else {
+            return;
+        }
+        self.plan = Some(Plan {
+            probe: false,
+            ..plan
+        });
+    }
+
+    /// A probe that never left (refused by a limit, client gone) gives its claim back.
+    pub(super) fn release_probe(&mut self, h: &mut dyn Host) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        if !plan.probe {
+            return;
+        }
+        plan.probe = false;
+        let first = plan.slots.first().copied();
+        if let Some(t) = first.and_then(|i| self.head.policy.as_ref()?.clusters.get(i).cloned()) {
+            let key = circuit::key(&t.cluster.name);
+            let now = h.now_ms();
+            let _ = circuit::release_probe(&*h, &key, &t.cluster.circuit, now);
+        }
+    }
+}
+
+/// The router's attempt count from its property bytes (`None` if unreadable).
+pub fn attempt_count(bytes: &[u8]) -> Option<u64> {
+    bytes
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// A Gemini request names its model in the path: the attempt's model goes there.
+pub(super) fn carry_model_in_path(h: &mut dyn Host, path: &str, model: &str) {
+    if let Some(p) = failover::gemini_path_with_model(path, model) {
+        let _ = h.set_header(Map::RequestHeaders, ":path", &p);
+    }
+}
+
+/// Replaces the buffered request body, and its content-length with it (the
+/// headers are still held: allow_on_headers_stop_iteration).
+pub(super) fn set_request_body(
+    h: &mut dyn Host,
+    body_size: usize,
+    new_body: &[u8],
+) -> Result<(), u32> {
+    h.set_body(Buffer::RequestBody, 0, body_size, new_body)
+        .and_then(|()| {
+            h.set_header(
+                Map::RequestHeaders,
+                "content-length",
+                &new_body.len().to_string(),
+            )
+        })
+}
