@@ -22,10 +22,10 @@ pub fn enter() {
     NOW_MS.with(|c| c.set(None));
 }
 
-/// Envoy, as the core sees it. One per context; the metric ids and the jitter
+/// EnvoyHost, as the core sees it. One per context; the metric ids and the jitter
 /// generator are the VM's.
 #[derive(Clone)]
-pub struct Envoy {
+pub struct EnvoyHost {
     pub metrics: Rc<RefCell<MetricIds>>,
     pub rng: Rc<RefCell<SplitMix64>>,
 }
@@ -37,7 +37,7 @@ fn map(m: Map) -> u32 {
     }
 }
 
-impl Clock for Envoy {
+impl Clock for EnvoyHost {
     /// Host wall clock, read at most once per host callback. 0 if the host
     /// refuses, which callers treat as time going backwards (saturating
     /// arithmetic), never as a panic.
@@ -52,7 +52,7 @@ impl Clock for Envoy {
     }
 }
 
-impl SharedStore for Envoy {
+impl SharedStore for EnvoyHost {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         abi::shared_get(key).map_err(StoreError::Host)
     }
@@ -67,7 +67,7 @@ impl SharedStore for Envoy {
     }
 }
 
-impl Headers for Envoy {
+impl Headers for EnvoyHost {
     fn header(&self, m: Map, name: &str) -> Option<String> {
         abi::header_text(map(m), name)
     }
@@ -90,7 +90,7 @@ fn buffer(b: Buffer) -> u32 {
     }
 }
 
-impl Body for Envoy {
+impl Body for EnvoyHost {
     fn body(&self, b: Buffer, start: usize, max: usize) -> Result<Option<Vec<u8>>, Status> {
         abi::buffer(buffer(b), start, max)
     }
@@ -105,7 +105,7 @@ impl Body for Envoy {
     }
 }
 
-impl Properties for Envoy {
+impl Properties for EnvoyHost {
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
         abi::property(path)
     }
@@ -117,7 +117,7 @@ impl Properties for Envoy {
     }
 }
 
-impl Replies for Envoy {
+impl Replies for EnvoyHost {
     fn send_reply(&mut self, r: &LocalReply) -> Result<(), Status> {
         let headers: Vec<(&str, &str)> = r
             .headers
@@ -128,7 +128,7 @@ impl Replies for Envoy {
     }
 }
 
-impl Streams for Envoy {
+impl Streams for EnvoyHost {
     fn set_effective_context(&mut self, context_id: u32) -> Result<(), Status> {
         abi::set_effective_context(context_id)
     }
@@ -137,13 +137,13 @@ impl Streams for Envoy {
     }
 }
 
-impl Timers for Envoy {
+impl Timers for EnvoyHost {
     fn set_tick_period(&mut self, ms: u32) -> Result<(), Status> {
         abi::set_tick_period(ms)
     }
 }
 
-impl Calls for Envoy {
+impl Calls for EnvoyHost {
     fn grpc_call(
         &mut self,
         cluster: &str,
@@ -152,14 +152,14 @@ impl Calls for Envoy {
         message: &[u8],
         timeout_ms: u32,
     ) -> Result<u32, Status> {
-        // A serialized GrpcService: Envoy would otherwise guess whether the name
+        // A serialized GrpcService: EnvoyHost would otherwise guess whether the name
         // parses as one.
         let upstream = crate::core::limits::global::grpc_service(cluster);
         abi::grpc_call(&upstream, service, method, message, timeout_ms)
     }
 }
 
-impl Metrics for Envoy {
+impl Metrics for EnvoyHost {
     fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         self.metrics.borrow_mut().count(labels, name, value);
     }
@@ -171,13 +171,13 @@ impl Metrics for Envoy {
     }
 }
 
-impl Entropy for Envoy {
+impl Entropy for EnvoyHost {
     fn random_u64(&mut self) -> u64 {
         self.rng.borrow_mut().next_u64()
     }
 }
 
-impl Vm for Envoy {
+impl Vm for EnvoyHost {
     fn memory_bytes(&self) -> u64 {
         #[cfg(target_arch = "wasm32")]
         let bytes = core::arch::wasm32::memory_size(0) as u64 * 65_536;

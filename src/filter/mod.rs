@@ -15,7 +15,7 @@ use crate::core::exchange::Exchange;
 use crate::core::host::{Flow, Properties};
 use crate::core::telemetry::BUILD_INFO;
 use crate::core::{load_config, GIT_REVISION, VERSION};
-use host::{enter, Envoy};
+use host::{enter, EnvoyHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::rc::Rc;
@@ -23,7 +23,7 @@ use std::rc::Rc;
 proxy_wasm::main! {{
     let _ = log::set_logger(&HOST_LOGGER);
     log::set_max_level(log::LevelFilter::Info);
-    // With panic = "abort" a panic traps the VM; at least say why in Envoy's log.
+    // With panic = "abort" a panic traps the VM; at least say why in EnvoyHost's log.
     std::panic::set_hook(Box::new(|info| abi::log(abi::LOG_CRITICAL, &format!("llm-capacity panic: {info}"))));
     proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
@@ -65,7 +65,7 @@ thread_local! {
 
 struct Root {
     config: Option<Rc<Config>>,
-    host: Envoy,
+    host: EnvoyHost,
     worker: Rc<Worker>,
     /// Placed as an upstream HTTP filter (root_id ending in `upstream`).
     upstream: bool,
@@ -75,7 +75,7 @@ impl Default for Root {
     fn default() -> Self {
         Root {
             config: None,
-            host: Envoy {
+            host: EnvoyHost {
                 metrics: Rc::default(),
                 rng: Rc::new(std::cell::RefCell::new(host::vm_random())),
             },
@@ -111,7 +111,7 @@ impl RootContext for Root {
         let config = match load_config(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                // Returning false makes Envoy refuse the config (NACK, or no start).
+                // Returning false makes EnvoyHost refuse the config (NACK, or no start).
                 log::error!("llm-capacity: {e}");
                 return false;
             }
@@ -174,7 +174,7 @@ impl RootContext for Root {
 /// A downstream stream: one request's life.
 struct Stream {
     life: Exchange,
-    host: Envoy,
+    host: EnvoyHost,
 }
 
 /// Times one callback in the hostcall-count build.
@@ -245,7 +245,7 @@ impl HttpContext for Stream {
 /// An upstream attempt (the upstream instance).
 struct Upstream {
     life: UpstreamAttempt,
-    host: Envoy,
+    host: EnvoyHost,
 }
 
 impl Context for Upstream {

@@ -89,9 +89,9 @@ impl Exchange {
         // held for its local turn, so a global refusal does not wait first.
         if let Some(g) = &p.global {
             match self.global_gate(h, g, cost, wait) {
-                global::Gate::Go => {}
-                global::Gate::Replied(flow) => return Some(flow),
-                global::Gate::Asked => return Some(Flow::Pause),
+                global::GlobalStep::Go => {}
+                global::GlobalStep::Replied(flow) => return Some(flow),
+                global::GlobalStep::Asked => return Some(Flow::Pause),
             }
         }
         self.hold(h, wait)

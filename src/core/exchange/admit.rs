@@ -40,7 +40,7 @@ pub struct Ticket {
 }
 
 /// A limit charged at admission, settled when the request ends.
-pub struct Charge {
+pub struct LimitCharge {
     key: String,
     owner: String,
     limits: Limits,
@@ -49,9 +49,9 @@ pub struct Charge {
     at: u64,
 }
 
-impl Charge {
+impl LimitCharge {
     pub fn new(key: String, owner: String, limits: &Limits, cost: Cost, at: u64) -> Self {
-        Charge {
+        LimitCharge {
             key,
             owner,
             limits: limits.clone(),
@@ -75,7 +75,7 @@ pub struct Refusal {
 /// What one admission attempt did.
 #[derive(Default)]
 pub struct AdmitResult {
-    pub charges: Vec<Charge>,
+    pub charges: Vec<LimitCharge>,
     /// The snapshot answers describe (the tenant's when tenant limits apply).
     pub view: Option<Snapshot>,
     pub refused: Option<Refusal>,
@@ -92,13 +92,13 @@ enum Step {
     Failed(StoreError),
 }
 
-struct Bucket<'a> {
+struct Account<'a> {
     key: &'a str,
     owner: &'a str,
     limits: &'a Limits,
 }
 
-fn step(store: &dyn SharedStore, b: Bucket<'_>, t: &Ticket, floor: f64, now: u64) -> Step {
+fn step(store: &dyn SharedStore, b: Account<'_>, t: &Ticket, floor: f64, now: u64) -> Step {
     let max_wait = (t.max_wait_ms > 0).then_some(t.max_wait_ms);
     match limiter::admit_or_schedule(
         store, b.key, b.owner, b.limits, &t.cost, floor, max_wait, now,
@@ -125,14 +125,14 @@ pub fn attempt(store: &dyn SharedStore, t: &Ticket, now: u64) -> AdmitResult {
         match limiter::tenant_key(store, &t.route, &tenant, tc.slots, now) {
             Ok((key, evicted)) => {
                 a.evicted = evicted;
-                let b = Bucket {
+                let b = Account {
                     key: &key,
                     owner: &tenant,
                     limits: &tc.limits,
                 };
                 match step(store, b, t, floor, now) {
                     Step::Go(snap, wait) => {
-                        a.charges.push(Charge {
+                        a.charges.push(LimitCharge {
                             key,
                             owner: tenant,
                             limits: tc.limits.clone(),
@@ -163,14 +163,14 @@ pub fn attempt(store: &dyn SharedStore, t: &Ticket, now: u64) -> AdmitResult {
     }
     if let Some(lc) = &p.limits {
         let key = limiter::route_key(&t.route);
-        let b = Bucket {
+        let b = Account {
             key: &key,
             owner: &t.route,
             limits: &lc.limits,
         };
         match step(store, b, t, floor, now) {
             Step::Go(snap, wait) => {
-                a.charges.push(Charge {
+                a.charges.push(LimitCharge {
                     key,
                     owner: t.route.clone(),
                     limits: lc.limits.clone(),
@@ -205,7 +205,7 @@ pub fn attempt(store: &dyn SharedStore, t: &Ticket, now: u64) -> AdmitResult {
 /// Settles charges with the real usage (`actual`), or as never sent.
 pub fn release(
     store: &dyn SharedStore,
-    charges: &mut Vec<Charge>,
+    charges: &mut Vec<LimitCharge>,
     actual: Cost,
     unsent: bool,
     now: u64,

@@ -15,7 +15,7 @@ pub struct RequestHead<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Next {
     Continue,
     Reply(LocalReply),
 }
@@ -24,7 +24,7 @@ pub enum Verdict {
 pub struct Decision {
     pub policy: Option<Rc<RoutePolicy>>,
     pub outcome: RequestOutcome,
-    pub verdict: Verdict,
+    pub verdict: Next,
 }
 
 pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
@@ -36,19 +36,19 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
         return Decision {
             policy,
             outcome: RequestOutcome::TooLarge,
-            verdict: Verdict::Reply(too_large(cap, Some(len))),
+            verdict: Next::Reply(too_large(cap, Some(len))),
         };
     }
     match (&policy, cfg.unmatched) {
         (Some(_), _) => Decision {
             policy,
             outcome: RequestOutcome::Admitted,
-            verdict: Verdict::Continue,
+            verdict: Next::Continue,
         },
         (None, Unmatched::Pass) => Decision {
             policy,
             outcome: RequestOutcome::Unmatched,
-            verdict: Verdict::Continue,
+            verdict: Next::Continue,
         },
         (None, Unmatched::Reject) => {
             let msg = format!(
@@ -58,7 +58,7 @@ pub fn on_request_headers(cfg: &Config, head: &RequestHead<'_>) -> Decision {
             Decision {
                 policy,
                 outcome: RequestOutcome::NoPolicy,
-                verdict: Verdict::Reply(LocalReply::openai_error(
+                verdict: Next::Reply(LocalReply::openai_error(
                     404,
                     "invalid_request_error",
                     "route_not_configured",
@@ -108,7 +108,7 @@ mod tests {
             },
         );
         assert_eq!(d.outcome, RequestOutcome::Admitted);
-        assert_eq!(d.verdict, Verdict::Continue);
+        assert_eq!(d.verdict, Next::Continue);
         assert_eq!(d.policy.unwrap().name, "chat");
     }
 
@@ -122,7 +122,7 @@ mod tests {
             },
         );
         assert_eq!(d.outcome, RequestOutcome::TooLarge);
-        let Verdict::Reply(r) = d.verdict else {
+        let Next::Reply(r) = d.verdict else {
             panic!("expected a reply")
         };
         assert_eq!(r.status, 413);
@@ -143,7 +143,7 @@ mod tests {
         );
         assert_eq!(
             (d.outcome, d.verdict),
-            (RequestOutcome::Unmatched, Verdict::Continue)
+            (RequestOutcome::Unmatched, Next::Continue)
         );
         let d = on_request_headers(
             &c,
@@ -174,7 +174,7 @@ mod tests {
             },
         );
         assert_eq!(d.outcome, RequestOutcome::NoPolicy);
-        let Verdict::Reply(r) = d.verdict else {
+        let Next::Reply(r) = d.verdict else {
             panic!("expected a reply")
         };
         assert_eq!(r.status, 404);

@@ -79,7 +79,7 @@ pub struct Pending {
     at: u64,
 }
 
-pub enum Gate {
+pub enum GlobalStep {
     Go,
     /// Answered locally (refused or failing closed).
     Replied(Flow),
@@ -95,7 +95,7 @@ impl Exchange {
         g: &Rc<GlobalConfig>,
         cost: Cost,
         wait_ms: u64,
-    ) -> Gate {
+    ) -> GlobalStep {
         let now = h.now_ms();
         let key = global::pool_key(&self.head.route);
         let need = Hits {
@@ -128,7 +128,7 @@ impl Exchange {
                 want_renewal(&self.worker, h, &self.head.route, g);
             }
             self.global_decision(h, "pool");
-            return Gate::Go;
+            return GlobalStep::Go;
         }
         if take.down {
             return self.global_failed(h, g, take.taken, 0, None);
@@ -147,7 +147,7 @@ impl Exchange {
         lease: Hits,
         debt: u64,
         wait_ms: u64,
-    ) -> Gate {
+    ) -> GlobalStep {
         let ask = Hits {
             requests: short.requests + lease.requests,
             tokens: short.tokens + lease.tokens + debt,
@@ -165,7 +165,7 @@ impl Exchange {
                     wait_ms,
                     at,
                 });
-                Gate::Asked
+                GlobalStep::Asked
             }
             Err(s) => {
                 log::warn!(
@@ -229,7 +229,7 @@ impl Exchange {
                     c.windows = windows;
                 }
                 self.global_decision(h, "service");
-                Gate::Go
+                GlobalStep::Go
             }
             Ok(a) => {
                 self.count(
@@ -249,8 +249,8 @@ impl Exchange {
             }
         };
         match gate {
-            Gate::Asked | Gate::Replied(_) => {}
-            Gate::Go => {
+            GlobalStep::Asked | GlobalStep::Replied(_) => {}
+            GlobalStep::Go => {
                 let go = match self.hold(h, p.wait_ms) {
                     None => {
                         self.sent(h);
@@ -285,7 +285,7 @@ impl Exchange {
         taken: Hits,
         debt: u64,
         result: Option<&'static str>,
-    ) -> Gate {
+    ) -> GlobalStep {
         let now = h.now_ms();
         if let Some(result) = result {
             self.count(
@@ -319,18 +319,18 @@ impl Exchange {
                 );
                 r.headers
                     .push(("retry-after".to_string(), wait.div_ceil(1000).to_string()));
-                Gate::Replied(self.global_reply(h, RequestOutcome::GlobalUnavailable, r))
+                GlobalStep::Replied(self.global_reply(h, RequestOutcome::GlobalUnavailable, r))
             }
             FailurePolicy::Open => {
                 let Some(limits) = &g.fallback else {
                     self.global_decision(h, "fail_open");
-                    return Gate::Go;
+                    return GlobalStep::Go;
                 };
                 let cost = self.reserved_cost();
                 let key = fallback_key(&self.head.route);
                 match limiter::admit(&*h, &key, &self.head.route, limits, &cost, now) {
                     Ok(Admission::Admitted(_) | Admission::Scheduled { .. }) => {
-                        self.held.charges.push(admit::Charge::new(
+                        self.held.charges.push(admit::LimitCharge::new(
                             key,
                             self.head.route.clone(),
                             limits,
@@ -338,7 +338,7 @@ impl Exchange {
                             now,
                         ));
                         self.global_decision(h, "fail_open");
-                        Gate::Go
+                        GlobalStep::Go
                     }
                     Ok(Admission::Rejected {
                         dim,
@@ -357,13 +357,13 @@ impl Exchange {
                             Vec::new(),
                         );
                         self.note_limit(h, "global_fallback", dim);
-                        Gate::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
+                        GlobalStep::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
                     }
                     Err(e) => {
                         log::warn!("llm-capacity: fallback limit update failed ({e:?}); request let through");
                         self.count(h, &[("route", &self.head.route)], LIMITER_ERRORS_TOTAL);
                         self.global_decision(h, "fail_open");
-                        Gate::Go
+                        GlobalStep::Go
                     }
                 }
             }
@@ -379,7 +379,7 @@ impl Exchange {
         taken: Hits,
         debt: u64,
         reset_ms: u64,
-    ) -> Gate {
+    ) -> GlobalStep {
         // All or nothing: the service charged none of it, the debt included.
         if debt > 0 {
             let _ = global::failed(&*h, &self.global_key(), 0, debt);
@@ -407,7 +407,7 @@ impl Exchange {
             h.1 = "global_rate_limit_exceeded".to_string();
         }
         self.note_limit(h, "global", dim);
-        Gate::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
+        GlobalStep::Replied(self.global_reply(h, RequestOutcome::RateLimited, r))
     }
 
     fn global_reply(&mut self, h: &mut dyn Host, outcome: RequestOutcome, r: LocalReply) -> Flow {

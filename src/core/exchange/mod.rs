@@ -51,8 +51,8 @@ use crate::core::truncate;
 use crate::core::upstream::circuit;
 use crate::core::upstream::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
 use crate::core::upstream::provider_headers;
-use admit::{AdmitResult, Charge, Refusal, Ticket, Waiter};
-use decision::{RequestHead, Verdict};
+use admit::{AdmitResult, LimitCharge, Refusal, Ticket, Waiter};
+use decision::{Next, RequestHead};
 pub use plan::attempt_count;
 use plan::{carry_model_in_path, set_request_body};
 use std::cell::RefCell;
@@ -138,7 +138,7 @@ struct Response {
 #[derive(Default)]
 struct Held {
     /// Local limits charged at admission.
-    charges: Vec<Charge>,
+    charges: Vec<LimitCharge>,
     /// The request's share of the fleet-wide quota.
     global: Option<global::GlobalCharge>,
     budgets: budgets::Budgets,
@@ -256,7 +256,7 @@ impl Exchange {
                     Some(identity(h, &tb.source, &get).unwrap_or_else(|| "-".to_string()));
             }
         }
-        if let (Verdict::Continue, Some(name)) = (&d.verdict, missing_session) {
+        if let (Next::Continue, Some(name)) = (&d.verdict, missing_session) {
             let msg = format!("This route requires the {name} header naming the agent session.");
             return self.reply(
                 h,
@@ -265,13 +265,13 @@ impl Exchange {
             );
         }
         match (d.verdict, self.head.policy.clone()) {
-            (Verdict::Reply(r), _) => self.reply(h, d.outcome, r),
-            (Verdict::Continue, None) => {
+            (Next::Reply(r), _) => self.reply(h, d.outcome, r),
+            (Next::Continue, None) => {
                 self.phase = Phase::Passed;
                 self.count_outcome(h);
                 Flow::Continue
             }
-            (Verdict::Continue, Some(_)) if !end_of_stream => {
+            (Next::Continue, Some(_)) if !end_of_stream => {
                 // Hold the headers while the body arrives: the estimate, a rejection or
                 // a rewrite (and its content-length) must come before anything leaves.
                 self.head.encoded_body = header(h, "content-encoding")
@@ -287,7 +287,7 @@ impl Exchange {
                 Flow::Pause
             }
             // No body: limits still count the request (no tokens).
-            (Verdict::Continue, Some(policy)) => self.dispatch(h, &policy, None),
+            (Next::Continue, Some(policy)) => self.dispatch(h, &policy, None),
         }
     }
 

@@ -576,4 +576,6 @@ fn salvage_usage(tail: &[u8]) -> Option<WireUsage> {
 }
 
 #[cfg(test)]
+mod more_tests;
+#[cfg(test)]
 mod tests;
