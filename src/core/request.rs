@@ -122,6 +122,25 @@ pub fn parse(api: Api, path: &str, body: &[u8]) -> Result<RequestFacts, BodyErro
 }
 
 fn de<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BodyError> {
+    // Every API's body is a JSON object; say so rather than what serde's
+    // visitor for the first field expected.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let kind = match first {
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b'-' | b'0'..=b'9') => Some("a number"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return Err(BodyError(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => format!("Invalid request body: expected a JSON object, got {kind}"),
+                Err(e) => format!("Request body is not valid JSON: {e}"),
+            },
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         if e.is_data() {
@@ -967,6 +986,25 @@ mod tests {
             "{}",
             e.0
         );
+        // Valid JSON that is not an object: say an object was expected.
+        for (body, kind) in [
+            (&b"[1, 2]"[..], "an array"),
+            (b" \"hi\"", "a string"),
+            (b"42", "a number"),
+            (b"null", "null"),
+            (b"true", "a boolean"),
+        ] {
+            for api in [Api::OpenAiChat, Api::AnthropicMessages, Api::Gemini] {
+                let e = parse(api, "/", body).unwrap_err();
+                assert_eq!(
+                    e.0,
+                    format!("Invalid request body: expected a JSON object, got {kind}")
+                );
+            }
+        }
+        // Not valid JSON at all stays a JSON error, whatever it starts with.
+        let e = parse(Api::OpenAiChat, "/", b"[1, 2").unwrap_err();
+        assert!(e.0.starts_with("Request body is not valid JSON"), "{}", e.0);
         let e = parse(Api::OpenAiChat, "/", br#"{"model": "m"}"#).unwrap_err();
         assert!(
             e.0.starts_with("Invalid request body: missing field `messages`"),

@@ -37,7 +37,9 @@ pub fn transition(config: &Config, metrics: &RefCell<Metrics>, cluster: &str, m:
     }
 }
 
-/// Records one attempt's answer (or its absence) against `cluster`.
+/// Records one attempt's answer (or its absence) against `cluster`. Returns
+/// the end of the cluster's cool-down when the answer asked for time (so a
+/// same-cluster retry and the client's `retry-after` follow the wait in force).
 #[allow(clippy::too_many_arguments)]
 pub fn observe(
     config: &Config,
@@ -48,25 +50,27 @@ pub fn observe(
     latency_ms: Option<u64>,
     signal: &Signal,
     now_ms: u64,
-) {
+) -> Option<u64> {
     let Some(c) = config.clusters.get(cluster) else {
-        return; // a cluster the config does not know has no circuit
+        return None; // a cluster the config does not know has no circuit
     };
     let key = circuit::key(cluster);
-    for (i, o) in failover::outcomes(class, latency_ms, signal)
-        .into_iter()
-        .enumerate()
-    {
+    let mut cooled = false;
+    let outcomes = failover::outcomes(class, latency_ms, signal, c.circuit.default_cooldown_ms);
+    for (i, o) in outcomes.into_iter().enumerate() {
         // The probe claim is released once, with the first outcome.
         match circuit::record(&HostStore, &key, &c.circuit, now_ms, o, probe && i == 0) {
             Ok(Some(m)) => transition(config, metrics, cluster, m),
             Ok(None) => {}
             Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
         }
-        if matches!(o, Outcome::RateLimited { .. }) && config.telemetry.metrics {
-            metrics
-                .borrow_mut()
-                .count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
+        if let Outcome::RateLimited { cooldown_ms } = o {
+            cooled = cooldown_ms.is_some_and(|ms| ms > 0);
+            if cooled && config.telemetry.metrics {
+                metrics
+                    .borrow_mut()
+                    .count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
+            }
         }
     }
     if c.adaptive && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()) {
@@ -93,6 +97,13 @@ pub fn observe(
             }
         }
     }
+    if !cooled {
+        return None;
+    }
+    // The wait in force: this answer's, or a longer one already recorded.
+    circuit::view(&HostStore, &key, &c.circuit, now_ms)
+        .ok()
+        .and_then(|v| v.cooldown_until_ms)
 }
 
 /// A wait learnt after the headers (Gemini's `retryDelay` in the error body).

@@ -57,6 +57,40 @@ thread_local! {
         const { RefCell::new(std::collections::VecDeque::new()) };
 }
 
+/// Downstream streams whose first attempt this VM has seen, newest last: a
+/// later attempt of one of them is a router retry, gated at send time.
+const ATTEMPTED_STREAMS: usize = 1024;
+
+thread_local! {
+    static ATTEMPTED: RefCell<std::collections::VecDeque<u32>> =
+        const { RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Whether `stream` already had an attempt (then this one is a retry); the
+/// first attempt is remembered.
+fn is_retry(stream: u32) -> bool {
+    ATTEMPTED.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.iter().rev().any(|&s| s == stream) {
+            return true;
+        }
+        if a.len() >= ATTEMPTED_STREAMS {
+            a.pop_front();
+        }
+        a.push_back(stream);
+        false
+    })
+}
+
+fn forget_attempts(stream: u32) {
+    ATTEMPTED.with(|a| {
+        let mut a = a.borrow_mut();
+        if let Some(i) = a.iter().rposition(|&s| s == stream) {
+            a.remove(i);
+        }
+    });
+}
+
 fn stream_ended(stream: u32) -> Option<bool> {
     ENDED.with(|e| {
         e.borrow()
@@ -117,6 +151,7 @@ pub fn settle_unanswered(
     stream: u32,
     client_answered: bool,
 ) {
+    forget_attempts(stream);
     ENDED.with(|e| {
         let mut e = e.borrow_mut();
         if e.len() >= ENDED_STREAMS {
@@ -169,6 +204,11 @@ pub struct Attempt {
     done: bool,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
+    /// From the plan: when a retry must have been sent by (client's deadline).
+    retry_by_ms: Option<u64>,
+    /// This attempt was answered here (its cluster is cooling down or open):
+    /// it never reached the provider and says nothing about it.
+    local: bool,
 }
 
 impl Attempt {
@@ -185,6 +225,54 @@ impl Attempt {
             answered: false,
             done: false,
             error_body: None,
+            retry_by_ms: None,
+            local: false,
+        }
+    }
+
+    /// A router retry is gated when it is sent, as a first attempt was when
+    /// planned: a cluster that started cooling down (or opened) since, by this
+    /// request's own answer or another's, is not sent to. The retry is answered
+    /// here instead, with the wait; on a single-cluster route with
+    /// `x-envoy-ratelimited`, so the router makes no further retry on it. A
+    /// cluster whose cool-down is over lets one probe through, as the gate does.
+    fn gate_retry(&mut self, route: &RoutePolicy, now: u64) -> Option<Action> {
+        let c = self.config.clusters.get(&self.cluster)?;
+        let key = circuit::key(&self.cluster);
+        match circuit::gate(&HostStore, &key, &c.circuit, now, 0) {
+            Ok(circuit::Gate::Pass) | Err(_) => None,
+            Ok(circuit::Gate::Probe) => {
+                self.probe = true;
+                None
+            }
+            Ok(circuit::Gate::Blocked { until_ms, why }) => {
+                let capacity =
+                    matches!(why, circuit::Blocked::CoolingDown | circuit::Blocked::Quota);
+                let u = failover::Unavailable { until_ms, capacity };
+                let mut r =
+                    failover::unavailable_reply(&u, now, u64::from(self.stream.unwrap_or(0)));
+                if route.clusters.len() <= 1 {
+                    r.headers
+                        .push(("x-envoy-ratelimited".to_string(), "true".to_string()));
+                }
+                let headers: Vec<(&str, &str)> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let pairs = crate::core::reply::serialize_pairs(&headers);
+                match abi::send_local_response(r.status, r.details, &r.body, &pairs) {
+                    Ok(()) => {
+                        self.local = true;
+                        self.done = true;
+                        Some(Action::Pause)
+                    }
+                    Err(s) => {
+                        log::warn!("llm-capacity: retry gate reply failed (host status {s}); sent");
+                        None
+                    }
+                }
+            }
         }
     }
 
@@ -302,6 +390,12 @@ impl HttpContext for Attempt {
                 .unwrap_or(1)
                 <= 1;
         self.started_ms = HostClock.now_ms();
+        self.retry_by_ms = plan.retry_by_ms;
+        if plan.stream.is_some_and(is_retry) {
+            if let Some(action) = self.gate_retry(&route, self.started_ms) {
+                return action;
+            }
+        }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);
@@ -361,6 +455,9 @@ impl HttpContext for Attempt {
         let Some(route) = self.route.clone() else {
             return Action::Continue;
         };
+        if self.local {
+            return Action::Continue; // our own reply (gate_retry)
+        }
         self.answered = true;
         self.done = true;
         let now = HostClock.now_ms();
@@ -383,7 +480,7 @@ impl HttpContext for Attempt {
             // never retried, so only error answers are checked).
             let _ = abi::remove_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER);
         }
-        health::observe(
+        let cooling_until = health::observe(
             &self.config,
             &self.metrics,
             &self.cluster,
@@ -393,18 +490,43 @@ impl HttpContext for Attempt {
             &signal,
             now,
         );
-        if matches!(class, Class::RateLimited | Class::ServerError) {
-            match signal.cooldown_ms() {
-                // A retry of a single-cluster route stays on this cluster: let the
-                // router wait what the provider asked (header in whole seconds).
-                Some(ms) if route.clusters.len() <= 1 => {
-                    let secs = ms.div_ceil(1000).max(1).to_string();
-                    let _ =
-                        abi::replace_header(abi::MAP_RESPONSE_HEADERS, RETRY_AFTER_HEADER, &secs);
+        if let Some(until) = cooling_until {
+            // A retry of a single-cluster route stays on this cluster: the
+            // router waits out the cool-down in force, or makes no retry.
+            if route.clusters.len() <= 1 {
+                match failover::same_cluster_retry(now, Some(until), self.retry_by_ms) {
+                    failover::SameClusterRetry::Wait { secs } => {
+                        let _ = abi::replace_header(
+                            abi::MAP_RESPONSE_HEADERS,
+                            RETRY_AFTER_HEADER,
+                            &secs.to_string(),
+                        );
+                    }
+                    failover::SameClusterRetry::Refuse => {
+                        let _ = abi::replace_header(
+                            abi::MAP_RESPONSE_HEADERS,
+                            "x-envoy-ratelimited",
+                            "true",
+                        );
+                    }
+                    failover::SameClusterRetry::Unchanged => {}
                 }
-                None if class == Class::RateLimited => self.error_body = Some(Vec::new()),
-                _ => {}
             }
+            // Should this answer reach the client, it names the wait in force.
+            let secs = failover::retry_after_secs(now, until);
+            if signal
+                .retry_after_ms
+                .is_none_or(|ms| ms.div_ceil(1000) < secs)
+            {
+                let _ = abi::replace_header(
+                    abi::MAP_RESPONSE_HEADERS,
+                    "retry-after",
+                    &secs.to_string(),
+                );
+            }
+        }
+        if class == Class::RateLimited && signal.retry_after_ms.is_none() {
+            self.error_body = Some(Vec::new()); // Gemini's retryDelay, if any
         }
         Action::Continue
     }
