@@ -1,11 +1,13 @@
 //! The upstream instance: the same module placed as an upstream HTTP filter
 //! (root_id ending in `upstream`), where Envoy runs it once per router attempt.
 //!
-//! Each attempt: the body carries the model of the cluster it goes to; the
-//! answer (or its absence: reset, connect failure, timeout) feeds that
-//! cluster's circuit; a 429/503 wait is handed to the router's
-//! `rate_limited_retry_back_off` only when the retry stays on the same cluster.
-//! The request is never re-sent from here.
+//! Each attempt: a retry is gated when it is sent (a cluster that started
+//! cooling down or opened since the plan is not sent to); the body carries the
+//! model of the cluster it goes to; the answer (or its absence: reset, connect
+//! failure, timeout) feeds that cluster's circuit; when the retry stays on the
+//! same cluster, the cool-down in force is handed to the router's
+//! `rate_limited_retry_back_off`, or the retry is refused. The request is never
+//! re-sent from here.
 
 use super::health::{self, Observation};
 use super::plan::{carry_model_in_path, set_request_body};
@@ -67,6 +69,7 @@ pub fn settle_unanswered(
 ) {
     let waiting = {
         let mut l = worker.attempts.borrow_mut();
+        l.forget_attempts(stream);
         if l.ended.len() >= ENDED_STREAMS {
             l.ended.pop_front();
         }
@@ -110,6 +113,11 @@ pub struct UpstreamAttempt {
     done: bool,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
+    /// From the plan: when a retry must have been sent by (client's deadline).
+    retry_by_ms: Option<u64>,
+    /// This attempt was answered here (its cluster is cooling down or open):
+    /// it never reached the provider and says nothing about it.
+    local: bool,
 }
 
 impl UpstreamAttempt {
@@ -126,6 +134,47 @@ impl UpstreamAttempt {
             answered: false,
             done: false,
             error_body: None,
+            retry_by_ms: None,
+            local: false,
+        }
+    }
+
+    /// A router retry is gated when it is sent, as a first attempt was when
+    /// planned: a cluster that started cooling down (or opened) since, by this
+    /// request's own answer or another's, is not sent to. The retry is answered
+    /// here instead, with the wait; on a single-cluster route with
+    /// `x-envoy-ratelimited`, so no router retries it. A cluster whose
+    /// cool-down is over lets one probe through, as the gate does.
+    fn gate_retry(&mut self, h: &mut dyn Host, route: &RoutePolicy, now: u64) -> Option<Flow> {
+        let c = self.config.clusters.get(&self.cluster)?;
+        let key = circuit::key(&self.cluster);
+        match circuit::gate(&*h, &key, &c.circuit, now, 0) {
+            Ok(circuit::Gate::Pass) | Err(_) => None,
+            Ok(circuit::Gate::Probe) => {
+                self.probe = true;
+                None
+            }
+            Ok(circuit::Gate::Blocked { until_ms, why }) => {
+                let capacity =
+                    matches!(why, circuit::Blocked::CoolingDown | circuit::Blocked::Quota);
+                let u = failover::Unavailable { until_ms, capacity };
+                let mut r = failover::unavailable_reply(&u, now, h.random_u64());
+                if route.clusters.len() <= 1 {
+                    r.headers
+                        .push(("x-envoy-ratelimited".to_string(), "true".to_string()));
+                }
+                match h.send_reply(&r) {
+                    Ok(()) => {
+                        self.local = true;
+                        self.done = true;
+                        Some(Flow::Pause)
+                    }
+                    Err(s) => {
+                        log::warn!("llm-capacity: retry gate reply failed (host status {s}); sent");
+                        None
+                    }
+                }
+            }
         }
     }
 
@@ -221,6 +270,15 @@ impl UpstreamAttempt {
                 .unwrap_or(1)
                 <= 1;
         self.started_ms = h.now_ms();
+        self.retry_by_ms = plan.retry_by_ms;
+        let retry = plan
+            .stream
+            .is_some_and(|s| self.worker.attempts.borrow_mut().is_retry(s));
+        if retry {
+            if let Some(flow) = self.gate_retry(h, &route, self.started_ms) {
+                return flow;
+            }
+        }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);
@@ -268,6 +326,9 @@ impl UpstreamAttempt {
         let Some(route) = self.route.clone() else {
             return Flow::Continue;
         };
+        if self.local {
+            return Flow::Continue; // our own reply (gate_retry)
+        }
         self.answered = true;
         self.done = true;
         let now = h.now_ms();
@@ -299,18 +360,33 @@ impl UpstreamAttempt {
             signal: &signal,
             now_ms: now,
         };
-        health::observe(&self.config, h, &o);
-        if matches!(class, Class::RateLimited | Class::ServerError) {
-            match signal.cooldown_ms() {
-                // A retry of a single-cluster route stays on this cluster: let the
-                // router wait what the provider asked (header in whole seconds).
-                Some(ms) if route.clusters.len() <= 1 => {
-                    let secs = ms.div_ceil(1000).max(1).to_string();
-                    let _ = h.set_header(Map::ResponseHeaders, RETRY_AFTER_HEADER, &secs);
+        let cooling_until = health::observe(&self.config, h, &o);
+        if let Some(until) = cooling_until {
+            // A retry of a single-cluster route stays on this cluster: the
+            // router waits out the cool-down in force, or makes no retry.
+            if route.clusters.len() <= 1 {
+                match failover::same_cluster_retry(now, Some(until), self.retry_by_ms) {
+                    failover::SameClusterRetry::Wait { secs } => {
+                        let secs = secs.to_string();
+                        let _ = h.set_header(Map::ResponseHeaders, RETRY_AFTER_HEADER, &secs);
+                    }
+                    failover::SameClusterRetry::Refuse => {
+                        let _ = h.set_header(Map::ResponseHeaders, "x-envoy-ratelimited", "true");
+                    }
+                    failover::SameClusterRetry::Unchanged => {}
                 }
-                None if class == Class::RateLimited => self.error_body = Some(Vec::new()),
-                _ => {}
             }
+            // Should this answer reach the client, it names the wait in force.
+            let secs = failover::retry_after_secs(now, until);
+            if signal
+                .retry_after_ms
+                .is_none_or(|ms| ms.div_ceil(1000) < secs)
+            {
+                let _ = h.set_header(Map::ResponseHeaders, "retry-after", &secs.to_string());
+            }
+        }
+        if class == Class::RateLimited && signal.retry_after_ms.is_none() {
+            self.error_body = Some(Vec::new()); // Gemini's retryDelay, if any
         }
         Flow::Continue
     }

@@ -45,8 +45,10 @@ pub struct Observation<'a> {
     pub now_ms: u64,
 }
 
-/// Records one attempt's answer (or its absence) against its cluster.
-pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) {
+/// Records one attempt's answer (or its absence) against its cluster. Returns
+/// the end of the cluster's cool-down when the answer asked for time (so a
+/// same-cluster retry and the client's `retry-after` follow the wait in force).
+pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) -> Option<u64> {
     let &Observation {
         cluster,
         probe,
@@ -56,21 +58,23 @@ pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) {
         now_ms,
     } = o;
     let Some(c) = config.clusters.get(cluster) else {
-        return; // a cluster the config does not know has no circuit
+        return None; // a cluster the config does not know has no circuit
     };
     let key = circuit::key(cluster);
-    for (i, o) in failover::outcomes(class, latency_ms, signal)
-        .into_iter()
-        .enumerate()
-    {
+    let mut cooled = false;
+    let outcomes = failover::outcomes(class, latency_ms, signal, c.circuit.default_cooldown_ms);
+    for (i, o) in outcomes.into_iter().enumerate() {
         // The probe claim is released once, with the first outcome.
         match circuit::record(&*h, &key, &c.circuit, now_ms, o, probe && i == 0) {
             Ok(Some(m)) => transition(config, h, cluster, m),
             Ok(None) => {}
             Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
         }
-        if matches!(o, Outcome::RateLimited { .. }) && config.telemetry.metrics {
-            h.count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
+        if let Outcome::RateLimited { cooldown_ms } = o {
+            cooled = cooldown_ms.is_some_and(|ms| ms > 0);
+            if cooled && config.telemetry.metrics {
+                h.count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
+            }
         }
     }
     if c.adaptive && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()) {
@@ -96,6 +100,13 @@ pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) {
             }
         }
     }
+    if !cooled {
+        return None;
+    }
+    // The wait in force: this answer's, or a longer one already recorded.
+    circuit::view(&*h, &key, &c.circuit, now_ms)
+        .ok()
+        .and_then(|v| v.cooldown_until_ms)
 }
 
 /// A wait learnt after the headers (Gemini's `retryDelay` in the error body).

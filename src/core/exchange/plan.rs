@@ -123,7 +123,15 @@ impl Exchange {
             .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
             .flatten()
             .map(|t| t.cluster.name.as_str());
-        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
+        // A same-cluster retry must leave the client's deadline its minimum.
+        let retry_by = self.head.client_timeout_ms.map(|t| {
+            self.head
+                .started_ms
+                .saturating_add(t)
+                .saturating_sub(policy.policy.retry_min_remaining_ms)
+        });
+        let text =
+            failover::encode_plan(&policy.name, body_model, probe, self.context_id, retry_by);
         if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
         }

@@ -164,9 +164,35 @@ pub struct Ledger {
     pub(super) ended: VecDeque<(u32, bool)>,
     /// Per cluster: when this VM last read a successful answer's quota headers.
     pub(super) quota_sampled: HashMap<String, u64>,
+    /// Downstream streams whose first attempt this VM has seen, newest last: a
+    /// later attempt of one of them is a router retry, gated when it is sent.
+    pub(super) attempted: VecDeque<u32>,
 }
 
+/// Streams remembered in [`Ledger::attempted`], at most.
+const ATTEMPTED_STREAMS: usize = 1024;
+
 impl Ledger {
+    /// Whether `stream` already had an attempt (then this one is a retry); the
+    /// first attempt is remembered. Bounded: the oldest is forgotten first.
+    pub(super) fn is_retry(&mut self, stream: u32) -> bool {
+        if self.attempted.iter().rev().any(|&s| s == stream) {
+            return true;
+        }
+        if self.attempted.len() >= ATTEMPTED_STREAMS {
+            self.attempted.pop_front();
+        }
+        self.attempted.push_back(stream);
+        false
+    }
+
+    /// The stream ended: its attempts are over.
+    pub(super) fn forget_attempts(&mut self, stream: u32) {
+        if let Some(i) = self.attempted.iter().rposition(|&s| s == stream) {
+            self.attempted.remove(i);
+        }
+    }
+
     pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
         self.ended
             .iter()

@@ -122,6 +122,25 @@ pub fn parse(api: Api, path: &str, body: &[u8]) -> Result<RequestFacts, BodyErro
 }
 
 fn de<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BodyError> {
+    // Every API's body is a JSON object; say so rather than what serde's
+    // visitor for the first field expected.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let kind = match first {
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b'-' | b'0'..=b'9') => Some("a number"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return Err(BodyError(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => format!("Invalid request body: expected a JSON object, got {kind}"),
+                Err(e) => format!("Request body is not valid JSON: {e}"),
+            },
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         if e.is_data() {

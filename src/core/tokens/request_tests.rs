@@ -241,6 +241,25 @@ fn bad_bodies_have_clear_messages() {
         "{}",
         e.0
     );
+    // Valid JSON that is not an object: say an object was expected.
+    for (body, kind) in [
+        (&b"[1, 2]"[..], "an array"),
+        (b" \"hi\"", "a string"),
+        (b"42", "a number"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+    ] {
+        for api in [Api::OpenAiChat, Api::AnthropicMessages, Api::Gemini] {
+            let e = parse(api, "/", body).unwrap_err();
+            assert_eq!(
+                e.0,
+                format!("Invalid request body: expected a JSON object, got {kind}")
+            );
+        }
+    }
+    // Not valid JSON at all stays a JSON error, whatever it starts with.
+    let e = parse(Api::OpenAiChat, "/", b"[1, 2").unwrap_err();
+    assert!(e.0.starts_with("Request body is not valid JSON"), "{}", e.0);
     let e = parse(Api::OpenAiChat, "/", br#"{"model": "m"}"#).unwrap_err();
     assert!(
         e.0.starts_with("Invalid request body: missing field `messages`"),

@@ -196,15 +196,21 @@ impl Class {
 }
 
 /// What one attempt tells the circuit: a health outcome, and a cool-down when
-/// the provider asked for time (429, or a 503 carrying a wait header).
-pub fn outcomes(class: Class, latency_ms: Option<u64>, signal: &Signal) -> Vec<Outcome> {
+/// the provider asked for time (every 429, for the wait it implies with
+/// `default_cooldown_ms` when it names none; a 5xx carrying a wait header).
+pub fn outcomes(
+    class: Class,
+    latency_ms: Option<u64>,
+    signal: &Signal,
+    default_cooldown_ms: u64,
+) -> Vec<Outcome> {
     let mut out = Vec::with_capacity(2);
     match class {
         Class::Ok | Class::ClientError => out.push(Outcome::Success {
             latency_ms: latency_ms.unwrap_or(0),
         }),
         Class::RateLimited => out.push(Outcome::RateLimited {
-            cooldown_ms: signal.cooldown_ms(),
+            cooldown_ms: Some(signal.rate_limited_wait_ms(default_cooldown_ms)),
         }),
         Class::ServerError | Class::Reset => {
             out.push(Outcome::Failure { latency_ms });
@@ -219,16 +225,20 @@ pub fn outcomes(class: Class, latency_ms: Option<u64>, signal: &Signal) -> Vec<O
 }
 
 /// The plan as the upstream instance reads it, one field per line: route name,
-/// the model the body carries, the probe's cluster, and the downstream stream's
-/// id (so an attempt's fate can wait for the downstream's end).
+/// the model the body carries, the probe's cluster, the downstream stream's id
+/// (so an attempt's fate can wait for the downstream's end), and the time by
+/// which a retry must have been sent to leave the client's deadline its
+/// `retry_min_remaining_seconds` (empty: the client named no deadline).
 pub fn encode_plan(
     route: &str,
     body_model: Option<&str>,
     probe_cluster: Option<&str>,
     stream: u32,
+    retry_by_ms: Option<u64>,
 ) -> String {
+    let by = retry_by_ms.map(|t| t.to_string()).unwrap_or_default();
     format!(
-        "{route}\n{}\n{}\n{stream}",
+        "{route}\n{}\n{}\n{stream}\n{by}",
         body_model.unwrap_or(""),
         probe_cluster.unwrap_or("")
     )
@@ -240,6 +250,8 @@ pub struct PlanView<'a> {
     pub body_model: Option<&'a str>,
     pub probe_cluster: Option<&'a str>,
     pub stream: Option<u32>,
+    /// See [`encode_plan`].
+    pub retry_by_ms: Option<u64>,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -248,12 +260,62 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let body_model = it.next().filter(|m| !m.is_empty());
     let probe_cluster = it.next().filter(|m| !m.is_empty());
     let stream = it.next().and_then(|v| v.parse().ok());
+    let retry_by_ms = it.next().and_then(|v| v.parse().ok());
     Some(PlanView {
         route,
         body_model,
         probe_cluster,
         stream,
+        retry_by_ms,
     })
+}
+
+/// The longest wait the router is asked to make before a same-cluster retry:
+/// the shipped routes' `rate_limited_retry_back_off.max_interval`. Envoy falls
+/// back to its short exponential back-off for a reset header above the
+/// route's `max_interval`, so a longer wait is never handed to it.
+pub const MAX_ROUTER_WAIT_MS: u64 = 30_000;
+
+/// What a same-cluster retry does after the provider asked for time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameClusterRetry {
+    /// The router waits `secs` (then up to half as long again, its jitter)
+    /// through `rate_limited_retry_back_off` and [`RETRY_AFTER_HEADER`].
+    Wait { secs: u64 },
+    /// No retry (`x-envoy-ratelimited` on the attempt's answer): the wait is
+    /// longer than the router may be asked to make, or longer than the
+    /// client's deadline leaves; the client gets the answer and its wait now.
+    Refuse,
+    /// The cluster is not cooling down (no wait named, no default cool-down):
+    /// Envoy's own back-off applies.
+    Unchanged,
+}
+
+/// Decides a same-cluster retry after an answer that cooled the cluster down
+/// until `cooldown_until_ms`; `retry_by_ms` is the plan's (see [`encode_plan`]).
+/// The router waits whole seconds, then its jitter adds up to half of that.
+pub fn same_cluster_retry(
+    now_ms: u64,
+    cooldown_until_ms: Option<u64>,
+    retry_by_ms: Option<u64>,
+) -> SameClusterRetry {
+    let wait = cooldown_until_ms.map_or(0, |u| u.saturating_sub(now_ms));
+    if wait == 0 {
+        return SameClusterRetry::Unchanged;
+    }
+    let secs = wait.div_ceil(1000).max(1);
+    let latest = now_ms.saturating_add(secs.saturating_mul(1500));
+    if secs.saturating_mul(1000) > MAX_ROUTER_WAIT_MS || retry_by_ms.is_some_and(|by| latest > by) {
+        SameClusterRetry::Refuse
+    } else {
+        SameClusterRetry::Wait { secs }
+    }
+}
+
+/// The whole seconds a client is told to wait (`retry-after`) for a cool-down
+/// ending at `until_ms`: rounded up, at least 1.
+pub fn retry_after_secs(now_ms: u64, until_ms: u64) -> u64 {
+    until_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
 }
 
 /// The model `cluster` serves `route` with, when it differs from `current`.
@@ -446,13 +508,13 @@ mod tests {
         assert_eq!(Class::of_status(503), Class::ServerError);
         assert_eq!(Class::of_status(0), Class::Reset);
         assert_eq!(
-            outcomes(Class::RateLimited, Some(5), &sig),
+            outcomes(Class::RateLimited, Some(5), &sig, 1000),
             vec![Outcome::RateLimited {
                 cooldown_ms: Some(2000)
             }]
         );
         assert_eq!(
-            outcomes(Class::ServerError, Some(5), &sig),
+            outcomes(Class::ServerError, Some(5), &sig, 1000),
             vec![
                 Outcome::Failure {
                     latency_ms: Some(5)
@@ -463,18 +525,64 @@ mod tests {
             ]
         );
         assert_eq!(
-            outcomes(Class::Reset, None, &Signal::default()),
+            outcomes(Class::Reset, None, &Signal::default(), 1000),
             vec![Outcome::Failure { latency_ms: None }]
         );
         assert_eq!(
-            outcomes(Class::ClientError, Some(7), &Signal::default()),
+            outcomes(Class::ClientError, Some(7), &Signal::default(), 1000),
             vec![Outcome::Success { latency_ms: 7 }]
         );
     }
 
     #[test]
+    fn a_bare_429_cools_down_for_the_default() {
+        assert_eq!(
+            outcomes(Class::RateLimited, Some(5), &Signal::default(), 2_000),
+            vec![Outcome::RateLimited {
+                cooldown_ms: Some(2_000)
+            }]
+        );
+        // No default either: a zero wait, which the circuit ignores.
+        assert_eq!(
+            outcomes(Class::RateLimited, None, &Signal::default(), 0),
+            vec![Outcome::RateLimited {
+                cooldown_ms: Some(0)
+            }]
+        );
+        // A 5xx without a named wait only counts as a failure.
+        assert_eq!(
+            outcomes(Class::ServerError, None, &Signal::default(), 2_000),
+            vec![Outcome::Failure { latency_ms: None }]
+        );
+    }
+
+    #[test]
+    fn same_cluster_retry_waits_only_when_the_wait_fits() {
+        use SameClusterRetry::*;
+        // Not cooling down (or over): Envoy's own back-off.
+        assert_eq!(same_cluster_retry(1_000, None, None), Unchanged);
+        assert_eq!(same_cluster_retry(1_000, Some(900), None), Unchanged);
+        // Rounded up to whole seconds: never earlier than the cool-down's end.
+        assert_eq!(same_cluster_retry(0, Some(1), None), Wait { secs: 1 });
+        assert_eq!(same_cluster_retry(0, Some(2_001), None), Wait { secs: 3 });
+        assert_eq!(same_cluster_retry(0, Some(30_000), None), Wait { secs: 30 });
+        // Above what the router may be asked to wait: no retry.
+        assert_eq!(same_cluster_retry(0, Some(30_001), None), Refuse);
+        // The client's deadline: the latest retry (1.5x, the router's jitter)
+        // must leave its minimum remaining time.
+        assert_eq!(
+            same_cluster_retry(0, Some(2_000), Some(3_000)),
+            Wait { secs: 2 }
+        );
+        assert_eq!(same_cluster_retry(0, Some(2_000), Some(2_999)), Refuse);
+        assert_eq!(retry_after_secs(0, 1), 1);
+        assert_eq!(retry_after_secs(0, 2_001), 3);
+        assert_eq!(retry_after_secs(5_000, 1_000), 1);
+    }
+
+    #[test]
     fn plan_text_round_trips_and_models_rewrite() {
-        let s = encode_plan("chat", Some("gpt-4o"), None, 42);
+        let s = encode_plan("chat", Some("gpt-4o"), None, 42, Some(9_000));
         assert_eq!(
             decode_plan(&s),
             Some(PlanView {
@@ -482,8 +590,11 @@ mod tests {
                 body_model: Some("gpt-4o"),
                 probe_cluster: None,
                 stream: Some(42),
+                retry_by_ms: Some(9_000),
             })
         );
+        let s = encode_plan("chat", None, None, 7, None);
+        assert_eq!(decode_plan(&s).map(|p| p.retry_by_ms), Some(None));
         assert_eq!(
             decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),
             Some((Some("emulator"), None))

@@ -36,6 +36,9 @@ pub struct Signal {
     /// (OpenAI tokens; Anthropic tokens, input-tokens, output-tokens), with that
     /// dimension's limit and reset.
     pub tokens: Quota,
+    /// The earliest reset among every dimension present (requests and each
+    /// token family), exhausted or not: when capacity can first return.
+    pub earliest_reset_ms: Option<u64>,
 }
 
 impl Signal {
@@ -47,6 +50,26 @@ impl Signal {
             .filter(|q| q.remaining == Some(0));
         self.retry_after_ms
             .or_else(|| exhausted.filter_map(|q| q.reset_ms).max())
+    }
+
+    /// The wait a 429 implies, in milliseconds. A 429 is itself the statement
+    /// that some limit is exhausted, so it always implies a wait:
+    /// 1. the named wait (`retry-after-ms`, `Retry-After`), exactly;
+    /// 2. else the longest reset among dimensions whose `remaining` is 0;
+    /// 3. else the earliest reset given (nothing says which dimension is
+    ///    exhausted; the earliest is when capacity can first return), never
+    ///    less than `default_ms`;
+    /// 4. else `default_ms` (the cluster's `default_cooldown_seconds`).
+    ///
+    /// A result of 0 (no wait named and no default) means no cool-down.
+    pub fn rate_limited_wait_ms(&self, default_ms: u64) -> u64 {
+        if let Some(ms) = self.cooldown_ms() {
+            return ms;
+        }
+        match self.earliest_reset_ms {
+            Some(ms) => ms.max(default_ms),
+            None => default_ms,
+        }
     }
 
     /// Nothing recognised.
@@ -119,11 +142,13 @@ pub fn parse<'a>(
             *slot = parsed;
         }
     }
+    let earliest_reset_ms = dims.iter().filter_map(|q| q.reset_ms).min();
     let [requests, tokens @ ..] = dims;
     Signal {
         retry_after_ms: after_ms.or(after),
         requests,
         tokens: tightest(&tokens),
+        earliest_reset_ms,
     }
 }
 
@@ -586,6 +611,44 @@ mod tests {
         let h = [("x-ratelimit-remaining-requests", "1"), ("x-ratelimit-reset-requests", "2s")];
         assert_eq!(at(0, &h).cooldown_ms(), None);
         assert_eq!(at(0, &[("x-ratelimit-remaining-tokens", "0")]).cooldown_ms(), None);
+    }
+
+    /// Issue 16: the wait a 429 implies, for every combination of headers.
+    #[test]
+    #[rustfmt::skip]
+    fn rate_limited_wait_for_every_combination() {
+        const D: u64 = 2_000; // default_cooldown_seconds: 2
+        // None at all: the default; with no default, no wait.
+        assert_eq!(at(0, &[]).rate_limited_wait_ms(D), 2_000);
+        assert_eq!(at(0, &[("content-type", "application/json")]).rate_limited_wait_ms(0), 0);
+        // A named wait is taken as given, shorter than the default or not.
+        assert_eq!(at(0, &[("retry-after-ms", "250")]).rate_limited_wait_ms(D), 250);
+        assert_eq!(at(0, &[("retry-after", "7")]).rate_limited_wait_ms(D), 7_000);
+        // Resets only (OpenAI form): the earliest, at least the default.
+        let h = [("x-ratelimit-reset-requests", "3s"), ("x-ratelimit-reset-tokens", "6m0s")];
+        assert_eq!(at(0, &h).rate_limited_wait_ms(D), 3_000);
+        assert_eq!(at(0, &[("x-ratelimit-reset-requests", "120ms")]).rate_limited_wait_ms(D), 2_000);
+        // Resets only (Anthropic form, RFC 3339): the earliest of several families.
+        let h = [("anthropic-ratelimit-requests-reset", "1994-11-06T08:49:40Z"),
+            ("anthropic-ratelimit-tokens-reset", "1994-11-06T08:49:45Z"),
+            ("anthropic-ratelimit-output-tokens-reset", "1994-11-06T08:49:42Z")];
+        assert_eq!(at(EXAMPLE, &h).rate_limited_wait_ms(D), 3_000);
+        assert_eq!(at(EXAMPLE, &h[..1]).rate_limited_wait_ms(0), 3_000);
+        // Resets with remaining: an exhausted dimension's reset wins over an earlier one.
+        let h = [("x-ratelimit-remaining-requests", "5"), ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s")];
+        assert_eq!(at(0, &h).rate_limited_wait_ms(D), 9_000);
+        // Exhausted and named: the named wait.
+        let h = [("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s"),
+            ("retry-after", "4")];
+        assert_eq!(at(0, &h).rate_limited_wait_ms(D), 4_000);
+        // Remaining but nothing exhausted and the resets say later: the earliest reset.
+        let h = [("anthropic-ratelimit-requests-remaining", "3"),
+            ("anthropic-ratelimit-requests-reset", "1994-11-06T08:49:41Z")];
+        assert_eq!(at(EXAMPLE, &h).rate_limited_wait_ms(D), 4_000);
+        // A reset in the past is a zero wait: the default still holds.
+        let h = [("anthropic-ratelimit-requests-reset", "1994-11-06T08:49:30Z")];
+        assert_eq!(at(EXAMPLE, &h).rate_limited_wait_ms(D), 2_000);
     }
 
     #[test]

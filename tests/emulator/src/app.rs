@@ -10,7 +10,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::faults::{Faults, Rng};
+use crate::faults::{Faults, Rng, StormHeaders};
 use crate::http::{self, Body, ReadError};
 use crate::ratelimit::{self, LimitKind, Limiter, Snapshot};
 use crate::stats::{self, Recent, Stats};
@@ -129,6 +129,7 @@ impl App {
             limited: Some(Box::new(Limited {
                 snapshot: rej.snapshot,
                 retry_after: retry,
+                only_resets: false,
             })),
         })
     }
@@ -168,6 +169,8 @@ pub struct ApiError {
 pub struct Limited {
     pub snapshot: Snapshot,
     pub retry_after: Duration,
+    /// Send only the reset headers (a storm with `headers: resets`).
+    pub only_resets: bool,
 }
 
 impl ApiError {
@@ -600,6 +603,23 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 None => (None, None),
             };
             add_common_headers(&mut resp, flavor, &id, rl, retry);
+            if e.limited.as_ref().is_some_and(|l| l.only_resets) {
+                let drop: Vec<_> = resp
+                    .headers()
+                    .keys()
+                    .filter(|n| {
+                        let n = n.as_str();
+                        n.starts_with("retry-after")
+                            || (n.contains("ratelimit")
+                                && !n.ends_with("-reset")
+                                && !n.contains("-reset-"))
+                    })
+                    .cloned()
+                    .collect();
+                for n in drop {
+                    resp.headers_mut().remove(n);
+                }
+            }
             (resp, 0, 0)
         }
     };
@@ -699,19 +719,28 @@ async fn run(
         );
         e.oa_type = Some("requests");
         e.oa_code = Some("rate_limit_exceeded");
+        let only_resets = storm.headers == StormHeaders::Resets;
         let snapshot = Snapshot {
             limit_requests: rpm,
             remaining_requests: 0,
             reset_requests: wait,
             limit_tokens: tpm,
             remaining_tokens: tpm,
-            reset_tokens: Duration::ZERO,
+            // With only resets sent, the tokens' is later: the earliest is S.
+            reset_tokens: if only_resets {
+                wait * 2
+            } else {
+                Duration::ZERO
+            },
         };
         // retry-after is exactly S (S >= 1 gives S*1000 ms).
-        e.limited = Some(Box::new(Limited {
-            snapshot,
-            retry_after: wait,
-        }));
+        if storm.headers != StormHeaders::None {
+            e.limited = Some(Box::new(Limited {
+                snapshot,
+                retry_after: wait,
+                only_resets,
+            }));
+        }
         return Err(e);
     }
 

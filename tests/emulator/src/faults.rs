@@ -10,6 +10,31 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Storm {
     pub retry_after_s: u64,
+    /// Which of a 429's wait headers are sent.
+    pub headers: StormHeaders,
+}
+
+/// The wait headers a storm's 429s carry, to play providers that say less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StormHeaders {
+    /// `retry-after`, `retry-after-ms` and the flavor's rate-limit headers.
+    #[default]
+    Full,
+    /// No wait header at all: no `retry-after`, no rate-limit headers.
+    None,
+    /// Only the flavor's reset headers (requests in S, tokens in 2S): no
+    /// `retry-after`, no `-remaining`, no `-limit`.
+    Resets,
+}
+
+impl Storm {
+    pub fn new(retry_after_s: u64) -> Self {
+        Storm {
+            retry_after_s,
+            headers: StormHeaders::Full,
+        }
+    }
 }
 
 /// The fault state, serialised as-is by `GET /admin/faults` (plus rpm/tpm).
@@ -165,16 +190,30 @@ pub fn apply_update(current: &Faults, body: &Value) -> Result<FaultsUpdate, Stri
             "storm" => {
                 f.storm = match v {
                     Value::Null | Value::Bool(false) => None,
-                    Value::Number(_) => Some(Storm {
-                        retry_after_s: as_u64(v, k)?,
-                    }),
+                    Value::Number(_) => Some(Storm::new(as_u64(v, k)?)),
                     Value::Object(o) => {
                         let s = o.get("retry_after_s").ok_or("storm needs retry_after_s")?;
+                        let headers = match o.get("headers").and_then(Value::as_str) {
+                            None if o.get("headers").is_none() => StormHeaders::Full,
+                            Some("full") => StormHeaders::Full,
+                            Some("none") => StormHeaders::None,
+                            Some("resets") => StormHeaders::Resets,
+                            _ => {
+                                return Err(
+                                    "storm headers must be \"full\", \"none\" or \"resets\"".into(),
+                                )
+                            }
+                        };
                         Some(Storm {
                             retry_after_s: as_u64(s, "retry_after_s")?,
+                            headers,
                         })
                     }
-                    _ => return Err("storm must be null or {\"retry_after_s\": S}".into()),
+                    _ => {
+                        return Err(
+                            "storm must be null or {\"retry_after_s\": S, \"headers\": H}".into(),
+                        )
+                    }
                 }
             }
             "outage" => f.outage = v.as_bool().ok_or("outage must be a boolean")?,
@@ -257,7 +296,21 @@ mod tests {
             .expect("valid");
         assert_eq!(up.faults.error_rate, 0.5);
         assert_eq!(up.faults.error_status, vec![500, 503]);
-        assert_eq!(up.faults.storm, Some(Storm { retry_after_s: 7 }));
+        assert_eq!(up.faults.storm, Some(Storm::new(7)));
+        let resets = apply_update(
+            &cur,
+            &json!({"storm": {"retry_after_s": 3, "headers": "resets"}}),
+        )
+        .expect("valid");
+        assert_eq!(
+            resets.faults.storm.map(|s| s.headers),
+            Some(StormHeaders::Resets)
+        );
+        assert!(apply_update(
+            &cur,
+            &json!({"storm": {"retry_after_s": 3, "headers": "some"}})
+        )
+        .is_err());
         assert_eq!(up.faults.latency_ms, 0);
         assert_eq!((up.rpm, up.tpm), (Some(5), None));
         let up2 = apply_update(&up.faults, &json!({"storm": null, "error_status": [503]}))

@@ -105,11 +105,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Opts, String> {
             "--latency-ms" => o.faults.latency_ms = num(f, &val)?,
             "--ttft-ms" => o.faults.ttft_ms = num(f, &val)?,
             "--inter-token-ms" => o.faults.inter_token_ms = num(f, &val)?,
-            "--storm-retry-after" => {
-                o.faults.storm = Some(Storm {
-                    retry_after_s: num(f, &val)?,
-                })
-            }
+            "--storm-retry-after" => o.faults.storm = Some(Storm::new(num(f, &val)?)),
             _ => return Err(format!("unknown flag {f}\n{USAGE}")),
         }
     }
@@ -211,7 +207,7 @@ mod tests {
             ),
             (3, 4, 5)
         );
-        assert_eq!(o.faults.storm, Some(Storm { retry_after_s: 7 }));
+        assert_eq!(o.faults.storm, Some(Storm::new(7)));
         assert!(o.faults.outage);
         let d = parse("").expect("defaults");
         assert_eq!(

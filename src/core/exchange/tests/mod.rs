@@ -11,6 +11,7 @@ mod input;
 mod limits;
 mod security;
 mod traffic;
+mod waits;
 
 use super::attempt::UpstreamAttempt;
 use super::worker::Worker;
