@@ -134,9 +134,8 @@ fn on_delete(id: u32) {
     CALLS.with(|c| c.borrow_mut().retain(|_, ctx| *ctx != id));
 }
 
-fn on_vm_start(id: u32, _size: usize) -> bool {
+fn on_vm_start(_id: u32, _size: usize) -> bool {
     log::info!("llm-capacity {VERSION} (git {GIT_REVISION}) starting");
-    let _ = id;
     true
 }
 
