@@ -95,6 +95,17 @@ pub fn settle_unanswered(
 /// Error bodies read for Gemini's `retryDelay`, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Where an attempt is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptPhase {
+    /// Not (yet) a request the downstream instance planned: nothing is recorded.
+    Unplanned,
+    /// Sent to its cluster; waiting for response headers.
+    Waiting,
+    /// Its answer, or its absence, was recorded (once).
+    Recorded,
+}
+
 /// One router attempt's life in the upstream instance.
 pub struct UpstreamAttempt {
     config: Rc<Config>,
@@ -106,8 +117,7 @@ pub struct UpstreamAttempt {
     /// The downstream stream's context id, from the plan.
     stream: Option<u32>,
     rewrite_model: Option<String>,
-    answered: bool,
-    done: bool,
+    phase: AttemptPhase,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
 }
@@ -123,10 +133,13 @@ impl UpstreamAttempt {
             started_ms: 0,
             stream: None,
             rewrite_model: None,
-            answered: false,
-            done: false,
+            phase: AttemptPhase::Unplanned,
             error_body: None,
         }
+    }
+
+    pub fn phase(&self) -> AttemptPhase {
+        self.phase
     }
 
     /// Whether this answer's quota headers are read: always for adaptive
@@ -158,10 +171,10 @@ impl UpstreamAttempt {
 
     /// The attempt ended (done or logged) without response headers.
     pub fn on_end(&mut self, h: &mut dyn Host) {
-        if self.done || self.answered || self.route.is_none() {
+        if self.phase != AttemptPhase::Waiting {
             return;
         }
-        self.done = true;
+        self.phase = AttemptPhase::Recorded;
         // No response headers: reset, connect failure, per-try timeout, or the
         // client went away. Only the downstream stream's end tells which, so the
         // outcome waits for it (same worker, same VM) unless it cannot be matched.
@@ -224,6 +237,7 @@ impl UpstreamAttempt {
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);
+        self.phase = AttemptPhase::Waiting;
         let Some(model) = change else {
             return Flow::Continue;
         };
@@ -268,8 +282,7 @@ impl UpstreamAttempt {
         let Some(route) = self.route.clone() else {
             return Flow::Continue;
         };
-        self.answered = true;
-        self.done = true;
+        self.phase = AttemptPhase::Recorded;
         let now = h.now_ms();
         let status = h
             .header(Map::ResponseHeaders, ":status")

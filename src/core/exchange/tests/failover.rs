@@ -1,6 +1,7 @@
 //! Failover planning and per-attempt records (tests/e2e/test_failover.py).
 
 use super::*;
+use crate::core::exchange::attempt::AttemptPhase;
 use crate::core::host::Map;
 use crate::core::telemetry::{
     CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, COOLDOWNS_TOTAL, FAILOVERS_TOTAL,
@@ -257,6 +258,7 @@ fn a_request_the_downstream_did_not_plan_is_left_alone() {
     env.host.set_property_str("xds.cluster_name", b"a");
     let mut a = env.upstream();
     assert_eq!(a.on_request_headers(&mut env.host, true), Flow::Continue);
+    assert_eq!(a.phase(), AttemptPhase::Unplanned);
     env.host.response_headers = vec![(":status".into(), "500".into())];
     a.on_response_headers(&mut env.host);
     a.on_end(&mut env.host);
