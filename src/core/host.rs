@@ -115,7 +115,8 @@ pub trait Timers {
 }
 
 /// Outbound calls. The answer comes to the calling context's answer callback
-/// with the token returned here.
+/// with the token returned here. (Only gRPC: no feature makes an HTTP call
+/// yet; one that does adds `http_call` here, recorded by [`FakeHost`].)
 pub trait Calls {
     fn grpc_call(
         &mut self,

@@ -1,8 +1,9 @@
 //! Our own host layer: the raw proxy-wasm ABI imports, wrapped so that every
-//! status comes back as a value. The SDK's `hostcalls` panic on any status they
-//! do not expect, and a panic traps the worker's VM; the request path must never
-//! do that, so it calls these instead. Return types are `u32`, not the SDK's
-//! `Status` enum, so an unknown status from a newer host is not undefined behaviour.
+//! status comes back as a value, and the module's exports, forwarded to the
+//! dispatcher in `mod.rs`. No SDK: its accessors and its dispatcher panic on
+//! statuses they do not expect, and a panic traps the worker's VM. Return types
+//! are `u32`, so an unknown status from a newer host is not undefined behaviour.
+//! The crate's only unsafe code is here.
 
 #![allow(unsafe_code)]
 
@@ -314,6 +315,21 @@ extern "C" {
         results_size: *mut usize,
     ) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_grpc_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        service_name_data: *const u8,
+        service_name_size: usize,
+        method_name_data: *const u8,
+        method_name_size: usize,
+        initial_metadata_data: *const u8,
+        initial_metadata_size: usize,
+        request_data: *const u8,
+        request_size: usize,
+        timeout_milliseconds: u32,
+        return_token: *mut u32,
+    ) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`
@@ -353,12 +369,8 @@ pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
 }
 
 /// Starts a unary gRPC call to `upstream` (a serialized `GrpcService`); the
-/// answer comes to the calling context's `on_grpc_call_response`. The SDK's
-/// dispatcher must know the token to route the answer, so this goes through its
-/// call, which panics only on a host status other than Ok, ParseFailure and
-/// InternalFailure: Envoy returns another (BadArgument) only when it cannot
-/// create a client for a parsed `GrpcService`, and the one passed here always
-/// names an Envoy cluster.
+/// answer comes to `proxy_on_grpc_receive` or `proxy_on_grpc_close` with the
+/// token returned, which our dispatcher routes to the calling context.
 pub fn grpc_call(
     upstream: &[u8],
     service: &str,
@@ -367,17 +379,26 @@ pub fn grpc_call(
     timeout_ms: u32,
 ) -> Result<u32, u32> {
     hc!("other");
-    // Names are at most 120 bytes: every length byte is ASCII.
-    let upstream = std::str::from_utf8(upstream).map_err(|_| 2u32)?;
-    proxy_wasm::hostcalls::dispatch_grpc_call(
-        upstream,
-        service,
-        method,
-        Vec::new(),
-        Some(message),
-        std::time::Duration::from_millis(u64::from(timeout_ms)),
-    )
-    .map_err(|s| s as u32)
+    // No initial metadata: an empty map is a zero count.
+    let metadata = 0u32.to_le_bytes();
+    let mut token = 0u32;
+    status(unsafe {
+        proxy_grpc_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
 }
 
 /// Resumes a paused request (stream type 0 = HTTP request).
@@ -594,4 +615,100 @@ pub fn clear_route_cache() -> Result<(), u32> {
     // Free whatever result the host handed over.
     drop(unsafe { take(ptr, size) });
     status(s)
+}
+
+// ------------------------------------------------------------------ exports
+//
+// The module's side of the ABI (proxy-wasm 0.2.1): each export forwards to the
+// dispatcher in `filter/mod.rs`. Flags arrive as i32 and are read as `!= 0`.
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// The reactor's entry point: runs static constructors, then sets up logging.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: called once by the host before any other export, as WASI reactors require.
+    #[cfg(target_os = "wasi")]
+    unsafe {
+        __wasm_call_ctors();
+    }
+    super::init();
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// Buffers the host hands over; [`take`] turns them back into a `Vec`.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let v: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+    Box::into_raw(v) as *mut u8
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    super::on_context_create(context_id, root_context_id);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(context_id: u32, size: usize) -> u32 {
+    u32::from(super::on_vm_start(context_id, size))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(context_id: u32, size: usize) -> u32 {
+    u32::from(super::on_configure(context_id, size))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(context_id: u32) {
+    super::on_tick(context_id);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, headers: usize, eos: u32) -> u32 {
+    super::on_request_headers(context_id, headers, eos != 0)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, eos: u32) -> u32 {
+    super::on_request_body(context_id, size, eos != 0)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, headers: usize, eos: u32) -> u32 {
+    super::on_response_headers(context_id, headers, eos != 0)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_body(context_id: u32, size: usize, eos: u32) -> u32 {
+    super::on_response_body(context_id, size, eos != 0)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    super::on_log(context_id);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
+    u32::from(super::on_done(context_id))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    super::on_delete(context_id);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize) {
+    super::on_grpc_answer(context_id, token, 0, size);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
+    super::on_grpc_answer(context_id, token, status_code, 0);
 }

@@ -155,7 +155,9 @@ impl Calls for EnvoyHost {
         // A serialized GrpcService: EnvoyHost would otherwise guess whether the name
         // parses as one.
         let upstream = crate::core::limits::global::grpc_service(cluster);
-        abi::grpc_call(&upstream, service, method, message, timeout_ms)
+        let token = abi::grpc_call(&upstream, service, method, message, timeout_ms)?;
+        super::route_call(token);
+        Ok(token)
     }
 }
 

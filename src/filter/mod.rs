@@ -1,7 +1,8 @@
-//! The thin proxy-wasm adapter: owns the proxy-wasm contexts, implements the
-//! core's host interface over our ABI layer (`host.rs` over `abi.rs`), and
-//! forwards each callback to the core ([`Exchange`], [`UpstreamAttempt`],
-//! [`Worker`]). No policy lives here.
+//! The thin proxy-wasm adapter: our own dispatcher of the ABI's callbacks
+//! (exported from `abi.rs`) to the contexts, which own the core's lives
+//! ([`Exchange`], [`UpstreamAttempt`], the VM's [`Worker`]) and the core's host
+//! interface over our ABI layer (`host.rs`). No policy lives here, and no host
+//! status can panic: unknown contexts and tokens are ignored.
 
 mod abi;
 mod fault;
@@ -16,17 +17,30 @@ use crate::core::host::{Flow, Properties};
 use crate::core::telemetry::BUILD_INFO;
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use host::{enter, EnvoyHost};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
-proxy_wasm::main! {{
+/// The ABI's actions.
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
+
+fn action(f: Flow) -> u32 {
+    match f {
+        Flow::Continue => CONTINUE,
+        Flow::Pause => PAUSE,
+    }
+}
+
+/// From `_initialize`: logging through the host, and a last word on panics.
+fn init() {
     let _ = log::set_logger(&HOST_LOGGER);
     log::set_max_level(log::LevelFilter::Info);
-    // With panic = "abort" a panic traps the VM; at least say why in EnvoyHost's log.
-    std::panic::set_hook(Box::new(|info| abi::log(abi::LOG_CRITICAL, &format!("llm-capacity panic: {info}"))));
-    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
-}}
+    // With panic = "abort" a panic traps the VM; at least say why in Envoy's log.
+    std::panic::set_hook(Box::new(|info| {
+        abi::log(abi::LOG_CRITICAL, &format!("llm-capacity panic: {info}"))
+    }));
+}
 
 struct HostLogger;
 static HOST_LOGGER: HostLogger = HostLogger;
@@ -50,18 +64,218 @@ impl log::Log for HostLogger {
     fn flush(&self) {}
 }
 
-fn action(f: Flow) -> Action {
-    match f {
-        Flow::Continue => Action::Continue,
-        Flow::Pause => Action::Pause,
-    }
+// ------------------------------------------------------------ the dispatcher
+
+/// One context of the VM.
+enum Context {
+    Root(Root),
+    /// A downstream stream: one request's life.
+    Stream(Box<Exchange>, EnvoyHost),
+    /// An upstream attempt (the upstream instance).
+    Upstream(UpstreamAttempt, EnvoyHost),
+    /// A stream of a root without a configuration: passed untouched.
+    Inert,
 }
+
+/// Most gRPC calls in flight per VM whose answer is routed here.
+const MAX_CALLS: usize = 4096;
 
 thread_local! {
     /// The VM's state, shared by its root contexts (the downstream and the
     /// upstream instance may share one VM) and all their streams.
     static WORKER: Rc<Worker> = Rc::default();
+    static CONTEXTS: RefCell<HashMap<u32, Rc<RefCell<Context>>>> = RefCell::new(HashMap::new());
+    /// Our gRPC call routing: token -> the context that made the call.
+    static CALLS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+    /// The context whose callback runs now.
+    static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
+
+/// Runs `f` on context `id` (with a fresh clock reading); `default` when the
+/// context is unknown, or busy (a re-entrant call, which Envoy defers anyway).
+fn with<R>(id: u32, default: R, f: impl FnOnce(&mut Context) -> R) -> R {
+    let Some(c) = CONTEXTS.with(|m| m.borrow().get(&id).cloned()) else {
+        return default;
+    };
+    let Ok(mut c) = c.try_borrow_mut() else {
+        return default;
+    };
+    enter();
+    CURRENT.with(|x| x.set(id));
+    f(&mut c)
+}
+
+/// Remembers which context made the call with `token`, for its answer.
+fn route_call(token: u32) {
+    let ctx = CURRENT.with(Cell::get);
+    CALLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < MAX_CALLS {
+            c.insert(token, ctx);
+        }
+    });
+}
+
+fn on_context_create(id: u32, root_id: u32) {
+    let ctx = if root_id == 0 {
+        Context::Root(Root::default())
+    } else {
+        with(root_id, Context::Inert, |r| match r {
+            Context::Root(root) => root.new_stream(id),
+            _ => Context::Inert,
+        })
+    };
+    CONTEXTS.with(|m| m.borrow_mut().insert(id, Rc::new(RefCell::new(ctx))));
+}
+
+fn on_delete(id: u32) {
+    CONTEXTS.with(|m| m.borrow_mut().remove(&id));
+    // Envoy cancels a context's calls when it goes: their answers never come.
+    CALLS.with(|c| c.borrow_mut().retain(|_, ctx| *ctx != id));
+}
+
+fn on_vm_start(_id: u32, _size: usize) -> bool {
+    log::info!("llm-capacity {VERSION} (git {GIT_REVISION}) starting");
+    true
+}
+
+fn on_configure(id: u32, _size: usize) -> bool {
+    with(id, false, |c| match c {
+        Context::Root(root) => root.on_configure(),
+        _ => false,
+    })
+}
+
+fn on_tick(id: u32) {
+    with(id, (), |c| {
+        if let Context::Root(root) = c {
+            fault::on_tick();
+            root.worker.on_tick(&mut root.host);
+        }
+    });
+}
+
+fn on_request_headers(id: u32, _headers: usize, eos: bool) -> u32 {
+    with(id, CONTINUE, |c| match c {
+        Context::Stream(life, host) => {
+            timed!("ds_on_http_request_headers");
+            fault::on_request_headers();
+            #[cfg(feature = "hostcall-count")]
+            if abi::count::requested_timing() {
+                for (kind, ns) in abi::count::time_calls(20_000) {
+                    log::warn!("llm-capacity: host call {kind}: {ns} ns");
+                }
+            }
+            action(life.on_request_headers(host, eos))
+        }
+        Context::Upstream(life, host) => {
+            timed!("up_on_http_request_headers");
+            action(life.on_request_headers(host, eos))
+        }
+        _ => CONTINUE,
+    })
+}
+
+fn on_request_body(id: u32, size: usize, eos: bool) -> u32 {
+    with(id, CONTINUE, |c| match c {
+        Context::Stream(life, host) => {
+            timed!("ds_on_http_request_body");
+            action(life.on_request_body(host, size, eos))
+        }
+        Context::Upstream(life, host) => {
+            timed!("up_on_http_request_body");
+            action(life.on_request_body(host, size, eos))
+        }
+        _ => CONTINUE,
+    })
+}
+
+fn on_response_headers(id: u32, _headers: usize, eos: bool) -> u32 {
+    with(id, CONTINUE, |c| match c {
+        Context::Stream(life, host) => {
+            timed!("ds_on_http_response_headers");
+            action(life.on_response_headers(host, eos))
+        }
+        Context::Upstream(life, host) => {
+            timed!("up_on_http_response_headers");
+            action(life.on_response_headers(host))
+        }
+        _ => CONTINUE,
+    })
+}
+
+fn on_response_body(id: u32, size: usize, eos: bool) -> u32 {
+    with(id, CONTINUE, |c| match c {
+        Context::Stream(life, host) => {
+            timed!("ds_on_http_response_body");
+            action(life.on_response_body(host, size, eos))
+        }
+        Context::Upstream(life, host) => {
+            timed!("up_on_http_response_body");
+            action(life.on_response_body(host, size, eos))
+        }
+        _ => CONTINUE,
+    })
+}
+
+fn on_log(id: u32) {
+    with(id, (), |c| match c {
+        Context::Stream(life, host) => {
+            {
+                timed!("ds_on_log");
+                life.on_log(host);
+            }
+            #[cfg(feature = "hostcall-count")]
+            abi::count::export();
+        }
+        Context::Upstream(life, host) => {
+            timed!("up_on_log");
+            life.on_end(host);
+        }
+        _ => {}
+    });
+}
+
+fn on_done(id: u32) -> bool {
+    with(id, true, |c| {
+        if let Context::Upstream(life, host) = c {
+            timed!("up_on_done");
+            life.on_end(host);
+        }
+        true
+    })
+}
+
+/// An answer (or the failure) of a gRPC call, to the context that made it.
+fn on_grpc_answer(context_id: u32, token: u32, status: u32, size: usize) {
+    let Some(id) = CALLS.with(|c| c.borrow_mut().remove(&token)) else {
+        return; // not ours, or its context is gone
+    };
+    if id != context_id && abi::set_effective_context(id).is_err() {
+        return;
+    }
+    with(id, (), |c| match c {
+        Context::Root(root) => {
+            let count = root.config.as_ref().is_some_and(|c| c.telemetry.metrics);
+            let host = &mut root.host;
+            root.worker
+                .on_renewal_answer(host, count, token, status, size);
+        }
+        Context::Stream(life, host) => life.on_grpc_answer(host, token, status, size),
+        _ => {}
+    });
+}
+
+/// Times one callback in the hostcall-count build.
+macro_rules! timed {
+    ($name:literal) => {
+        #[cfg(feature = "hostcall-count")]
+        let _timer = abi::count::Timer::start($name);
+    };
+}
+use timed;
+
+// ------------------------------------------------------------------ the root
 
 struct Root {
     config: Option<Rc<Config>>,
@@ -77,7 +291,7 @@ impl Default for Root {
             config: None,
             host: EnvoyHost {
                 metrics: Rc::default(),
-                rng: Rc::new(std::cell::RefCell::new(host::vm_random())),
+                rng: Rc::new(RefCell::new(host::vm_random())),
             },
             worker: WORKER.with(Rc::clone),
             upstream: false,
@@ -85,22 +299,8 @@ impl Default for Root {
     }
 }
 
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        enter();
-        let count = self.config.as_ref().is_some_and(|c| c.telemetry.metrics);
-        self.worker
-            .on_renewal_answer(&mut self.host, count, token_id, status_code, response_size);
-    }
-}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        log::info!("llm-capacity {VERSION} (git {GIT_REVISION}) starting");
-        true
-    }
-
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+impl Root {
+    fn on_configure(&mut self) -> bool {
         let bytes = match abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(s) => {
@@ -111,7 +311,7 @@ impl RootContext for Root {
         let config = match load_config(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                // Returning false makes EnvoyHost refuse the config (NACK, or no start).
+                // Returning false makes Envoy refuse the config (NACK, or no start).
                 log::error!("llm-capacity: {e}");
                 return false;
             }
@@ -148,149 +348,15 @@ impl RootContext for Root {
         true
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config.clone()?;
+    fn new_stream(&self, id: u32) -> Context {
+        let Some(config) = self.config.clone() else {
+            return Context::Inert;
+        };
         let host = self.host.clone();
         let worker = Rc::clone(&self.worker);
         if self.upstream {
-            let life = UpstreamAttempt::new(config, worker);
-            return Some(Box::new(Upstream { life, host }));
+            return Context::Upstream(UpstreamAttempt::new(config, worker), host);
         }
-        let life = Exchange::new(config, worker, context_id);
-        Some(Box::new(Stream { life, host }))
-    }
-
-    fn on_tick(&mut self) {
-        enter();
-        fault::on_tick();
-        self.worker.on_tick(&mut self.host);
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// A downstream stream: one request's life.
-struct Stream {
-    life: Exchange,
-    host: EnvoyHost,
-}
-
-/// Times one callback in the hostcall-count build.
-macro_rules! timed {
-    ($name:literal) => {
-        #[cfg(feature = "hostcall-count")]
-        let _timer = abi::count::Timer::start($name);
-    };
-}
-
-impl Context for Stream {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        enter();
-        self.life
-            .on_grpc_answer(&mut self.host, token_id, status_code, response_size);
-    }
-}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("ds_on_http_request_headers");
-        fault::on_request_headers();
-        #[cfg(feature = "hostcall-count")]
-        if abi::count::requested_timing() {
-            for (kind, ns) in abi::count::time_calls(20_000) {
-                log::warn!("llm-capacity: host call {kind}: {ns} ns");
-            }
-        }
-        action(self.life.on_request_headers(&mut self.host, end_of_stream))
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("ds_on_http_request_body");
-        action(
-            self.life
-                .on_request_body(&mut self.host, body_size, end_of_stream),
-        )
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("ds_on_http_response_headers");
-        action(self.life.on_response_headers(&mut self.host, end_of_stream))
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("ds_on_http_response_body");
-        action(
-            self.life
-                .on_response_body(&mut self.host, body_size, end_of_stream),
-        )
-    }
-
-    fn on_log(&mut self) {
-        enter();
-        {
-            timed!("ds_on_log");
-            self.life.on_log(&mut self.host);
-        }
-        #[cfg(feature = "hostcall-count")]
-        abi::count::export();
-    }
-}
-
-/// An upstream attempt (the upstream instance).
-struct Upstream {
-    life: UpstreamAttempt,
-    host: EnvoyHost,
-}
-
-impl Context for Upstream {
-    fn on_done(&mut self) -> bool {
-        enter();
-        timed!("up_on_done");
-        self.life.on_end(&mut self.host);
-        true
-    }
-}
-
-impl HttpContext for Upstream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("up_on_http_request_headers");
-        action(self.life.on_request_headers(&mut self.host, end_of_stream))
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("up_on_http_request_body");
-        action(
-            self.life
-                .on_request_body(&mut self.host, body_size, end_of_stream),
-        )
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        enter();
-        timed!("up_on_http_response_headers");
-        action(self.life.on_response_headers(&mut self.host))
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        enter();
-        timed!("up_on_http_response_body");
-        action(
-            self.life
-                .on_response_body(&mut self.host, body_size, end_of_stream),
-        )
-    }
-
-    fn on_log(&mut self) {
-        enter();
-        timed!("up_on_log");
-        self.life.on_end(&mut self.host);
+        Context::Stream(Box::new(Exchange::new(config, worker, id)), host)
     }
 }

@@ -98,6 +98,18 @@ pub fn settle_unanswered(
 /// Error bodies read for Gemini's `retryDelay`, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Where an attempt is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptPhase {
+    /// Not (yet) a request the downstream instance planned, or a retry the gate
+    /// answered here (`gate_retry`): nothing is recorded.
+    Unplanned,
+    /// Sent to its cluster; waiting for response headers.
+    Waiting,
+    /// Its answer, or its absence, was recorded (once).
+    Recorded,
+}
+
 /// One router attempt's life in the upstream instance.
 pub struct UpstreamAttempt {
     config: Rc<Config>,
@@ -109,15 +121,11 @@ pub struct UpstreamAttempt {
     /// The downstream stream's context id, from the plan.
     stream: Option<u32>,
     rewrite_model: Option<String>,
-    answered: bool,
-    done: bool,
+    phase: AttemptPhase,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
     /// From the plan: when a retry must have been sent by (client's deadline).
     retry_by_ms: Option<u64>,
-    /// This attempt was answered here (its cluster is cooling down or open):
-    /// it never reached the provider and says nothing about it.
-    local: bool,
 }
 
 impl UpstreamAttempt {
@@ -131,11 +139,9 @@ impl UpstreamAttempt {
             started_ms: 0,
             stream: None,
             rewrite_model: None,
-            answered: false,
-            done: false,
+            phase: AttemptPhase::Unplanned,
             error_body: None,
             retry_by_ms: None,
-            local: false,
         }
     }
 
@@ -163,12 +169,10 @@ impl UpstreamAttempt {
                     r.headers
                         .push(("x-envoy-ratelimited".to_string(), "true".to_string()));
                 }
+                // Answered here, it stays unplanned: it never reached the
+                // provider and says nothing about it.
                 match h.send_reply(&r) {
-                    Ok(()) => {
-                        self.local = true;
-                        self.done = true;
-                        Some(Flow::Pause)
-                    }
+                    Ok(()) => Some(Flow::Pause),
                     Err(s) => {
                         log::warn!("llm-capacity: retry gate reply failed (host status {s}); sent");
                         None
@@ -176,6 +180,10 @@ impl UpstreamAttempt {
                 }
             }
         }
+    }
+
+    pub fn phase(&self) -> AttemptPhase {
+        self.phase
     }
 
     /// Whether this answer's quota headers are read: always for adaptive
@@ -207,10 +215,10 @@ impl UpstreamAttempt {
 
     /// The attempt ended (done or logged) without response headers.
     pub fn on_end(&mut self, h: &mut dyn Host) {
-        if self.done || self.answered || self.route.is_none() {
+        if self.phase != AttemptPhase::Waiting {
             return;
         }
-        self.done = true;
+        self.phase = AttemptPhase::Recorded;
         // No response headers: reset, connect failure, per-try timeout, or the
         // client went away. Only the downstream stream's end tells which, so the
         // outcome waits for it (same worker, same VM) unless it cannot be matched.
@@ -282,6 +290,7 @@ impl UpstreamAttempt {
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);
+        self.phase = AttemptPhase::Waiting;
         let Some(model) = change else {
             return Flow::Continue;
         };
@@ -326,11 +335,7 @@ impl UpstreamAttempt {
         let Some(route) = self.route.clone() else {
             return Flow::Continue;
         };
-        if self.local {
-            return Flow::Continue; // our own reply (gate_retry)
-        }
-        self.answered = true;
-        self.done = true;
+        self.phase = AttemptPhase::Recorded;
         let now = h.now_ms();
         let status = h
             .header(Map::ResponseHeaders, ":status")

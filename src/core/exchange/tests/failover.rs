@@ -1,6 +1,7 @@
 //! Failover planning and per-attempt records (tests/e2e/test_failover.py).
 
 use super::*;
+use crate::core::exchange::attempt::AttemptPhase;
 use crate::core::host::Map;
 use crate::core::telemetry::{
     CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL, COOLDOWNS_TOTAL, FAILOVERS_TOTAL,
@@ -257,9 +258,53 @@ fn a_request_the_downstream_did_not_plan_is_left_alone() {
     env.host.set_property_str("xds.cluster_name", b"a");
     let mut a = env.upstream();
     assert_eq!(a.on_request_headers(&mut env.host, true), Flow::Continue);
+    assert_eq!(a.phase(), AttemptPhase::Unplanned);
     env.host.response_headers = vec![(":status".into(), "500".into())];
     a.on_response_headers(&mut env.host);
     a.on_end(&mut env.host);
     assert!(env.host.counters.is_empty());
     let _ = Map::RequestHeaders;
+}
+
+#[test]
+fn a_client_deadline_too_short_for_another_attempt_means_no_retry() {
+    let mut env = chain(false);
+    // 1.5 s left: under the route's retry_min_remaining (2 s by default).
+    let (_, _) = env.send(
+        "chat",
+        &[("x-envoy-expected-rq-timeout-ms", "1500")],
+        Some(CHAT_BODY),
+    );
+    assert_eq!(env.host.request_header("x-envoy-max-retries"), Some("0"));
+    let (_, _) = env.send("chat", &[("x-stainless-timeout", "30")], Some(CHAT_BODY));
+    assert_eq!(env.host.request_header("x-envoy-max-retries"), Some("1"));
+}
+
+#[test]
+fn without_held_headers_only_the_routes_own_cluster_is_gated() {
+    let mut env = Envoy::new(json!({
+        "hold_headers": false,
+        "clusters": {
+            "a": {"provider": "openai", "circuit": {"consecutive_failures": 1}},
+            "b": {"provider": "openai"}
+        },
+        "routes": {"chat": {"clusters": ["a", {"cluster": "b", "model": "gpt-4o-mini"}]}}
+    }));
+    let mut x = env.stream("chat", &[(":path", CHAT), ("content-length", "120")]);
+    // The headers go at once; the body is held instead.
+    assert_eq!(x.on_request_headers(&mut env.host, false), Flow::Continue);
+    env.host.request_body = CHAT_BODY.as_bytes().to_vec();
+    assert_eq!(
+        x.on_request_body(&mut env.host, CHAT_BODY.len(), true),
+        Flow::Continue
+    );
+    // Nothing steers the router, and the body is left as the client sent it.
+    assert_eq!(env.host.property_str("llmcap_try_2"), None);
+    assert_eq!(env.host.request_header("x-envoy-max-retries"), None);
+    assert_eq!(env.host.request_body, CHAT_BODY.as_bytes());
+    env.answer(&mut x, 503, &[], &[]);
+    env.end(&mut x);
+    // a is open now: the next request is refused here, b is never planned.
+    let (_, flow) = env.send("chat", &[], Some(CHAT_BODY));
+    assert_eq!((flow, env.last_reply().status), (Flow::Pause, 503));
 }
