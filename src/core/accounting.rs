@@ -17,7 +17,7 @@
 use super::calibrate;
 use super::config::{EnforceMaxTokens, InvalidBody, Policy};
 use super::env::SharedStore;
-use super::estimate::{estimate_tokens, Encoding, Structure, TextStats};
+use super::estimate::{estimate_tokens, Encoding, Structure, TextClass, TextStats};
 use super::reply::LocalReply;
 use super::request::{self, Api, RequestFacts, Rewrite};
 use super::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
@@ -34,6 +34,8 @@ pub struct Preflight {
     pub stream: bool,
     /// Estimate before calibration (what calibration learns against).
     pub input_raw: u64,
+    /// The kind of text (calibration learns per model and kind).
+    pub text_class: TextClass,
     /// Calibrated input estimate.
     pub input_estimate: u64,
     pub output_allowance: u64,
@@ -140,8 +142,9 @@ pub fn preflight_encoded(
     } else {
         estimate_tokens(&facts.text, &facts.structure, encoding).saturating_add(facts.token_ids)
     };
+    let text_class = facts.text.class();
     let ratio = match (&facts.model, store, policy.calibrate && !size_based) {
-        (Some(m), Some(s), true) => calibrate::ratio(s, m),
+        (Some(m), Some(s), true) => calibrate::ratio(s, m, text_class),
         _ => 1.0,
     };
     let input_estimate = (input_raw as f64 * ratio).ceil() as u64;
@@ -183,6 +186,7 @@ pub fn preflight_encoded(
         encoding,
         stream: facts.stream,
         input_raw,
+        text_class,
         input_estimate,
         output_allowance,
         reserved_input,
@@ -444,7 +448,15 @@ mod tests {
         let raw = preflight(&p, "/v1/chat/completions", &body, Some(&s))
             .unwrap()
             .input_raw;
-        calibrate::observe(&s, &ManualClock::at(1), "gpt-4o", raw, raw * 2).unwrap();
+        calibrate::observe(
+            &s,
+            &ManualClock::at(1),
+            "gpt-4o",
+            TextClass::Prose,
+            raw,
+            raw * 2,
+        )
+        .unwrap();
         let pre = preflight(&p, "/v1/chat/completions", &body, Some(&s)).unwrap();
         assert_eq!(pre.input_raw, raw);
         assert_eq!(pre.input_estimate, raw * 2);

@@ -981,10 +981,16 @@ impl Stream {
         if let (true, Source::Provider, Some(model), false) =
             (learn, s.source, &pre.model, pre.size_based)
         {
-            if calibration_sample_due(model, HostClock.now_ms()) {
-                if let Err(e) =
-                    calibrate::observe(&HostStore, &HostClock, model, pre.input_raw, s.input)
-                {
+            let stream = calibrate::stream(model, pre.text_class);
+            if calibration_sample_due(&stream, HostClock.now_ms()) {
+                if let Err(e) = calibrate::observe(
+                    &HostStore,
+                    &HostClock,
+                    model,
+                    pre.text_class,
+                    pre.input_raw,
+                    s.input,
+                ) {
                     log::debug!("llm-capacity: calibration sample dropped ({e:?})");
                 }
             }
@@ -1461,12 +1467,12 @@ impl SharedStore for CalibrationReads {
     }
 }
 
-/// Whether this VM feeds a calibration sample for `model` now (at most one per
-/// [`CALIBRATION_CACHE_MS`]).
-fn calibration_sample_due(model: &str, now: u64) -> bool {
+/// Whether this VM feeds a calibration sample for `stream` (a model and kind of
+/// text) now (at most one per [`CALIBRATION_CACHE_MS`]).
+fn calibration_sample_due(stream: &str, now: u64) -> bool {
     CAL_SAMPLED.with(|m| {
         let mut m = m.borrow_mut();
-        if let Some(at) = m.get_mut(model) {
+        if let Some(at) = m.get_mut(stream) {
             if now.saturating_sub(*at) < CALIBRATION_CACHE_MS {
                 return false;
             }
@@ -1476,7 +1482,8 @@ fn calibration_sample_due(model: &str, now: u64) -> bool {
         if m.len() >= CALIBRATION_CACHE_ENTRIES {
             m.clear();
         }
-        m.insert(truncate(model, MAX_TENANT_LEN).to_string(), now);
+        // Bounded: a model name is cut to 128 bytes in `calibrate::stream`.
+        m.insert(stream.to_string(), now);
         true
     })
 }
