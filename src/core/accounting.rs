@@ -17,7 +17,7 @@
 use super::calibrate;
 use super::config::{EnforceMaxTokens, InvalidBody, Policy};
 use super::env::SharedStore;
-use super::estimate::{estimate_tokens, Encoding, Structure, TextClass, TextStats};
+use super::estimate::{self, estimate_tokens, Encoding, Structure, TextClass, TextStats};
 use super::reply::LocalReply;
 use super::request::{self, Api, RequestFacts, Rewrite};
 use super::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
@@ -167,7 +167,10 @@ pub fn preflight_encoded(
     } else {
         0
     };
-    let reserved_input = ((input_estimate as f64) * (1.0 + policy.input_margin)).ceil() as u64;
+    let margin = policy
+        .input_margin
+        .unwrap_or_else(|| estimate::default_margin(text_class));
+    let reserved_input = ((input_estimate as f64) * (1.0 + margin)).ceil() as u64;
     let reserved = reserved_input.saturating_add(output_allowance);
 
     let rewrite = match (api, size_based) {
@@ -414,7 +417,7 @@ mod tests {
     #[test]
     fn reservation_is_margin_on_input_plus_output_allowance() {
         let p = Policy {
-            input_margin: 0.5,
+            input_margin: Some(0.5),
             default_max_tokens: 100,
             ..Policy::default()
         };

@@ -48,8 +48,6 @@ pub const MAX_CLUSTERS: usize = 64;
 pub const MAX_CHAIN_LEN: usize = 8;
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
-/// Default safety margin on input estimates; see tests/tokenbench/results/accuracy.md.
-pub const DEFAULT_INPUT_MARGIN: f64 = 0.15;
 pub const DEFAULT_BURST_SECONDS: f64 = 0.5;
 pub const DEFAULT_TENANT_SLOTS: u32 = 1024;
 pub const MAX_TENANT_SLOTS: u64 = 65_536;
@@ -155,8 +153,10 @@ pub struct Policy {
     pub api: Option<Api>,
     /// `None`: by model name, then by API.
     pub encoding: Option<Encoding>,
-    /// Safety margin on the input estimate (0.1 = +10%).
-    pub input_margin: f64,
+    /// Safety margin on the input estimate (0.1 = +10%); `None` (`auto`, the
+    /// default): the estimator's margin for the kind of text
+    /// ([`crate::core::estimate::default_margin`]).
+    pub input_margin: Option<f64>,
     /// Output allowance for requests without a cap of their own.
     pub default_max_tokens: u64,
     pub enforce_max_tokens: EnforceMaxTokens,
@@ -293,7 +293,7 @@ impl Default for Policy {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             api: None,
             encoding: None,
-            input_margin: DEFAULT_INPUT_MARGIN,
+            input_margin: None,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             enforce_max_tokens: EnforceMaxTokens::Off,
             include_usage: false,
@@ -612,8 +612,15 @@ fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, ConfigError> {
     }
     if let Some((v, path)) = o.take("input_margin") {
         match number(v) {
-            Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = f,
-            _ => return Err(type_err(&path, "a number from 0 to 1 (0.1 = +10%)", v)),
+            Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = Some(f),
+            _ if v.as_str() == Some("auto") => p.input_margin = None,
+            _ => {
+                return Err(type_err(
+                    &path,
+                    "a number from 0 to 1 (0.1 = +10%) or \"auto\"",
+                    v,
+                ))
+            }
         }
     }
     if let Some((v, path)) = o.take("default_max_tokens") {
@@ -1668,7 +1675,7 @@ mod tests {
         let a = &c.route("a").unwrap().policy;
         assert_eq!(a.api, Some(Api::OpenAiChat));
         assert_eq!(a.encoding, Some(Encoding::Cl100k));
-        assert_eq!((a.input_margin, a.default_max_tokens), (0.2, 512));
+        assert_eq!((a.input_margin, a.default_max_tokens), (Some(0.2), 512));
         assert_eq!(
             (
                 a.enforce_max_tokens,
@@ -1681,7 +1688,7 @@ mod tests {
         let b = &c.route("b").unwrap().policy;
         assert_eq!(
             (b.api, b.encoding, b.input_margin, b.enforce_max_tokens),
-            (None, None, 0.0, EnforceMaxTokens::Cap)
+            (None, None, Some(0.0), EnforceMaxTokens::Cap)
         );
         assert_eq!(b.default_max_tokens, 512);
     }
@@ -1694,7 +1701,7 @@ mod tests {
         );
         assert_eq!(
             msg(json!({"defaults": {"input_margin": 1.5}})),
-            "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%), got 1.5"
+            "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%) or \"auto\", got 1.5"
         );
         // Numeric strings are numbers (Envoy's YAML conversion makes `0.15` a string).
         let c =
@@ -1702,7 +1709,13 @@ mod tests {
                 .unwrap();
         assert_eq!(
             (c.defaults.input_margin, c.defaults.default_max_tokens),
-            (0.15, 100)
+            (Some(0.15), 100)
+        );
+        let c = compile(&json!({"defaults": {"input_margin": "auto"}})).unwrap();
+        assert_eq!(c.defaults.input_margin, None);
+        assert_eq!(
+            msg(json!({"routes": {"r": {"input_margin": "wide"}}})),
+            "invalid config at routes.r.input_margin: expected a number from 0 to 1 (0.1 = +10%) or \"auto\", got \"wide\""
         );
         assert_eq!(
             msg(json!({"defaults": {"default_max_tokens": 0}})),

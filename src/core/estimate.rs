@@ -719,6 +719,16 @@ pub fn estimate_tokens(text: &TextStats, structure: &Structure, enc: Encoding) -
     (t.ceil() as u64).saturating_add(IMAGE_TOKENS.saturating_mul(u64::from(structure.images)))
 }
 
+/// The default safety margin on input estimates of a kind of text (config
+/// `input_margin: auto`): set by `llm-tokenbench fit --write` on the training
+/// half of the real corpus so that at most 5% of requests in every class are
+/// underestimated, before calibration has data and after (see
+/// tests/tokenbench/results/accuracy.md).
+pub fn default_margin(class: TextClass) -> f64 {
+    let i = TextClass::ALL.iter().position(|c| *c == class).unwrap_or(0);
+    DEFAULT_MARGINS[i]
+}
+
 // Fitted by `cargo run --release -p llm-tokenbench -- fit --write` (tiktoken
 // o200k_base / cl100k_base on the training half of tests/corpus/real).
 // FITTED-BEGIN
@@ -819,6 +829,8 @@ pub const CL100K: Coefficients = Coefficients {
     per_request: 3.0,
     per_tool: 0.00,
 };
+/// Default margins, in [`TextClass::ALL`] order (fitted).
+pub const DEFAULT_MARGINS: [f64; 7] = [0.30, 0.18, 0.16, 0.23, 0.32, 0.20, 0.16];
 // FITTED-END
 
 #[cfg(test)]

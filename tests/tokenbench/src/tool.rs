@@ -3,7 +3,8 @@
 use llm_capacity::core::calibrate;
 use llm_capacity::core::env::{ManualClock, MemStore};
 use llm_capacity::core::estimate::{
-    estimate_tokens, Coefficients, Encoding, FEATURES, FEATURE_NAMES, IMAGE_TOKENS,
+    default_margin, estimate_tokens, Coefficients, Encoding, TextClass, FEATURES, FEATURE_NAMES,
+    IMAGE_TOKENS,
 };
 use llm_tokenbench::{
     load_corpus, load_real, load_speed_corpus, speed_table, Sample, REAL_CLASSES,
@@ -315,10 +316,12 @@ fn fit(write: bool) -> Result<(), String> {
     let (train, _) = split(&d);
     let o = fit_encoding(&d, &train, &chats, 0);
     let c = fit_encoding(&d, &train, &chats, 1);
+    let margins = fit_margins(&d, &train, [&o, &c]);
     let block = format!(
-        "{}\n{}",
+        "{}\n{}/// Default margins, in [`TextClass::ALL`] order (fitted).\npub const DEFAULT_MARGINS: [f64; 7] = [{}];\n",
         render("O200K", "`o200k_base` (fitted).", &o),
-        render("CL100K", "`cl100k_base` (fitted).", &c)
+        render("CL100K", "`cl100k_base` (fitted).", &c),
+        margins.map(|m| format!("{m:.2}")).join(", ")
     );
     if write {
         let src = std::fs::read_to_string(ESTIMATE_RS).map_err(|e| e.to_string())?;
@@ -334,6 +337,43 @@ fn fit(write: bool) -> Result<(), String> {
     }
     print!("{block}");
     Ok(())
+}
+
+/// Share of a kind's training samples left underestimated by its margin: below
+/// `UNDER_TARGET`, for slack, as every class of the held-out half must meet it.
+const MARGIN_POOL_UNDER: f64 = 0.025;
+
+/// Default margins per kind of text ([`TextClass::ALL`] order), on the
+/// training half: for each kind the margin that leaves `MARGIN_POOL_UNDER` of
+/// the samples the estimator tells as that kind underestimated (all classes,
+/// both encodings, before calibration, after it and in the mixed stream),
+/// rounded up to whole percent.
+fn fit_margins(d: &Data, train: &[usize], coefficients: [&Coefficients; 2]) -> [f64; 7] {
+    let kinds = TextClass::ALL;
+    let kind = |i: usize| {
+        let c = d.samples[i].stats().class();
+        kinds.iter().position(|k| *k == c).unwrap_or(0)
+    };
+    let mut need: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    for (e, c) in coefficients.iter().enumerate() {
+        let est = |i: usize| c.text_tokens(&d.samples[i].features()).ceil();
+        let s = streams(d, train, e, &est);
+        for v in [&s.raw, &s.cal, &s.mixed] {
+            for &(i, est, a) in v.iter() {
+                need[kind(i)].push(a / est.max(1.0) - 1.0);
+            }
+        }
+    }
+    let mut m = [0.0; 7];
+    for (k, v) in need.iter_mut().enumerate() {
+        let q = quantile(v, 1.0 - MARGIN_POOL_UNDER);
+        m[k] = if q.is_finite() {
+            (q.max(0.0) * 100.0 - 1e-9).ceil() / 100.0
+        } else {
+            0.15
+        };
+    }
+    m
 }
 
 // ------------------------------------------------------------------ accuracy
@@ -363,24 +403,6 @@ fn stats(pairs: &[(f64, f64)]) -> Stats {
     }
 }
 
-/// Smallest margin (0.5% steps) with at most `UNDER_TARGET` underestimates.
-fn margin_needed(pairs: &[(f64, f64)]) -> f64 {
-    let mut m = 0.0;
-    while m < 2.0 {
-        let under = pairs.iter().filter(|(e, a)| e * (1.0 + m) < *a).count() as f64;
-        if under <= UNDER_TARGET * pairs.len() as f64 {
-            return m;
-        }
-        m += 0.005;
-    }
-    m
-}
-
-/// One calibration stream as the filter runs it: the core's own calibration
-/// table (`calibrate::ratio` before each request, `calibrate::observe` after
-/// it, keyed by the model and the kind of text the estimator tells), in a
-/// fresh store. `stream` is (sample, raw estimate, actual); the first
-/// `CAL_WARMUP` samples of each corpus class only teach. Returns, for the
 /// later samples, (sample, calibrated estimate, actual).
 fn calibrate_stream(d: &Data, stream: &[(usize, f64, f64)]) -> Vec<(usize, f64, f64)> {
     let store = MemStore::default();
@@ -408,12 +430,9 @@ fn pairs(v: &[(usize, f64, f64)]) -> Vec<(f64, f64)> {
     v.iter().map(|&(_, e, a)| (e, a)).collect()
 }
 
-/// Tokens reserved but not used with margin `m`, as a share of the tokens used.
-fn unused(pairs: &[(f64, f64)], m: f64) -> f64 {
-    let over: f64 = pairs
-        .iter()
-        .map(|&(e, a)| ((e * (1.0 + m)).ceil() - a).max(0.0))
-        .sum();
+/// Tokens reserved but not used, as a share of the tokens used.
+fn unused(pairs: &[(f64, f64)]) -> f64 {
+    let over: f64 = pairs.iter().map(|&(e, a)| (e - a).max(0.0)).sum();
     over / pairs.iter().map(|p| p.1).sum::<f64>().max(1.0)
 }
 
@@ -425,18 +444,18 @@ struct Streams {
     mixed: Vec<(usize, f64, f64)>,
 }
 
-fn streams(d: &Data, idx: &[usize], e: usize) -> Streams {
-    let enc = EXACT[e];
+/// The estimator as built (its compiled coefficients).
+fn built_estimate(d: &Data, e: usize) -> impl Fn(usize) -> f64 + '_ {
+    move |i| {
+        let s = &d.samples[i];
+        estimate_tokens(&s.stats(), &s.structure, EXACT[e]) as f64
+    }
+}
+
+fn streams(d: &Data, idx: &[usize], e: usize, estimate: &dyn Fn(usize) -> f64) -> Streams {
     let raw: Vec<(usize, f64, f64)> = idx
         .iter()
-        .map(|&i| {
-            let s = &d.samples[i];
-            (
-                i,
-                estimate_tokens(&s.stats(), &s.structure, enc) as f64,
-                d.exact[i][e] as f64,
-            )
-        })
+        .map(|&i| (i, estimate(i), d.exact[i][e] as f64))
         .collect();
     let mut cal = Vec::new();
     for c in REAL_CLASSES {
@@ -481,21 +500,19 @@ fn of_class(v: &[(usize, f64, f64)], d: &Data, c: &str) -> Vec<(f64, f64)> {
 
 fn accuracy() -> Result<(), String> {
     let d = load()?;
-    let (train, test) = split(&d);
-    let margin = llm_capacity::core::config::DEFAULT_INPUT_MARGIN;
-    // The margin the training half asks for: enough in every class, before and
-    // after calibration, rounded up to whole percent.
-    let mut needed: f64 = 0.0;
-    for e in 0..EXACT.len() {
-        let s = streams(&d, &train, e);
-        for c in REAL_CLASSES {
-            needed = needed
-                .max(margin_needed(&of_class(&s.raw, &d, c)))
-                .max(margin_needed(&of_class(&s.cal, &d, c)))
-                .max(margin_needed(&of_class(&s.mixed, &d, c)));
-        }
-    }
-    let needed = (needed * 100.0 - 1e-9).ceil() / 100.0;
+    let (_, test) = split(&d);
+    // The default margin of each sample's kind of text (`input_margin: auto`).
+    let margin_of = |i: usize| default_margin(d.samples[i].stats().class());
+    let with_margin = |v: &[(usize, f64, f64)]| -> Vec<(usize, f64, f64)> {
+        v.iter()
+            .map(|&(i, e, a)| (i, (e * (1.0 + margin_of(i))).ceil(), a))
+            .collect()
+    };
+    let margins = TextClass::ALL
+        .iter()
+        .map(|k| format!("{} {}", k.as_str(), pct(default_margin(*k))))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let mut md = String::new();
     let _ = writeln!(md, "# Token estimator accuracy on real text\n");
@@ -519,10 +536,10 @@ fn accuracy() -> Result<(), String> {
          calibration run by the core's own code (`calibrate::ratio` before, `calibrate::observe` \
          after each request, per model and kind of text as the estimator tells it), one model per \
          class; *mixed*: one model receiving all classes interleaved. The first {CAL_WARMUP} samples \
-         of each class only teach. *Under @ margin*: estimates x (1 + the default `input_margin`, \
-         {}) below the actual count, before calibration has data (raw) and after; *unused*: tokens \
-         reserved by the margin and the estimate beyond those used, as a share of those used.\n",
-        pct(margin)
+         of each class only teach. *Under @ margin*: estimates x (1 + the default margin of their \
+         kind of text, `input_margin: auto`) below the actual count, before calibration has data \
+         (raw) and after; *unused*: tokens reserved (estimate and margin) beyond those used, as a \
+         share of those used. Default margins (fitted on the training half, see below): {margins}.\n"
     );
     let _ = writeln!(
         md,
@@ -540,9 +557,9 @@ fn accuracy() -> Result<(), String> {
     );
     let mut misses = Vec::new();
     let mut worst: Vec<(f64, usize, Encoding, f64, f64)> = Vec::new();
-    let mut totals = [(0.0, 0.0, 0.0); 2];
+    let mut totals = [(0.0, 0.0, 0.0, 0.0); 2];
     for (e, &enc) in EXACT.iter().enumerate() {
-        let st = streams(&d, &test, e);
+        let st = streams(&d, &test, e, &built_estimate(&d, e));
         for &(i, est, a) in &st.raw {
             worst.push((est / a, i, enc, est, a));
         }
@@ -551,13 +568,15 @@ fn accuracy() -> Result<(), String> {
             let cal = of_class(&st.cal, &d, c);
             let mixed = of_class(&st.mixed, &d, c);
             let (r, k, x) = (stats(&raw), stats(&cal), stats(&mixed));
-            let with = |v: &[(f64, f64)]| {
-                v.iter()
-                    .filter(|&&(est, a)| (est * (1.0 + margin)).ceil() < a)
-                    .count() as f64
-                    / v.len().max(1) as f64
+            let under = |v: &[(f64, f64)]| {
+                v.iter().filter(|&&(e, a)| e < a).count() as f64 / v.len().max(1) as f64
             };
-            let (ur, uc, um) = (with(&raw), with(&cal), with(&mixed));
+            let (raw_m, cal_m) = (
+                of_class(&with_margin(&st.raw), &d, c),
+                of_class(&with_margin(&st.cal), &d, c),
+            );
+            let mixed_m = of_class(&with_margin(&st.mixed), &d, c);
+            let (ur, uc, um) = (under(&raw_m), under(&cal_m), under(&mixed_m));
             let bytes: usize = st
                 .raw
                 .iter()
@@ -589,10 +608,12 @@ fn accuracy() -> Result<(), String> {
                 misses.push(format!("{c} / {}: {v}", enc.as_str()));
                 v
             };
-            let (ur_cost, uc_cost) = (unused(&raw, margin), unused(&cal, margin));
+            let (ur_cost, uc_cost) = (unused(&raw_m), unused(&cal_m));
+            let cal_tokens: f64 = cal.iter().map(|p| p.1).sum();
             totals[e].0 += tokens;
             totals[e].1 += ur_cost * tokens;
-            totals[e].2 += uc_cost * cal.iter().map(|p| p.1).sum::<f64>();
+            totals[e].2 += cal_tokens;
+            totals[e].3 += uc_cost * cal_tokens;
             let _ = writeln!(
                 md,
                 "| {c} | {} | {} | {:.2} | {:+.1}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {verdict} |",
@@ -617,17 +638,18 @@ fn accuracy() -> Result<(), String> {
     }
     let _ = writeln!(
         md,
-        "\nDefault `input_margin`: **{}**. The training half asks for {} (the largest margin any \
-         class needs, before or after calibration, rounded up to whole percent). Its cost, tokens \
+        "\nDefault margins (`input_margin: auto`, by the kind of text the estimator tells): \
+         {margins}; fitted on the training half by `llm-tokenbench fit`: for each kind, the margin \
+         that leaves 2.5% of the training samples told as that kind underestimated (both encodings, \
+         before calibration, after it and in the mixed stream; 2.5% rather than 5% for slack, as \
+         every class of the held-out half must meet 5%). Their cost, tokens \
          reserved beyond those used over all classes: o200k {} before calibration and {} after; \
          cl100k {} and {}. (The output allowance, `max_tokens`, is reserved on top and usually \
          costs far more.)\n",
-        pct(margin),
-        pct(needed),
         pct(totals[0].1 / totals[0].0),
-        pct(totals[0].2 / totals[0].0),
+        pct(totals[0].3 / totals[0].2),
         pct(totals[1].1 / totals[1].0),
-        pct(totals[1].2 / totals[1].0),
+        pct(totals[1].3 / totals[1].2),
     );
     if misses.is_empty() {
         let _ = writeln!(md, "All targets met.\n");
