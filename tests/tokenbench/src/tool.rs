@@ -153,7 +153,7 @@ fn split(d: &Data) -> (Vec<usize>, Vec<usize>) {
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (i, s) in d.samples.iter().enumerate() {
         let k = seen.entry((s.class, s.lang.as_str())).or_default();
-        if *k % 2 == 0 { &mut train } else { &mut test }.push(i);
+        if k.is_multiple_of(2) { &mut train } else { &mut test }.push(i);
         *k += 1;
     }
     (train, test)
