@@ -133,7 +133,8 @@ def test_two_envoys_at_5x_keep_the_global_limit_within_2_percent(emu, start_rls,
     plugin = plugin_with_global(glob)
     a, b = envoys(plugin, svc.port, "a"), envoys(plugin, svc.port, "b")
 
-    # Tokens route: reservation = input x 1.15 + max_tokens (100); real output 10..100.
+    # Tokens route: reservation = input x (1 + the margin for its kind of text) + max_tokens
+    # (100); real output 10..100.
     body = json.dumps({"model": "gpt-3.5-turbo-instruct", "prompt": loadgen.DEFAULT_PROMPT,
                        "max_tokens": 100}).encode()
     mean_tokens = 30 + 55  # about: prompt ~30, output mean 55

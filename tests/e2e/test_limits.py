@@ -245,7 +245,8 @@ PROMPT = "Capacity planning notes: queues, buckets, retries and jitter. " * 4
 
 
 def test_tpm_holds_at_5x_overload_with_reconciliation(emu, start_envoy):
-    # Reservation = input estimate x 1.15 + max_tokens (200); real output varies 20..200, so
+    # Reservation = input estimate x (1 + the margin for its kind of text, input_margin: auto)
+    # + max_tokens (200); real output varies 20..200, so
     # most of each reservation is refunded at the end and admitted tokens track real usage.
     # Every third request streams (settled at the end of the stream, from the usage chunk).
     env = start_envoy(plugin=plugin_with({"limits": {"tokens_per_minute": TPM}}))

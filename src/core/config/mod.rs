@@ -62,8 +62,6 @@ pub const MAX_CLUSTERS: usize = 64;
 pub const MAX_CHAIN_LEN: usize = 8;
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
-/// Default safety margin on input estimates; see tests/tokenbench/results/accuracy.md.
-pub const DEFAULT_INPUT_MARGIN: f64 = 0.15;
 pub const DEFAULT_BURST_SECONDS: f64 = 0.5;
 pub const DEFAULT_TENANT_SLOTS: u32 = 1024;
 pub const MAX_TENANT_SLOTS: u64 = 65_536;
@@ -169,8 +167,10 @@ pub struct Policy {
     pub api: Option<Api>,
     /// `None`: by model name, then by API.
     pub encoding: Option<Encoding>,
-    /// Safety margin on the input estimate (0.1 = +10%).
-    pub input_margin: f64,
+    /// Safety margin on the input estimate (0.1 = +10%); `None` (`auto`, the
+    /// default): the estimator's margin for the kind of text
+    /// ([`crate::core::tokens::estimate::default_margin`]).
+    pub input_margin: Option<f64>,
     /// Output allowance for requests without a cap of their own.
     pub default_max_tokens: u64,
     pub enforce_max_tokens: EnforceMaxTokens,
@@ -307,7 +307,7 @@ impl Default for Policy {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             api: None,
             encoding: None,
-            input_margin: DEFAULT_INPUT_MARGIN,
+            input_margin: None,
             default_max_tokens: DEFAULT_MAX_TOKENS,
             enforce_max_tokens: EnforceMaxTokens::Off,
             include_usage: false,

@@ -22,8 +22,15 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
     }
     if let Some((v, path)) = o.take("input_margin") {
         match number(v) {
-            Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = f,
-            _ => return Err(type_err(&path, "a number from 0 to 1 (0.1 = +10%)", v)),
+            Some(f) if (0.0..=1.0).contains(&f) => p.input_margin = Some(f),
+            _ if v.as_str() == Some("auto") => p.input_margin = None,
+            _ => {
+                return Err(type_err(
+                    &path,
+                    "a number from 0 to 1 (0.1 = +10%) or \"auto\"",
+                    v,
+                ))
+            }
         }
     }
     if let Some((v, path)) = o.take("default_max_tokens") {

@@ -308,7 +308,7 @@ fn policy_fields_inherit_and_override() {
     let a = &c.route("a").unwrap().policy;
     assert_eq!(a.api, Some(Api::OpenAiChat));
     assert_eq!(a.encoding, Some(Encoding::Cl100k));
-    assert_eq!((a.input_margin, a.default_max_tokens), (0.2, 512));
+    assert_eq!((a.input_margin, a.default_max_tokens), (Some(0.2), 512));
     assert_eq!(
         (
             a.enforce_max_tokens,
@@ -321,7 +321,7 @@ fn policy_fields_inherit_and_override() {
     let b = &c.route("b").unwrap().policy;
     assert_eq!(
         (b.api, b.encoding, b.input_margin, b.enforce_max_tokens),
-        (None, None, 0.0, EnforceMaxTokens::Cap)
+        (None, None, Some(0.0), EnforceMaxTokens::Cap)
     );
     assert_eq!(b.default_max_tokens, 512);
 }
@@ -334,14 +334,20 @@ fn policy_field_errors_name_path_and_value() {
     );
     assert_eq!(
         msg(json!({"defaults": {"input_margin": 1.5}})),
-        "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%), got 1.5"
+        "invalid config at defaults.input_margin: expected a number from 0 to 1 (0.1 = +10%) or \"auto\", got 1.5"
     );
     // Numeric strings are numbers (Envoy's YAML conversion makes `0.15` a string).
     let c = compile(&json!({"defaults": {"input_margin": "0.15", "default_max_tokens": "100"}}))
         .unwrap();
     assert_eq!(
         (c.defaults.input_margin, c.defaults.default_max_tokens),
-        (0.15, 100)
+        (Some(0.15), 100)
+    );
+    let c = compile(&json!({"defaults": {"input_margin": "auto"}})).unwrap();
+    assert_eq!(c.defaults.input_margin, None);
+    assert_eq!(
+        msg(json!({"routes": {"r": {"input_margin": "wide"}}})),
+        "invalid config at routes.r.input_margin: expected a number from 0 to 1 (0.1 = +10%) or \"auto\", got \"wide\""
     );
     assert_eq!(
         msg(json!({"defaults": {"default_max_tokens": 0}})),

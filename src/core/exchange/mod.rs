@@ -742,8 +742,13 @@ impl Exchange {
         if let (true, Source::Provider, Some(model), false) =
             (learn, s.source, &pre.model, pre.size_based)
         {
-            if self.worker.calibration_sample_due(model, h.now_ms()) {
-                if let Err(e) = calibrate::observe(&*h, &*h, model, pre.input_raw, s.input) {
+            if self
+                .worker
+                .calibration_sample_due(model, pre.text_class, h.now_ms())
+            {
+                if let Err(e) =
+                    calibrate::observe(&*h, &*h, model, pre.text_class, pre.input_raw, s.input)
+                {
                     log::debug!("llm-capacity: calibration sample dropped ({e:?})");
                 }
             }

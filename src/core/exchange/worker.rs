@@ -8,13 +8,14 @@ use crate::core::config::GlobalConfig;
 use crate::core::env::{SharedStore, StoreError};
 use crate::core::host::Host;
 use crate::core::limits::global::Hits;
-use crate::core::truncate;
+use crate::core::tokens::calibrate;
+use crate::core::tokens::estimate::TextClass;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// How long a VM reuses a calibration read, and how often it feeds a sample per
-/// model: a shared-data read and a CAS write saved on most requests under load,
+/// model and kind of text: a shared-data read and a CAS write saved on most requests under load,
 /// while the ratio (a slow-moving average) still learns from every worker.
 pub const CALIBRATION_CACHE_MS: u64 = 100;
 /// Entries in each per-VM calibration map before it is cleared (bounded memory).
@@ -22,8 +23,6 @@ pub const CALIBRATION_CACHE_ENTRIES: usize = 256;
 /// A VM reports its linear memory with its first request and every this many
 /// after (counted, so the report needs no clock read).
 pub const MEMORY_REPORT_EVERY: u32 = 256;
-/// Model names kept as calibration cache keys are cut to this.
-const MAX_MODEL_KEY_LEN: usize = 128;
 
 /// A shared-data read (value and CAS token, `None` if never written) and when it was made.
 type CachedRead = (Option<(Vec<u8>, u32)>, u64);
@@ -88,11 +87,15 @@ impl Worker {
         n == 0
     }
 
-    /// Whether this VM feeds a calibration sample for `model` now (at most one per
-    /// [`CALIBRATION_CACHE_MS`]).
-    pub fn calibration_sample_due(&self, model: &str, now: u64) -> bool {
+    /// Whether this VM feeds a calibration sample for `model` and kind of text
+    /// `class` now: at most one per [`CALIBRATION_CACHE_MS`] for each stream
+    /// ([`calibrate::stream`]), so a model receiving two kinds of text learns
+    /// both rather than the more frequent one alone.
+    pub fn calibration_sample_due(&self, model: &str, class: TextClass, now: u64) -> bool {
+        // Bounded: `calibrate::stream` cuts the model name to 128 bytes.
+        let stream = calibrate::stream(model, class);
         let mut m = self.calibration_sampled.borrow_mut();
-        if let Some(at) = m.get_mut(model) {
+        if let Some(at) = m.get_mut(&stream) {
             if now.saturating_sub(*at) < CALIBRATION_CACHE_MS {
                 return false;
             }
@@ -102,7 +105,7 @@ impl Worker {
         if m.len() >= CALIBRATION_CACHE_ENTRIES {
             m.clear();
         }
-        m.insert(truncate(model, MAX_MODEL_KEY_LEN).to_string(), now);
+        m.insert(stream, now);
         true
     }
 

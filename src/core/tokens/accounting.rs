@@ -18,7 +18,9 @@ use crate::core::config::{EnforceMaxTokens, InvalidBody, Policy};
 use crate::core::env::SharedStore;
 use crate::core::reply::LocalReply;
 use crate::core::tokens::calibrate;
-use crate::core::tokens::estimate::{estimate_tokens, Encoding, Structure, TextStats};
+use crate::core::tokens::estimate::{
+    self, estimate_tokens, Encoding, Structure, TextClass, TextStats,
+};
 use crate::core::tokens::request::{self, Api, RequestFacts, Rewrite};
 use crate::core::tokens::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
 
@@ -34,6 +36,8 @@ pub struct Preflight {
     pub stream: bool,
     /// Estimate before calibration (what calibration learns against).
     pub input_raw: u64,
+    /// The kind of text (calibration learns per model and kind).
+    pub text_class: TextClass,
     /// Calibrated input estimate.
     pub input_estimate: u64,
     pub output_allowance: u64,
@@ -140,8 +144,9 @@ pub fn preflight_encoded(
     } else {
         estimate_tokens(&facts.text, &facts.structure, encoding).saturating_add(facts.token_ids)
     };
+    let text_class = facts.text.class();
     let ratio = match (&facts.model, store, policy.calibrate && !size_based) {
-        (Some(m), Some(s), true) => calibrate::ratio(s, m),
+        (Some(m), Some(s), true) => calibrate::ratio(s, m, text_class),
         _ => 1.0,
     };
     let input_estimate = (input_raw as f64 * ratio).ceil() as u64;
@@ -164,7 +169,10 @@ pub fn preflight_encoded(
     } else {
         0
     };
-    let reserved_input = ((input_estimate as f64) * (1.0 + policy.input_margin)).ceil() as u64;
+    let margin = policy
+        .input_margin
+        .unwrap_or_else(|| estimate::default_margin(text_class));
+    let reserved_input = ((input_estimate as f64) * (1.0 + margin)).ceil() as u64;
     let reserved = reserved_input.saturating_add(output_allowance);
 
     let rewrite = match (api, size_based) {
@@ -183,6 +191,7 @@ pub fn preflight_encoded(
         encoding,
         stream: facts.stream,
         input_raw,
+        text_class,
         input_estimate,
         output_allowance,
         reserved_input,
@@ -410,7 +419,7 @@ mod tests {
     #[test]
     fn reservation_is_margin_on_input_plus_output_allowance() {
         let p = Policy {
-            input_margin: 0.5,
+            input_margin: Some(0.5),
             default_max_tokens: 100,
             ..Policy::default()
         };
@@ -444,7 +453,15 @@ mod tests {
         let raw = preflight(&p, "/v1/chat/completions", &body, Some(&s))
             .unwrap()
             .input_raw;
-        calibrate::observe(&s, &ManualClock::at(1), "gpt-4o", raw, raw * 2).unwrap();
+        calibrate::observe(
+            &s,
+            &ManualClock::at(1),
+            "gpt-4o",
+            TextClass::Prose,
+            raw,
+            raw * 2,
+        )
+        .unwrap();
         let pre = preflight(&p, "/v1/chat/completions", &body, Some(&s)).unwrap();
         assert_eq!(pre.input_raw, raw);
         assert_eq!(pre.input_estimate, raw * 2);

@@ -1,5 +1,9 @@
 //! Self-calibration: each reconciled response teaches the ratio actual/estimated
-//! input tokens for its model; later estimates for that model are multiplied by it.
+//! input tokens for its model and for its model and kind of text
+//! ([`TextClass`]); later estimates are multiplied by the ratio of their model
+//! and kind, or by the model's own while that kind has no data yet. A model that
+//! receives both English and Chinese is not calibrated to their average: the
+//! estimator's bias differs by script and content, the tokenizer's by model.
 //!
 //! State lives in Envoy shared data so every worker learns from every response.
 //! It is bounded: a fixed table of [`SLOTS`] keys, created on first use and never
@@ -9,9 +13,11 @@
 //! updated is taken over.
 
 use crate::core::env::{stable_hash, Clock, SharedStore, StoreError};
+use crate::core::tokens::estimate::TextClass;
 use serde::{Deserialize, Serialize};
 
-pub const SLOTS: u32 = 64;
+/// Keys of the table: room for about 16 models with their kinds of text.
+pub const SLOTS: u32 = 128;
 pub const PROBES: u32 = 4;
 const KEY_PREFIX: &str = "llmcap/cal/";
 /// Weight of a new sample once warmed up: an exponentially decaying average over
@@ -56,45 +62,72 @@ fn model_key(model: &str) -> &str {
     crate::core::truncate(model, MAX_MODEL_LEN)
 }
 
-/// The learned ratio for a model, or 1.0 when nothing is known (or on host errors).
-pub fn ratio(store: &dyn SharedStore, model: &str) -> f64 {
-    let model = model_key(model);
-    let start = slot_of(model);
-    for p in 0..PROBES {
-        match read(store, (start + p) % SLOTS) {
-            Ok(Some((s, _))) if s.m == model => return s.r,
-            Ok(Some(_)) => continue,
-            // A never-written slot ends the probe chain: the model would be here.
-            Ok(None) | Err(_) => return 1.0,
-        }
-    }
-    1.0
+/// The name of a model's stream for one kind of text (also the key the filter
+/// rate-limits its samples by).
+pub fn stream(model: &str, class: TextClass) -> String {
+    format!("{}|{}", model_key(model), class.as_str())
 }
 
-/// Feeds one reconciled response: `estimated` is the uncalibrated input estimate.
+/// The learned ratio for a model and kind of text: the kind's own once it has
+/// a sample, else the model's, else 1.0 (also on host errors).
+pub fn ratio(store: &dyn SharedStore, model: &str, class: TextClass) -> f64 {
+    learned(store, &stream(model, class))
+        .or_else(|| learned(store, model_key(model)))
+        .unwrap_or(1.0)
+}
+
+/// The ratio stored under `name`, if any.
+fn learned(store: &dyn SharedStore, name: &str) -> Option<f64> {
+    let start = slot_of(name);
+    for p in 0..PROBES {
+        match read(store, (start + p) % SLOTS) {
+            Ok(Some((s, _))) if s.m == name => return Some(s.r),
+            Ok(Some(_)) => continue,
+            // A never-written slot ends the probe chain: the name would be here.
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Feeds one reconciled response: `estimated` is the uncalibrated input
+/// estimate of a text of kind `class`. Updates the model's ratio and its
+/// ratio for that kind; returns the latter.
 pub fn observe(
     store: &dyn SharedStore,
     clock: &dyn Clock,
     model: &str,
+    class: TextClass,
     estimated: u64,
     actual: u64,
 ) -> Result<f64, StoreError> {
     if estimated == 0 || actual == 0 {
         return Ok(1.0);
     }
-    let model = model_key(model);
     let sample = (actual as f64 / estimated as f64).clamp(MIN_RATIO, MAX_RATIO);
     let now = clock.now_ms();
-    let start = slot_of(model);
+    let model_ratio = observe_one(store, now, model_key(model), sample);
+    let r = observe_one(store, now, &stream(model, class), sample)?;
+    model_ratio.map(|_| r)
+}
+
+/// Folds one sample into the stream `name`.
+fn observe_one(
+    store: &dyn SharedStore,
+    now: u64,
+    name: &str,
+    sample: f64,
+) -> Result<f64, StoreError> {
+    let start = slot_of(name);
     let mut last = Err(StoreError::CasMismatch);
     for _ in 0..CAS_RETRIES {
-        // Find this model's slot, else a free one, else the stalest to take over.
+        // Find this stream's slot, else a free one, else the stalest to take over.
         let mut target: Option<(u32, Option<(Slot, u32)>)> = None;
         let mut stalest: Option<(u32, Slot, u32)> = None;
         for p in 0..PROBES {
             let i = (start + p) % SLOTS;
             match read(store, i)? {
-                Some((s, cas)) if s.m == model => {
+                Some((s, cas)) if s.m == name => {
                     target = Some((i, Some((s, cas))));
                     break;
                 }
@@ -128,7 +161,7 @@ pub fn observe(
                 }
             }
             None => Slot {
-                m: model.to_string(),
+                m: name.to_string(),
                 r: sample,
                 n: 1,
                 t: now,
@@ -148,13 +181,15 @@ pub fn observe(
 mod tests {
     use super::*;
     use crate::core::env::{ManualClock, MemStore};
+    use crate::core::tokens::estimate::TextClass;
+    const P: TextClass = TextClass::Prose;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn unknown_models_have_ratio_one() {
         let s = MemStore::default();
-        assert_eq!(ratio(&s, "gpt-4o"), 1.0);
+        assert_eq!(ratio(&s, "gpt-4o", P), 1.0);
     }
 
     #[test]
@@ -162,14 +197,34 @@ mod tests {
         let s = MemStore::default();
         let c = ManualClock::at(1);
         for _ in 0..50 {
-            observe(&s, &c, "gpt-4o", 100, 120).unwrap();
+            observe(&s, &c, "gpt-4o", P, 100, 120).unwrap();
         }
-        assert!((ratio(&s, "gpt-4o") - 1.2).abs() < 1e-9);
+        assert!((ratio(&s, "gpt-4o", P) - 1.2).abs() < 1e-9);
         // The first sample counts fully; then it averages.
-        observe(&s, &c, "claude", 100, 50).unwrap();
-        assert!((ratio(&s, "claude") - 0.5).abs() < 1e-9);
-        observe(&s, &c, "claude", 100, 100).unwrap();
-        assert!((ratio(&s, "claude") - 0.75).abs() < 1e-9);
+        observe(&s, &c, "claude", P, 100, 50).unwrap();
+        assert!((ratio(&s, "claude", P) - 0.5).abs() < 1e-9);
+        observe(&s, &c, "claude", P, 100, 100).unwrap();
+        assert!((ratio(&s, "claude", P) - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn kinds_of_text_learn_apart_and_start_from_the_model() {
+        let s = MemStore::default();
+        let c = ManualClock::at(1);
+        // English is estimated well, Chinese under by half: alternating, each
+        // kind converges to its own ratio, not to their mean.
+        for _ in 0..40 {
+            observe(&s, &c, "m", TextClass::Prose, 100, 100).unwrap();
+            observe(&s, &c, "m", TextClass::Cjk, 100, 200).unwrap();
+        }
+        assert!((ratio(&s, "m", TextClass::Prose) - 1.0).abs() < 1e-9);
+        assert!((ratio(&s, "m", TextClass::Cjk) - 2.0).abs() < 1e-9);
+        // A kind the model has not seen yet takes the model's ratio (here
+        // their mean, close to 1.5), and other models know nothing.
+        let k = ratio(&s, "m", TextClass::Korean);
+        assert!((1.4..1.6).contains(&k), "{k}");
+        assert_eq!(ratio(&s, "other", TextClass::Cjk), 1.0);
+        assert_eq!(stream("m", TextClass::Cjk), "m|cjk");
     }
 
     #[test]
@@ -177,12 +232,12 @@ mod tests {
         let s = MemStore::default();
         let c = ManualClock::at(1);
         for _ in 0..100 {
-            observe(&s, &c, "m", 100, 100).unwrap();
+            observe(&s, &c, "m", P, 100, 100).unwrap();
         }
         for _ in 0..40 {
-            observe(&s, &c, "m", 100, 200).unwrap();
+            observe(&s, &c, "m", P, 100, 200).unwrap();
         }
-        let r = ratio(&s, "m");
+        let r = ratio(&s, "m", P);
         assert!(r > 1.95 && r < 2.0, "{r}");
     }
 
@@ -190,10 +245,11 @@ mod tests {
     fn samples_are_clamped_and_zeroes_ignored() {
         let s = MemStore::default();
         let c = ManualClock::at(1);
-        observe(&s, &c, "m", 1, 1000).unwrap();
-        assert_eq!(ratio(&s, "m"), MAX_RATIO);
-        assert_eq!(observe(&s, &c, "z", 0, 10).unwrap(), 1.0);
-        assert_eq!(s.keys(), 1);
+        observe(&s, &c, "m", P, 1, 1000).unwrap();
+        assert_eq!(ratio(&s, "m", P), MAX_RATIO);
+        assert_eq!(observe(&s, &c, "z", P, 0, 10).unwrap(), 1.0);
+        // The model's slot and its stream for the kind.
+        assert_eq!(s.keys(), 2);
     }
 
     #[test]
@@ -203,15 +259,16 @@ mod tests {
         for i in 0..1000u64 {
             c.set(i);
             let model = format!("model-{i}");
-            observe(&s, &c, &model, 100, 100 + (i % 50)).unwrap();
+            observe(&s, &c, &model, P, 100, 100 + (i % 50)).unwrap();
             // Immediately after its update a model reads its own value, never another's.
-            assert!((ratio(&s, &model) - (100 + (i % 50)) as f64 / 100.0).abs() < 1e-9);
+            assert!((ratio(&s, &model, P) - (100 + (i % 50)) as f64 / 100.0).abs() < 1e-9);
         }
         assert!(s.keys() <= SLOTS as usize);
         // Every stored slot names exactly one model with its own ratio.
         for i in 0..SLOTS {
             if let Some((slot, _)) = read(&s, i).unwrap() {
-                let n: u64 = slot.m.trim_start_matches("model-").parse().unwrap();
+                let name = slot.m.trim_end_matches("|prose");
+                let n: u64 = name.trim_start_matches("model-").parse().unwrap();
                 assert!((slot.r - (100 + (n % 50)) as f64 / 100.0).abs() < 1e-9);
             }
         }
@@ -261,7 +318,8 @@ mod tests {
             )
             .unwrap();
         // Our sample (1.0) lands on top of the racer's 2.0, not on the stale 1.0.
-        let r = observe(&s, &c, "m", 100, 100).unwrap();
+        observe(&s, &c, "m", P, 100, 100).unwrap();
+        let r = learned(&s, "m").unwrap();
         assert!((r - 1.5).abs() < 1e-9, "{r}");
     }
 }

@@ -6,8 +6,16 @@ use llm_capacity::core::tokens::estimate::{Features, Structure, TextStats};
 use serde_json::Value;
 use std::path::Path;
 
-/// The corpus classes, in report order.
+/// The generated corpus's classes (`tests/corpus/<class>.jsonl`).
 pub const CLASSES: [&str; 6] = ["english", "code", "json", "cjk", "cyrillic", "chat"];
+
+/// The real corpus's classes (`tests/corpus/real/corpus.jsonl`), in report order.
+pub const REAL_CLASSES: [&str; 8] = [
+    "english", "code", "json", "latin", "cyrillic", "cjk", "korean", "other",
+];
+
+/// Where the real corpus lives, relative to the corpus directory.
+pub const REAL_CORPUS: &str = "real/corpus.jsonl";
 
 /// One corpus sample as the estimator sees it.
 #[derive(Debug, Clone)]
@@ -21,6 +29,8 @@ pub struct Sample {
     pub structure: Structure,
     /// The chat request body (chats only), for exact counting.
     pub body: Option<Value>,
+    /// Where the text comes from (real corpus only).
+    pub source: String,
 }
 
 impl Sample {
@@ -66,6 +76,7 @@ pub fn load_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
                     pieces,
                     structure,
                     body: Some(v["body"].clone()),
+                    source: String::new(),
                 });
             } else {
                 out.push(Sample {
@@ -75,11 +86,47 @@ pub fn load_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
                     pieces: vec![v["text"].as_str().unwrap_or_default().to_string()],
                     structure: Structure::default(),
                     body: None,
+                    source: String::new(),
                 });
             }
         }
     }
     Ok(out)
+}
+
+/// Loads the real corpus, `<dir>/real/corpus.jsonl` (one text per line with
+/// its class, language and source).
+pub fn load_real(dir: &Path) -> Result<Vec<Sample>, String> {
+    let path = dir.join(REAL_CORPUS);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        let name = v["class"].as_str().unwrap_or_default();
+        let class = REAL_CLASSES
+            .into_iter()
+            .find(|c| *c == name)
+            .ok_or_else(|| format!("{}:{}: unknown class {name:?}", path.display(), n + 1))?;
+        out.push(Sample {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            class,
+            lang: v["lang"].as_str().unwrap_or_default().to_string(),
+            pieces: vec![v["text"].as_str().unwrap_or_default().to_string()],
+            structure: Structure::default(),
+            body: None,
+            source: v["source"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The speed benchmark's input: the real corpus and the generated chats
+/// (requests of many small pieces, as the filter adds them).
+pub fn load_speed_corpus(dir: &Path) -> Result<Vec<Sample>, String> {
+    let mut s = load_real(dir)?;
+    s.extend(load_corpus(dir)?.into_iter().filter(|s| s.class == "chat"));
+    Ok(s)
 }
 
 /// What the filter's request parser (src/core/tokens/request.rs) passes to the
@@ -153,8 +200,14 @@ pub fn speed_table(samples: &[Sample], min_seconds: f64) -> String {
         .flat_map(|s| s.pieces.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join("\n\n");
-    let big = [big.clone(), big.clone(), big].concat();
-    let mut groups: Vec<(String, Vec<&str>)> = CLASSES
+    let big = big.repeat(1_000_000 / big.len().max(1) + 1);
+    let mut classes: Vec<&str> = Vec::new();
+    for s in samples {
+        if !classes.contains(&s.class) {
+            classes.push(s.class);
+        }
+    }
+    let mut groups: Vec<(String, Vec<&str>)> = classes
         .iter()
         .map(|c| {
             let pieces = samples

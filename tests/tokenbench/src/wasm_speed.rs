@@ -6,7 +6,7 @@ fn main() {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "tests/corpus".to_string());
-    match llm_tokenbench::load_corpus(std::path::Path::new(&dir)) {
+    match llm_tokenbench::load_speed_corpus(std::path::Path::new(&dir)) {
         Ok(samples) => print!("{}", llm_tokenbench::speed_table(&samples, 1.0)),
         Err(e) => {
             eprintln!("tokenbench-wasm: {e}");

@@ -1,7 +1,10 @@
 //! Traffic and token settlement (tests/e2e/test_traffic.py, test_tokens.py).
 
 use super::*;
+use crate::core::exchange::worker::CALIBRATION_CACHE_MS;
 use crate::core::telemetry::{ESTIMATE_ERROR_PERCENT, RECONCILIATIONS_TOTAL, TOKENS_TOTAL};
+use crate::core::tokens::calibrate;
+use crate::core::tokens::estimate::{default_margin, TextClass};
 use serde_json::json;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -211,6 +214,60 @@ fn calibration_learns_at_most_once_per_100_ms_per_vm() {
     env.host.advance(100);
     env.call("chat", &[], 40, 1);
     assert_ne!(env.host.store.dump(), first);
+}
+
+/// A Chinese chat body on the same model as [`CHAT_BODY`] (English).
+const ZH_BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"请用中文礼貌地向世界问好，并简单地介绍一下你自己和你能做的事情。"}],"max_tokens":100}"#;
+
+/// One exchange of `body`, answered with `input` tokens by the provider.
+fn call_body(env: &mut Envoy, body: &str, input: u64) -> Value {
+    let (mut x, _) = env.send("chat", &[], Some(body));
+    assert!(matches!(x.phase(), Phase::Sent { .. }), "{:?}", x.phase());
+    env.answer_usage(&mut x, input, 1);
+    env.end(&mut x);
+    env.filter_state()
+}
+
+#[test]
+fn calibration_samples_each_kind_of_text_of_a_model_apart() {
+    let mut env = chat();
+    let en = estimate(&env, "chat", CHAT_BODY);
+    let zh = estimate(&env, "chat", ZH_BODY);
+    assert_eq!(
+        (en.text_class, zh.text_class),
+        (TextClass::Prose, TextClass::Cjk)
+    );
+    // English is estimated exactly, Chinese under by half. Within one 100 ms
+    // window this VM feeds one sample per model and kind: the Chinese sample
+    // is not skipped because an English one was just taken.
+    call_body(&mut env, CHAT_BODY, en.input_raw);
+    env.host.advance(10);
+    call_body(&mut env, ZH_BODY, zh.input_raw * 2);
+    let store = &env.host.store;
+    assert!((calibrate::ratio(store, "gpt-4o", TextClass::Prose) - 1.0).abs() < 1e-9);
+    assert!((calibrate::ratio(store, "gpt-4o", TextClass::Cjk) - 2.0).abs() < 1e-9);
+    // A kind not seen yet starts from the model's ratio (the mean of both).
+    let k = calibrate::ratio(store, "gpt-4o", TextClass::Korean);
+    assert!((k - 1.5).abs() < 1e-9, "{k}");
+    // A second English answer in the same window is not sampled.
+    env.host.advance(10);
+    let before = env.host.store.dump();
+    call_body(&mut env, CHAT_BODY, en.input_raw * 3);
+    assert_eq!(env.host.store.dump(), before);
+    // Once the VM's read cache has expired, each kind is estimated with its
+    // own ratio and reserved with its own default margin (input_margin: auto).
+    env.host.advance(CALIBRATION_CACHE_MS);
+    let s = call_body(&mut env, ZH_BODY, zh.input_raw * 2);
+    let zh_est = zh.input_raw * 2;
+    assert_eq!(s["input_estimate"], zh_est, "{s}");
+    let margin = default_margin(TextClass::Cjk);
+    assert_eq!(
+        s["reserved"],
+        ((zh_est as f64) * (1.0 + margin)).ceil() as u64 + 100,
+        "{s}"
+    );
+    let s = call_body(&mut env, CHAT_BODY, en.input_raw);
+    assert_eq!(s["input_estimate"], en.input_raw, "{s}");
 }
 
 #[test]
