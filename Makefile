@@ -28,15 +28,16 @@ setup-test: setup $(TOOLS)/test.stamp $(VENV)/test.stamp wasm-runner fuzz-tool m
 # the counters of the global rate-limit engine (tests/rls).
 RUN_DEBIAN  := curl:curl
 TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk redis-server:redis-server
-# Installs the missing ones; apt enables redis-server as a system service, which the
-# tests never use (they start their own), so it is disabled and masked again at once.
+# Installs the missing ones.
 APT_INSTALL = missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t\#*:}; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi; \
-	if [ -e /lib/systemd/system/redis-server.service ] && command -v systemctl >/dev/null \
+	fi
+# apt enables redis-server as a system service, which the tests never use (they start
+# their own redis process), so it is stopped, disabled and masked at once.
+NO_REDIS_SERVICE = if [ -e /lib/systemd/system/redis-server.service ] && command -v systemctl >/dev/null \
 	   && [ "$$(systemctl is-enabled redis-server 2>/dev/null)" != masked ]; then \
 	  echo "disabling and masking the redis-server system service (the tests start their own redis)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -55,6 +56,7 @@ $(TOOLS)/run.stamp: Makefile
 $(TOOLS)/test.stamp: Makefile
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@$(call APT_INSTALL,$(TEST_DEBIAN))
+	@$(NO_REDIS_SERVICE)
 	@mkdir -p $(TOOLS) && touch $@
 
 $(VENV)/run.stamp: tests/requirements-run.txt
@@ -93,8 +95,11 @@ docs: mdbook-tool
 build:
 	cargo build --release --target wasm32-wasip1 -p llm-capacity
 
+# The emulator is a test stand-in, not the product: built optimised but without the
+# release profile's whole-program LTO and single codegen unit (that profile is for the
+# .wasm), which halves its first build.
 emulator:
-	cargo build --release -p llm-emulator
+	cargo build --release -p llm-emulator --config profile.release.lto=false --config profile.release.codegen-units=16
 
 ## build-fault: the same .wasm with the test-only fault hooks (feature fault-injection), in target/fault
 build-fault:
@@ -163,8 +168,14 @@ fuzz: fuzz-tool
 	done
 
 ## run: Envoy with the filter in front of the emulator on loopback; Ctrl-C stops both
-run: setup build emulator
+# The Python packages install while cargo builds (-j2: the venv and the builds).
+run:
+	@$(MAKE) --no-print-directory -j2 $(VENV)/run.stamp run-builds
 	@envoy/run.sh
+
+.PHONY: run-builds
+run-builds: $(TOOLS)/run.stamp
+	@$(MAKE) --no-print-directory -j1 build emulator
 
 ## lint: fmt and clippy with warnings denied, on the host and on wasm32
 lint:
