@@ -175,7 +175,7 @@ run:
 
 .PHONY: run-builds
 run-builds: $(TOOLS)/run.stamp
-	@$(MAKE) --no-print-directory -j1 build emulator
+	@$(MAKE) --no-print-directory build && $(MAKE) --no-print-directory emulator
 
 ## lint: fmt and clippy with warnings denied, on the host and on wasm32
 lint:
