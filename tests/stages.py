@@ -24,7 +24,7 @@ LOGS = ROOT / ".run" / "logs"
 
 # stage: (make targets, what it is, stop the run if it fails)
 STAGES = {
-    "setup": (["setup-test"], "test tools (first run only)", True),
+    "setup": (["setup-test"], "the test tools (minutes on the first run only)", True),
     "build": (["build", "emulator", "build-fault", "build-rls"], "the .wasm, emulator, fault build, RLS engine", True),
     "docs": (["docs"], "the book, internal links", False),
     "lint": (["lint"], "rustfmt, clippy (host, wasm32)", False),
@@ -32,7 +32,7 @@ STAGES = {
     "wasm": (["test-wasm"], "the core's tests on wasm32 (node)", False),
     "fuzz": (["test-fuzz"], "fuzz smoke, 10 s per target", False),
     "rls": (["test-rls"], "the global tier's engine on redis", False),
-    "e2e": (["test-e2e"], "pytest in real Envoy", False),
+    "e2e": (["test-e2e"], "pytest in real Envoy, one line per file", False),
 }
 STREAMED = {"e2e"}
 FULL_LOG_LINES = 200  # a failing stage's log up to this long is shown whole
@@ -123,7 +123,7 @@ def main(names):
     results = []
     stop = False
     start_all = time.monotonic()
-    print(f"make test: {len(names)} stages; logs in .run/logs/", flush=True)
+    print(f"make test: {len(names)} stage{'s' if len(names) != 1 else ''} ({' '.join(names)}); logs in .run/logs/", flush=True)
     for i, name in enumerate(names, 1):
         targets, what, fatal = STAGES[name]
         head = f"[{i}/{len(names)}] {name:<{width}}"
@@ -131,19 +131,14 @@ def main(names):
             results.append((name, "skipped", 0.0, None, None, None, ""))
             print(f"{head}  skipped", flush=True)
             continue
-        if name in STREAMED:
-            print(f"{head}  {what} ...", flush=True)
-        else:
-            print(f"{head}  ", end="", flush=True)
+        print(f"{head}  {what} ...", end="\n" if name in STREAMED else " ", flush=True)
         t0 = time.monotonic()
         rc, log = run_stage(name, targets)
         took = time.monotonic() - t0
         p, f, s, detail = counts(name, log.read_text(errors="replace"))
         status = "ok" if rc == 0 else "FAILED"
-        if name in STREAMED:
-            print(f"{head}  {status:<6} {duration(took):>7}  {detail}", flush=True)
-        else:
-            print(f"{status:<6} {duration(took):>7}  {detail or what}", flush=True)
+        result = f"{status} in {duration(took)}" + (f": {detail}" if detail else "")
+        print(f"{head}  {result}" if name in STREAMED else result, flush=True)
         results.append((name, status, took, p, f, s, detail))
         if rc != 0:
             show_failure(name, log)
