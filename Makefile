@@ -119,8 +119,13 @@ test-wasm:
 	  cargo test --target wasm32-unknown-unknown -p llm-capacity --no-default-features --lib
 
 # pytest prints one line per file as it goes (-p no:cacheprovider: no .pytest_cache in the tree).
+# pytest-e2e is the same without the builds (make test's build stage has made them).
 test-e2e: build-fault build-rls
-	$(PY) -m pytest -p no:cacheprovider tests/e2e tests/dashboard
+	@$(MAKE) --no-print-directory pytest-e2e
+
+.PHONY: pytest-e2e
+pytest-e2e:
+	@$(PY) -m pytest -p no:cacheprovider tests/e2e tests/dashboard
 
 # The global rate-limit engine (tests/rls): Envoy's RLS protocol over Limitador and
 # Redis, its own workspace and target dir (tests/rls/target). patch-limitador.sh first

@@ -32,7 +32,7 @@ STAGES = {
     "wasm": (["test-wasm"], "the core's tests on wasm32 (node)", False),
     "fuzz": (["test-fuzz"], "fuzz smoke, 10 s per target", False),
     "rls": (["test-rls"], "the global tier's engine on redis", False),
-    "e2e": (["test-e2e"], "pytest in real Envoy, one line per file", False),
+    "e2e": (["pytest-e2e"], "pytest in real Envoy, one line per file", False),
 }
 STREAMED = {"e2e"}
 FULL_LOG_LINES = 200  # a failing stage's log up to this long is shown whole
@@ -54,7 +54,9 @@ def counts(stage, text):
         if found:
             return p, f, i, f"{p} passed" + (f", {f} failed" if f else "") + (f", {i} ignored" if i else "")
     if stage == "e2e":
-        tail = text.strip().splitlines()[-1] if text.strip() else ""
+        # pytest's closing line, e.g. "==== 3 failed, 167 passed in 700.1s ====" (make may follow it)
+        closing = [l for l in text.splitlines() if re.match(r"^=+ .*\d+ (passed|failed|errors?|skipped).* in [\d.]+s", l)]
+        tail = closing[-1] if closing else ""
         n = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail)}
         if n:
             failed = n.get("failed", 0) + n.get("error", 0) + n.get("errors", 0)
