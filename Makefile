@@ -125,7 +125,7 @@ test-e2e: build-fault build-rls
 
 .PHONY: pytest-e2e
 pytest-e2e:
-	@$(PY) -m pytest -p no:cacheprovider tests/e2e tests/dashboard
+	@$(PY) -m pytest -p no:cacheprovider tests/e2e tests/dashboard tests/docs
 
 # The global rate-limit engine (tests/rls): Envoy's RLS protocol over Limitador and
 # Redis, its own workspace and target dir (tests/rls/target). patch-limitador.sh first
