@@ -47,11 +47,18 @@ llm-capacity is running: Envoy on http://$PROXY (admin http://127.0.0.1:9901),
 emulated OpenAI/Anthropic API behind it on 127.0.0.1:18080 (admin :18081),
 and the chat route's fallback region on 127.0.0.1:18082 (admin :18083).
 
-Try, in another terminal:
+Try, in another terminal (each command is one line):
 
 curl -s http://$PROXY/v1/chat/completions -H 'content-type: application/json' -H 'authorization: Bearer demo-key' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'
 
 .venv/bin/python -c 'from openai import OpenAI; print(OpenAI(base_url="http://$PROXY/v1", api_key="demo-key").chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)'
+
+.venv/bin/python -c 'from anthropic import Anthropic; print(Anthropic(base_url="http://$PROXY", api_key="demo-key").messages.create(model="claude-sonnet-4-5", max_tokens=256, messages=[{"role": "user", "content": "Hello!"}]).content[0].text)'
+
+Streamed (server-sent events, the usage in the last chunk):
+curl -sN http://$PROXY/v1/chat/completions -H 'content-type: application/json' -H 'authorization: Bearer demo-key' -d '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello!"}]}'
+
+(The Anthropic SDK's base_url takes no /v1: it adds /v1/messages itself.)
 
 Failover: make the primary answer 429 with Retry-After: 5, then send chat requests:
 curl -s -XPOST http://127.0.0.1:18081/admin/faults -d '{"storm": {"retry_after_s": 5}}'

@@ -1,4 +1,4 @@
-"""The cost of the global tier (README "Global limits"), in one run on one machine.
+"""The cost of the global tier (docs/global-limits.md), in one run on one machine.
 
 Variants, each an Envoy in front of the same direct_response mock (see bench.py):
 

@@ -16,11 +16,20 @@ def envoy_yamls():
     return sorted(p for p in (ROOT / "envoy").glob("**/*.yaml"))
 
 
+def doc_pages():
+    """README.md and every page of the book (docs/**/*.md)."""
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("**/*.md"))
+
+
 def readme_plugin_examples():
-    """YAML blocks in README.md that are plugin configurations (marked `# plugin-config`)."""
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
-    return [yaml.safe_load(b) for b in blocks if b.startswith("# plugin-config")]
+    """YAML blocks in README.md and docs/**/*.md that are plugin configurations (marked
+    `# plugin-config`), as (page, index in page, parsed config)."""
+    found = []
+    for page in doc_pages():
+        blocks = re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+        examples = [b for b in blocks if b.startswith("# plugin-config")]
+        found += [(page.relative_to(ROOT).as_posix(), i, yaml.safe_load(b)) for i, b in enumerate(examples)]
+    return found
 
 
 def validate(path, cwd=ROOT):
@@ -32,7 +41,9 @@ def validate(path, cwd=ROOT):
 
 def test_there_are_envoy_yamls_and_readme_examples():
     assert harness.DEFAULT_ENVOY_YAML in envoy_yamls()
-    assert len(readme_plugin_examples()) >= 2
+    pages = {page for page, _, _ in readme_plugin_examples()}
+    assert "README.md" in pages and "docs/configuration.md" in pages, pages
+    assert len(readme_plugin_examples()) >= 4
 
 
 @pytest.mark.parametrize("path", envoy_yamls(), ids=lambda p: p.name)
@@ -43,9 +54,8 @@ def test_envoy_yaml_validates(path):
     assert "llm-capacity: configuration accepted" in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("index", range(len(readme_plugin_examples())))
-def test_readme_plugin_example_is_accepted(tmp_path, index):
-    example = readme_plugin_examples()[index]
+@pytest.mark.parametrize("example", [pytest.param(e, id=f"{page}:{i}") for page, i, e in readme_plugin_examples()])
+def test_readme_plugin_example_is_accepted(tmp_path, example):
     cfg = harness.load_envoy_config()
     harness.wasm_filter(cfg)["vm_config"]["code"]["local"]["filename"] = str(harness.WASM)
     harness.set_plugin_config(cfg, example)

@@ -1,4 +1,4 @@
-"""Fleet-wide limits (README "Global limits"): two Envoy processes share one
+"""Fleet-wide limits (docs/global-limits.md): two Envoy processes share one
 quota kept by a real rate limit service (Limitador's library over Redis, behind
 Envoy's RLS gRPC protocol: tests/rls), per request and with leased batches; the
 failure policy when the service stops or is slow.
@@ -49,7 +49,7 @@ def plugin_with_global(glob: dict, routes=(ROUTE, TOKENS_ROUTE)) -> dict:
 
 
 def with_rls_cluster(cfg: dict) -> dict:
-    """envoy.yaml plus the rate limit service's HTTP/2 cluster (README "Global limits")."""
+    """envoy.yaml plus the rate limit service's HTTP/2 cluster (docs/global-limits.md)."""
     cfg["static_resources"]["clusters"].append(rls.rls_cluster(0, "ratelimit"))
     return cfg
 

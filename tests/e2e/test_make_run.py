@@ -1,4 +1,5 @@
-"""`make run` as a new user meets it: the printed curl and SDK one-liner work, Ctrl-C stops all."""
+"""`make run` as a new user meets it: the printed curl, OpenAI and Anthropic SDK one-liners and the
+streamed example work as printed, Ctrl-C stops all."""
 
 import json
 import os
@@ -48,9 +49,18 @@ def test_make_run_prints_working_commands_and_stops_cleanly(run_script):
     body = json.loads(r.stdout)
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
 
-    one_liner = next(l for l in lines if l.startswith(".venv/bin/python -c"))
-    r = subprocess.run(["bash", "-c", one_liner], cwd=harness.ROOT, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    for sdk in ("openai", "anthropic"):
+        one_liner = next(l for l in lines if l.startswith(f".venv/bin/python -c 'from {sdk} import"))
+        r = subprocess.run(["bash", "-c", one_liner], cwd=harness.ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip(), (sdk, r.stderr)
+
+    streamed = next(l for l in lines if l.startswith("curl -sN http://127.0.0.1:10000/v1/chat/completions"))
+    r = subprocess.run(["bash", "-c", streamed], cwd=harness.ROOT, capture_output=True, text=True, timeout=30)
+    events = [json.loads(l[len("data: "):]) for l in r.stdout.splitlines()
+              if l.startswith("data: ") and l != "data: [DONE]"]
+    assert r.stdout.rstrip().endswith("data: [DONE]"), r.stdout
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert events[-1]["usage"]["completion_tokens"] > 0, events[-1]
 
     # Ctrl-C reaches the whole foreground process group, as in a terminal.
     os.killpg(run_script.pid, signal.SIGINT)

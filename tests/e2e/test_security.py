@@ -1,4 +1,4 @@
-"""The threat model (README, "Threat model (short)"), one claim per test, in
+"""The threat model (docs/threat-model.md), one claim per test, in
 real Envoy with envoy/envoy.yaml. Two emulators play the primary and the
 fallback cluster of the openai-chat failover chain; their admin counts say
 which cluster was hit, how often, and with which headers and model.
