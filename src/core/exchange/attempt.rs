@@ -221,6 +221,12 @@ impl UpstreamAttempt {
                 .unwrap_or(1)
                 <= 1;
         self.started_ms = h.now_ms();
+        if let Some(stream) = self.stream {
+            self.worker
+                .attempts
+                .borrow_mut()
+                .attempt_sent(stream, self.started_ms, &self.cluster);
+        }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);

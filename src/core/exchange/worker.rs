@@ -164,7 +164,13 @@ pub struct Ledger {
     pub(super) ended: VecDeque<(u32, bool)>,
     /// Per cluster: when this VM last read a successful answer's quota headers.
     pub(super) quota_sampled: HashMap<String, u64>,
+    /// (stream, when, cluster) of attempts sent, newest last, for the
+    /// downstream timings; at most [`SENT_ATTEMPTS`].
+    pub(super) sent: VecDeque<(u32, u64, String)>,
 }
+
+/// Attempts' send times remembered per VM until their answer reads them.
+pub const SENT_ATTEMPTS: usize = 256;
 
 impl Ledger {
     pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
@@ -173,6 +179,23 @@ impl Ledger {
             .rev()
             .find(|(s, _)| *s == stream)
             .map(|&(_, answered)| answered)
+    }
+
+    /// Notes that an attempt of `stream` went to `cluster` at `at_ms`.
+    pub(super) fn attempt_sent(&mut self, stream: u32, at_ms: u64, cluster: &str) {
+        if self.sent.len() >= SENT_ATTEMPTS {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((stream, at_ms, cluster.to_string()));
+    }
+
+    /// The last attempt of `stream` (when it was sent, and where): the one
+    /// that answered. Forgets the stream's attempts.
+    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<(u64, String)> {
+        let last = self.sent.iter().rposition(|(s, _, _)| *s == stream)?;
+        let (_, at, cluster) = self.sent.remove(last)?;
+        self.sent.retain(|(s, _, _)| *s != stream);
+        Some((at, cluster))
     }
 
     /// Attempts waiting for their stream's end.
