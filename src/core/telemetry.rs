@@ -25,6 +25,8 @@ pub const RATE_LIMITED_TOTAL: &str = "llmcap_rate_limited_total";
 pub const QUEUED_TOTAL: &str = "llmcap_queued_total";
 /// How long admitted requests waited in the queue, in milliseconds.
 pub const QUEUE_WAIT_MS: &str = "llmcap_queue_wait_milliseconds";
+/// A route's `queue.max_wait_seconds`, in milliseconds (set at configuration).
+pub const QUEUE_MAX_WAIT_MS: &str = "llmcap_queue_max_wait_milliseconds";
 /// Calls to the global rate limit service by `result` (ok, over_limit, timeout, error).
 pub const GLOBAL_CALLS_TOTAL: &str = "llmcap_global_calls_total";
 /// How long calls to the global rate limit service took, in milliseconds.
