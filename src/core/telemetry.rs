@@ -47,7 +47,7 @@ pub const BUILD_INFO: &str = "llmcap_build_info";
 /// Linear memory of the VM that reported last (every worker's VM is alike).
 pub const WASM_MEMORY_BYTES: &str = "llmcap_wasm_memory_bytes";
 /// Upstream attempts by `cluster` and `class` (ok, client_error,
-/// rate_limited, server_error, reset): one per router attempt.
+/// rate_limited, server_error, reset, timeout): one per router attempt.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llmcap_upstream_attempts_total";
 /// Circuit state per `cluster`: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "llmcap_circuit_state";

@@ -107,3 +107,29 @@ def test_timings_goodput_and_in_flight_through_prometheus(emulator, start_envoy,
         assert abs(s["gen_ai.server.time_per_output_token"] - INTER_MS / 1000) <= 0.01, s
     finally:
         prom.stop()
+
+
+def test_an_attempt_out_of_time_counts_as_a_timeout(emulator, start_envoy):
+    """Envoy 1.40 sets x-envoy-expected-rq-timeout-ms (the per-try timeout) on
+    each attempt's request, and the upstream filter still reads it when the
+    attempt ends unanswered: a per-try timeout is a `timeout`, not a `reset`."""
+    cfg = harness.load_envoy_config()
+    for vh in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "route_config"]["virtual_hosts"]:
+        for r in vh["routes"]:
+            if r.get("name") == "anthropic-messages":
+                r["route"] = copy.deepcopy(r["route"])
+                r["route"]["retry_policy"]["per_try_timeout"] = "0.3s"
+                r["route"]["retry_policy"]["num_retries"] = 0
+    env = start_envoy(base=cfg)
+    emulator.faults(latency_ms=800)
+    an = anthropic.Anthropic(base_url=env.base_url, api_key="k-to", max_retries=0, timeout=10)
+    try:
+        an.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=MSG)
+        raise AssertionError("answered in time")
+    except anthropic.APIStatusError as e:
+        assert e.status_code == 504
+    emulator.faults(latency_ms=0)
+    harness.wait_for(lambda: harness.metric(env, "llmcap_upstream_attempts_total", cluster="emulator",
+                                            **{"class": "timeout"}) == 1, 5, "a timeout attempt")
+    assert harness.metric(env, "llmcap_upstream_attempts_total", cluster="emulator", **{"class": "reset"}) is None

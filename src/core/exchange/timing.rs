@@ -123,20 +123,23 @@ impl Exchange {
         if self.head.policy.is_none() {
             return;
         }
-        let now = h.now_ms();
-        let t = &mut self.response.timing;
-        t.headers_ms = Some(now);
-        if self.config.upstream_filter {
-            let answering = self
-                .worker
+        let answering = if self.config.upstream_filter {
+            self.worker
                 .attempts
                 .borrow_mut()
-                .answering_attempt(self.context_id);
-            if let Some((at, cluster)) = answering {
-                t.sent_ms = Some(at);
-                t.cluster = Some(cluster);
-            }
+                .answering_attempt(self.context_id)
+        } else {
+            None
+        };
+        let t = &mut self.response.timing;
+        let mut headers_ms = None;
+        if let Some(a) = answering {
+            t.sent_ms = Some(a.at_ms);
+            t.cluster = Some(a.cluster);
+            headers_ms = a.answered_ms;
         }
+        // The upstream instance read the clock for these headers already.
+        t.headers_ms = Some(headers_ms.unwrap_or_else(|| h.now_ms()));
     }
 
     /// At the log: the in-flight gauge comes down, the timings are recorded

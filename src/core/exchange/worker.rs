@@ -153,6 +153,8 @@ pub struct Unanswered {
     pub cluster: String,
     pub probe: bool,
     pub latency_ms: u64,
+    /// It ran out of the router's time for it (`timeout`, not `reset`).
+    pub timed_out: bool,
 }
 
 /// Per VM: attempts waiting for their stream's end, streams recently ended,
@@ -164,13 +166,23 @@ pub struct Ledger {
     pub(super) ended: VecDeque<(u32, bool)>,
     /// Per cluster: when this VM last read a successful answer's quota headers.
     pub(super) quota_sampled: HashMap<String, u64>,
-    /// (stream, when, cluster) of attempts sent, newest last, for the
-    /// downstream timings; at most [`SENT_ATTEMPTS`].
-    pub(super) sent: VecDeque<(u32, u64, String)>,
+    /// Attempts sent, newest last, for the downstream timings; at most
+    /// [`SENT_ATTEMPTS`].
+    pub(super) sent: VecDeque<SentAttempt>,
 }
 
 /// Attempts' send times remembered per VM until their answer reads them.
 pub const SENT_ATTEMPTS: usize = 256;
+
+/// One attempt as the upstream instance saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentAttempt {
+    pub stream: u32,
+    pub at_ms: u64,
+    pub cluster: String,
+    /// When its response headers came.
+    pub answered_ms: Option<u64>,
+}
 
 impl Ledger {
     pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
@@ -186,16 +198,28 @@ impl Ledger {
         if self.sent.len() >= SENT_ATTEMPTS {
             self.sent.pop_front();
         }
-        self.sent.push_back((stream, at_ms, cluster.to_string()));
+        self.sent.push_back(SentAttempt {
+            stream,
+            at_ms,
+            cluster: cluster.to_string(),
+            answered_ms: None,
+        });
     }
 
-    /// The last attempt of `stream` (when it was sent, and where): the one
-    /// that answered. Forgets the stream's attempts.
-    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<(u64, String)> {
-        let last = self.sent.iter().rposition(|(s, _, _)| *s == stream)?;
-        let (_, at, cluster) = self.sent.remove(last)?;
-        self.sent.retain(|(s, _, _)| *s != stream);
-        Some((at, cluster))
+    /// The last attempt of `stream` got its response headers at `at_ms`.
+    pub(super) fn attempt_answered(&mut self, stream: u32, at_ms: u64) {
+        if let Some(a) = self.sent.iter_mut().rev().find(|a| a.stream == stream) {
+            a.answered_ms = Some(at_ms);
+        }
+    }
+
+    /// The last attempt of `stream`: the one that answered. Forgets the
+    /// stream's attempts.
+    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<SentAttempt> {
+        let last = self.sent.iter().rposition(|a| a.stream == stream)?;
+        let a = self.sent.remove(last)?;
+        self.sent.retain(|a| a.stream != stream);
+        Some(a)
     }
 
     /// Attempts waiting for their stream's end.

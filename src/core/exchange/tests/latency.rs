@@ -220,3 +220,66 @@ fn timing_costs_at_most_two_clock_reads() {
     // calibration store's own.
     assert_eq!(env.host.clock_reads.get() - before_end, 2, "the end");
 }
+
+/// An attempt that ends unanswered at the router's timeout for it (the
+/// `x-envoy-expected-rq-timeout-ms` the router set on it) is a `timeout`;
+/// one that ends before it is a `reset`.
+#[test]
+fn an_attempt_out_of_time_is_a_timeout_not_a_reset() {
+    use crate::core::telemetry::UPSTREAM_ATTEMPTS_TOTAL;
+    let mut env = slo_route(true);
+    let (mut x, _) = env.send("chat", &[], Some(CHAT_BODY));
+    for (cluster, ran_ms) in [("a", 995), ("b", 400)] {
+        env.host.set_property_str(
+            PLAN_PROPERTY,
+            encode_plan("chat", Some("gpt-4o"), None, 1).as_bytes(),
+        );
+        env.host
+            .set_property_str("xds.cluster_name", cluster.as_bytes());
+        env.host.request_headers = vec![
+            (":path".into(), CHAT.into()),
+            ("x-envoy-expected-rq-timeout-ms".into(), "1000".into()),
+        ];
+        let mut a = env.upstream();
+        a.on_request_headers(&mut env.host, true);
+        env.host.advance(ran_ms);
+        a.on_end(&mut env.host);
+    }
+    env.answer(&mut x, 504, &[], &[]);
+    env.end(&mut x);
+    let class = |cluster, class| {
+        env.host.counter(
+            UPSTREAM_ATTEMPTS_TOTAL,
+            &[("cluster", cluster), ("class", class)],
+        )
+    };
+    assert_eq!((class("a", "timeout"), class("a", "reset")), (1, 0));
+    assert_eq!((class("b", "timeout"), class("b", "reset")), (0, 1));
+}
+
+/// With the upstream instance, the downstream timings take its clock
+/// readings (sent, answered): the answer's headers cost no clock read here.
+#[test]
+fn with_the_upstream_instance_the_headers_cost_no_clock_read() {
+    let mut env = slo_route(true);
+    let (mut x, _) = env.send("chat", &[], Some(CHAT_BODY));
+    env.host.set_property_str(
+        PLAN_PROPERTY,
+        encode_plan("chat", Some("gpt-4o"), None, 1).as_bytes(),
+    );
+    env.host.set_property_str("xds.cluster_name", b"a");
+    let mut a = env.upstream();
+    a.on_request_headers(&mut env.host, true);
+    env.host.advance(80);
+    env.host.response_headers = vec![(":status".into(), "200".into())];
+    a.on_response_headers(&mut env.host);
+    env.host.advance(5);
+    let before = env.host.clock_reads.get();
+    env.host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "application/json".into()),
+    ];
+    x.on_response_headers(&mut env.host, false);
+    assert_eq!(env.host.clock_reads.get() - before, 0);
+    assert_eq!(x.response.timing.headers_ms, Some(T0 + 80));
+}
