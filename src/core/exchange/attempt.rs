@@ -303,7 +303,10 @@ impl UpstreamAttempt {
         let now = h.now_ms();
         if let Some(stream) = self.stream {
             // The downstream timings take this reading instead of their own.
-            self.worker.attempts.borrow_mut().attempt_answered(stream, now);
+            self.worker
+                .attempts
+                .borrow_mut()
+                .attempt_answered(stream, now);
         }
         let status = h
             .header(Map::ResponseHeaders, ":status")
