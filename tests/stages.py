@@ -30,6 +30,7 @@ STAGES = {
     "lint": (["lint"], "rustfmt, clippy (host, wasm32)", False),
     "unit": (["test-unit"], "cargo test --workspace", False),
     "wasm": (["test-wasm"], "the core's tests on wasm32 (node)", False),
+    "rules": (["test-rules"], "the alert rules' promtool tests", False),
     "fuzz": (["test-fuzz"], "fuzz smoke, 10 s per target", False),
     "rls": (["test-rls"], "the global tier's engine on redis", False),
     "e2e": (["pytest-e2e"], "pytest in real Envoy, one line per file", False),

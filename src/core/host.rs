@@ -133,6 +133,8 @@ pub trait Metrics {
     fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64);
     fn record(&mut self, labels: &[(&str, &str)], name: &str, value: u64);
     fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64);
+    /// Moves a gauge by `delta` (shared by every worker, as Envoy's gauges are).
+    fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64);
 }
 
 /// Randomness (jitter) and what the VM knows of itself.
@@ -229,6 +231,8 @@ pub struct FakeHost {
     pub rng: Option<SplitMix64>,
     /// Host calls made (clock reads and metric calls included).
     pub calls: std::cell::Cell<u32>,
+    /// Clock reads alone.
+    pub clock_reads: std::cell::Cell<u32>,
     /// Host calls that fail, by method name (`"set_header"`, `"grpc_call"`, ...).
     pub fail: Vec<&'static str>,
     /// Shared-data operations fail with a host status.
@@ -319,6 +323,7 @@ fn lookup<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 impl Clock for FakeHost {
     fn now_ms(&self) -> u64 {
         self.calls.set(self.calls.get() + 1);
+        self.clock_reads.set(self.clock_reads.get() + 1);
         self.now_ms.get()
     }
 }
@@ -495,6 +500,11 @@ impl Metrics for FakeHost {
     fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         self.calls.set(self.calls.get() + 1);
         self.gauges.insert(tagged_name(labels, name), value);
+    }
+    fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
+        self.calls.set(self.calls.get() + 1);
+        let g = self.gauges.entry(tagged_name(labels, name)).or_default();
+        *g = g.saturating_add_signed(delta);
     }
 }
 

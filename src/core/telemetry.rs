@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
 pub const LABELS: &[&str] = &[
     "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "cluster",
-    "class", "state", "model",
+    "class", "state", "model", "result",
 ];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";
@@ -25,6 +25,8 @@ pub const RATE_LIMITED_TOTAL: &str = "llmcap_rate_limited_total";
 pub const QUEUED_TOTAL: &str = "llmcap_queued_total";
 /// How long admitted requests waited in the queue, in milliseconds.
 pub const QUEUE_WAIT_MS: &str = "llmcap_queue_wait_milliseconds";
+/// A route's `queue.max_wait_seconds`, in milliseconds (set at configuration).
+pub const QUEUE_MAX_WAIT_MS: &str = "llmcap_queue_max_wait_milliseconds";
 /// Calls to the global rate limit service by `result` (ok, over_limit, timeout, error).
 pub const GLOBAL_CALLS_TOTAL: &str = "llmcap_global_calls_total";
 /// How long calls to the global rate limit service took, in milliseconds.
@@ -45,7 +47,7 @@ pub const BUILD_INFO: &str = "llmcap_build_info";
 /// Linear memory of the VM that reported last (every worker's VM is alike).
 pub const WASM_MEMORY_BYTES: &str = "llmcap_wasm_memory_bytes";
 /// Upstream attempts by `cluster` and `class` (ok, client_error,
-/// rate_limited, server_error, reset): one per router attempt.
+/// rate_limited, server_error, reset, timeout): one per router attempt.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llmcap_upstream_attempts_total";
 /// Circuit state per `cluster`: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "llmcap_circuit_state";
@@ -62,6 +64,19 @@ pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
 pub const BUDGET_EXCEEDED_TOTAL: &str = "llmcap_budget_exceeded_total";
 /// Spend of settled calls with a known price, in micro-dollars.
 pub const SPEND_MICRODOLLARS_TOTAL: &str = "llmcap_spend_microdollars_total";
+/// Time to first token per `route`, `cluster`, `model`, in milliseconds: from
+/// when the answering attempt was sent to the first event carrying output
+/// (the whole answer when not streamed). Complete 2xx answers only.
+pub const TIME_TO_FIRST_TOKEN_MS: &str = "llmcap_time_to_first_token_milliseconds";
+/// Time per output token after the first, in microseconds (streams).
+pub const TIME_PER_OUTPUT_TOKEN_US: &str = "llmcap_time_per_output_token_microseconds";
+/// From the answering attempt's send to the answer's end, in milliseconds.
+pub const REQUEST_DURATION_MS: &str = "llmcap_request_duration_milliseconds";
+/// Requests sent upstream and not ended yet, per `route` and `cluster` (the
+/// first attempt's): sum by either label.
+pub const IN_FLIGHT: &str = "llmcap_in_flight";
+/// Requests on routes with an `slo`, by `result`: met, late, failed.
+pub const GOODPUT_TOTAL: &str = "llmcap_goodput_total";
 /// Budget slots (sessions, tenants) taken over while still in use: raise `slots`.
 pub const BUDGET_EVICTIONS_TOTAL: &str = "llmcap_budget_evictions_total";
 
@@ -216,6 +231,26 @@ pub struct AccessLogState<'a> {
     /// How the global tier decided (pool, service, over_limit, fail_open, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub global: Option<&'static str>,
+    /// Time to first token, seconds (OpenTelemetry GenAI).
+    #[serde(
+        rename = "gen_ai.server.time_to_first_token",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time_to_first_token: Option<f64>,
+    /// Time per output token after the first, seconds (OpenTelemetry GenAI).
+    #[serde(
+        rename = "gen_ai.server.time_per_output_token",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time_per_output_token: Option<f64>,
+    /// From the answering attempt's send to the answer's end, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_second: Option<u64>,
+    /// The route's SLO verdict: met, late, failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<&'static str>,
 }
 
 /// The GenAI operation name of an API (OpenTelemetry `gen_ai.operation.name`).

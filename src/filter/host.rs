@@ -171,6 +171,9 @@ impl Metrics for EnvoyHost {
     fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         self.metrics.borrow_mut().set_gauge(labels, name, value);
     }
+    fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
+        self.metrics.borrow_mut().add_gauge(labels, name, delta);
+    }
 }
 
 impl Entropy for EnvoyHost {

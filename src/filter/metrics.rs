@@ -109,6 +109,12 @@ impl MetricIds {
         }
     }
 
+    pub fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
+        if let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) {
+            let _ = abi::increment_metric(id, delta);
+        }
+    }
+
     pub fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         if let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) {
             let _ = abi::record_metric(id, value);

@@ -14,7 +14,7 @@ use crate::core::exchange::attempt::UpstreamAttempt;
 use crate::core::exchange::worker::Worker;
 use crate::core::exchange::Exchange;
 use crate::core::host::{Flow, Properties};
-use crate::core::telemetry::BUILD_INFO;
+use crate::core::telemetry::{BUILD_INFO, QUEUE_MAX_WAIT_MS};
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use host::{enter, EnvoyHost};
 use std::cell::{Cell, RefCell};
@@ -329,6 +329,16 @@ impl Root {
                 BUILD_INFO,
                 1,
             );
+            // What the queue-wait alert compares the p95 wait with.
+            for (name, r) in &config.routes {
+                if let Some(q) = &r.policy.queue {
+                    self.host.metrics.borrow_mut().set_gauge(
+                        &[("route", name)],
+                        QUEUE_MAX_WAIT_MS,
+                        q.max_wait_ms,
+                    );
+                }
+            }
         }
         self.upstream = self
             .host

@@ -2,11 +2,10 @@
 
 Not a Grafana screenshot: two provider emulators and a real Envoy 1.40 with the
 filter (envoy/envoy.yaml, plus a plugin config with route limits, a queue, a
-session budget and prices) are driven through a scripted scenario with
-tests/e2e/loadgen.py; /stats/prometheus is scraped every second; every panel's
-PromQL is evaluated over the scraped series by tests/dashboard/promql.py (the
-functions the dashboard uses, with Prometheus' semantics) and drawn with
-matplotlib in the dashboard's own grid.
+session budget, prices and an SLO) are driven through a scripted scenario with
+tests/e2e/loadgen.py; a real Prometheus (Debian's `prometheus`) scrapes
+/stats/prometheus every second; every panel's PromQL is asked of it
+(/api/v1/query_range) and drawn with matplotlib in the dashboard's own grid.
 
 Scenario (seconds from the start; 160 s, plus a few seconds of
 start-up and plotting):
@@ -23,16 +22,16 @@ start-up and plotting):
 Usage:
     .venv/bin/pip install matplotlib
     .venv/bin/python tests/dashboard/render.py              # run the scenario, write docs/dashboard.png
-    .venv/bin/python tests/dashboard/render.py --replay     # re-plot the last run's scrapes (no Envoy)
+    .venv/bin/python tests/dashboard/render.py --replay     # re-plot the last run (no Envoy)
 
-The scrapes are kept in .run/dashboard/scrapes.json.gz for --replay.
+Prometheus' data directory is kept in .run/dashboard/prometheus for --replay
+(a Prometheus is started over it again, without targets).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import json
 import math
 import random
@@ -49,11 +48,13 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-import promql  # noqa: E402
+from prometheus import Prometheus  # noqa: E402
 
 DASHBOARD = ROOT / "envoy" / "grafana" / "llm-capacity.json"
 OUT = ROOT / "docs" / "dashboard.png"
-SCRAPES = ROOT / ".run" / "dashboard" / "scrapes.json.gz"
+RUN_DIR = ROOT / ".run" / "dashboard"
+PROM_DIR = RUN_DIR / "prometheus"
+RUN_INFO = RUN_DIR / "run.json"
 CHAT = "/v1/chat/completions"
 PRIMARY, FALLBACK = "emulator", "emulator-fallback"
 
@@ -95,6 +96,7 @@ def plugin(harness) -> dict:
         "queue": {"max_wait_seconds": 1, "max_size": 128},
         "session_budget": {"header": "x-session-id", "max_calls": 30, "max_tokens": 20_000,
                            "max_spend_usd": 0.05, "calls_per_minute": 20},
+        "slo": {"time_to_first_token_ms": 1000, "duration_ms": 10_000},
     })
     p["prices"] = PRICES
     return p
@@ -116,25 +118,8 @@ def corpus_prompts(n: int, seed: int = 7) -> list[str]:
     return out
 
 
-class Scraper(threading.Thread):
-    def __init__(self, env, t0: float, interval: float = 1.0):
-        super().__init__(daemon=True)
-        self.env, self.t0, self.interval = env, t0, interval
-        self.scrapes: list[tuple[float, str]] = []
-        self.stop_event = threading.Event()
-
-    def run(self):
-        nxt = time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                self.scrapes.append((time.monotonic() - self.t0, self.env.stats_prometheus()))
-            except OSError as e:
-                print(f"scrape failed: {e}", file=sys.stderr)
-            nxt += self.interval
-            self.stop_event.wait(max(0.0, nxt - time.monotonic()))
-
-
-def run_scenario() -> tuple[list[tuple[float, str]], dict]:
+def run_scenario() -> tuple[float, float, dict]:
+    """Runs the scenario under a Prometheus kept in PROM_DIR; (start, end) wall clock."""
     import harness
     import loadgen
 
@@ -160,15 +145,21 @@ def run_scenario() -> tuple[list[tuple[float, str]], dict]:
             prompt = prompts[i % len(prompts)]
             if long:  # about 1,000 tokens: over the route's tokens per minute at 25 req/s
                 prompt = "\n\n".join(prompts[(i + j) % len(prompts)] for j in range(6))[:4000]
-            return loadgen.chat_body(model=model, prompt=prompt, max_tokens=256)
+            # Half of them streamed: time per output token shows too.
+            return loadgen.chat_body(model=model, prompt=prompt, max_tokens=256, stream=rng.random() < 0.5)
 
         def steady_headers(i):
             rng = random.Random(10_000 + i)
             return {"x-session-id": f"user-{i % 500}", "x-emulator-output-tokens": str(rng.randint(20, 200))}
 
+        shutil.rmtree(PROM_DIR, ignore_errors=True)
+        prom = Prometheus(RUN_DIR, [env.admin_url], name=PROM_DIR.name)
+        prom.wait_scraped(1)
+        # Streams with a time to first token and a pace, so latency shows.
+        for e in (primary, fallback):
+            e.faults(ttft_ms=150, inter_token_ms=5)
         t0 = time.monotonic()
-        scraper = Scraper(env, t0)
-        scraper.start()
+        wall0 = time.time()
         threads: list[threading.Thread] = []
 
         def at(t: float, name: str, fn, *a, **kw):
@@ -216,15 +207,15 @@ def run_scenario() -> tuple[list[tuple[float, str]], dict]:
 
         for th in threads:
             th.join()
-        scraper.stop_event.set()
-        scraper.join()
+        prom.wait_scraped(1)
+        wall1 = time.time()
         summaries["wall_s"] = round(time.monotonic() - t0, 1)
         summaries["primary"] = primary.stats()["by_status"]
         summaries["fallback"] = fallback.stats()["by_status"]
     finally:
         harness.stop_all()
     shutil.rmtree(tmp, ignore_errors=True)  # kept, with Envoy's logs, when the run fails
-    return scraper.scrapes, summaries
+    return wall0, wall1, summaries
 
 
 # ---------------------------------------------------------------------------
@@ -299,14 +290,29 @@ def override_props(panel: dict, name: str) -> dict:
     return props
 
 
-def panel_series(panel: dict, store: promql.Store, start: float, end: float, variables: dict):
-    """[(legend, [(t, v)])] for every target of the panel."""
+def expand(expr: str, variables: dict) -> str:
+    """Grafana's variables replaced (longest names first: $__range before $route)."""
+    for k in sorted(variables, key=len, reverse=True):
+        expr = expr.replace("${" + k + "}", variables[k]).replace("$" + k, variables[k])
+    return expr
+
+
+def legend(fmt: str, labels: dict, default: str = "") -> str:
+    """Grafana's legendFormat: {{label}} replaced by the series' label value."""
+    if not fmt:
+        return default or ("{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}")
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt)
+
+
+def panel_series(panel: dict, prom: Prometheus, t0: float, end: float, variables: dict):
+    """[(legend, [(t, v)])] for every target of the panel; t in seconds from t0."""
     out = []
     for tgt in panel.get("targets", []):
-        expr = promql.expand(tgt["expr"], variables)
-        res = promql.query_range(expr, store, start, end, STEP_S)
-        for labels in sorted(res):
-            out.append((promql.legend(tgt.get("legendFormat", ""), labels, tgt["expr"]), res[labels]))
+        expr = expand(tgt["expr"], variables)
+        res = prom.api("query_range", query=expr, start=f"{t0:.3f}", end=f"{t0 + end:.3f}", step=f"{STEP_S}")
+        for r in sorted(res["result"], key=lambda r: sorted(r["metric"].items())):
+            pts = [(float(t) - t0, float(v)) for t, v in r["values"]]
+            out.append((legend(tgt.get("legendFormat", ""), r["metric"], tgt["expr"]), pts))
     return out
 
 
@@ -541,16 +547,22 @@ def _state_bar(ax, seg, yc, mapping):
         ax.text(seg[0] + 0.8, yc, text, color="#111217", fontsize=8.5, va="center", ha="left", clip_on=True)
 
 
-def render(scrapes: list[tuple[float, str]], out: Path = OUT, dashboard: Path = DASHBOARD, info: str = "") -> None:
+def render(wall0: float, wall1: float, out: Path = OUT, dashboard: Path = DASHBOARD, info: str = "") -> None:
+    """Plots the run between wall clock `wall0` and `wall1` from the Prometheus data in PROM_DIR."""
+    prom = Prometheus(RUN_DIR, [], name=PROM_DIR.name)
+    try:
+        _render(prom, wall0, wall1, out, dashboard, info)
+    finally:
+        prom.stop()
+
+
+def _render(prom: Prometheus, wall0: float, wall1: float, out: Path, dashboard: Path, info: str) -> None:
     import matplotlib
     from matplotlib.patches import Rectangle
 
     matplotlib.use("Agg")
     dash = json.loads(dashboard.read_text())
-    store = promql.Store()
-    for t, text in scrapes:
-        store.add_exposition(t, text)
-    start, end = 0.0, math.floor(max(t for t, _ in scrapes))
+    start, end = 0.0, math.floor(wall1 - wall0)
     variables = {"route": ".*", "__rate_interval": RATE_INTERVAL, "__range": f"{int(end - start)}s",
                  "__interval": f"{int(STEP_S)}s", "datasource": "prometheus"}
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dash["panels"])
@@ -561,8 +573,8 @@ def render(scrapes: list[tuple[float, str]], out: Path = OUT, dashboard: Path = 
     cv.text(175, 24, vars_txt, color=DIM, fontsize=9, va="center")
     cv.text(cv.w - 16, 24, f"$__rate_interval = {RATE_INTERVAL}, 1 s scrapes" + (f"   {info}" if info else ""),
             color=DIM, fontsize=8.5, va="center", ha="right")
-    cv.text(16, 50, "Not a Grafana screenshot: the dashboard's own PromQL evaluated over /stats/prometheus scraped "
-            "every second from a real Envoy 1.40 + two provider emulators (tests/dashboard/render.py). Shaded:",
+    cv.text(16, 50, "Not a Grafana screenshot: the dashboard's own PromQL asked of a real Prometheus scraping "
+            "a real Envoy 1.40 + two provider emulators every second (tests/dashboard/render.py). Shaded:",
             color=DIM, fontsize=8.5, va="center")
     px = 16
     cv.text(px, 70, "scenario phases:", color=DIM, fontsize=8.5, va="center")
@@ -577,7 +589,7 @@ def render(scrapes: list[tuple[float, str]], out: Path = OUT, dashboard: Path = 
             x, y, w, h = cv.box(p["gridPos"])
             cv.text(x + 2, y + 10, "⌄  " + p["title"], color=TEXT, fontsize=11.5, fontweight="bold", va="center")
             continue
-        series = panel_series(p, store, start, end, variables)
+        series = panel_series(p, prom, wall0, end, variables)
         {"timeseries": draw_timeseries, "stat": draw_stat, "state-timeline": draw_state_timeline}[p["type"]](
             cv, p, series, start, end)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -616,22 +628,20 @@ def _quantize(path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--replay", action="store_true", help=f"re-plot the scrapes saved in {SCRAPES.relative_to(ROOT)}")
+    ap.add_argument("--replay", action="store_true",
+                    help=f"re-plot the last run from {PROM_DIR.relative_to(ROOT)}")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     if a.replay:
-        with gzip.open(SCRAPES, "rt") as f:
-            saved = json.load(f)
-        scrapes, summaries = [tuple(s) for s in saved["scrapes"]], saved["summaries"]
+        saved = json.loads(RUN_INFO.read_text())
+        wall0, wall1, summaries = saved["start"], saved["end"], saved["summaries"]
     else:
         t = time.monotonic()
-        scrapes, summaries = run_scenario()
+        wall0, wall1, summaries = run_scenario()
         summaries["scenario_s"] = round(time.monotonic() - t, 1)
-        SCRAPES.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(SCRAPES, "wt") as f:
-            json.dump({"scrapes": scrapes, "summaries": summaries}, f)
+        RUN_INFO.write_text(json.dumps({"start": wall0, "end": wall1, "summaries": summaries}))
     print(json.dumps(summaries, indent=1))
-    render(scrapes, a.out)
+    render(wall0, wall1, a.out)
     print(f"wrote {a.out} ({a.out.stat().st_size // 1024} KB)")
     return 0
 

@@ -13,7 +13,8 @@ ROOT = harness.ROOT
 
 
 def envoy_yamls():
-    return sorted(p for p in (ROOT / "envoy").glob("**/*.yaml"))
+    # envoy/prometheus holds Prometheus rules, not Envoy configs.
+    return sorted(p for p in (ROOT / "envoy").glob("**/*.yaml") if "prometheus" not in p.parts)
 
 
 def doc_pages():
@@ -71,7 +72,7 @@ BAD = [
         "llm-capacity: invalid config at routes.openai-chat.max_request_byte: unknown field; "
         "expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, "
         "global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, "
-        "retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits",
+        "retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits",
     ),
     (
         lambda c: c["routes"]["openai-chat"].update({"global": {"cluster": "ratelimit", "lease": {"tokens": -5}}}),

@@ -193,6 +193,15 @@ pub struct Policy {
     pub tenant_budget: Option<Rc<TenantBudget>>,
     /// The fleet-wide tier behind the local limits.
     pub global: Option<Rc<GlobalConfig>>,
+    /// What a good answer is (goodput): bounds on its latency.
+    pub slo: Option<Slo>,
+}
+
+/// A route's latency objective: an answer within every bound set is `met`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slo {
+    pub time_to_first_token_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
 }
 
 /// Caps per agent session, named by a header.
@@ -322,6 +331,7 @@ impl Default for Policy {
             session_budget: None,
             tenant_budget: None,
             global: None,
+            slo: None,
         }
     }
 }
@@ -343,6 +353,7 @@ const POLICY_FIELDS: &[&str] = &[
     "rate_limit_headers",
     "retry_min_remaining_seconds",
     "session_budget",
+    "slo",
     "tenant_budget",
     "tenant_limits",
 ];

@@ -207,6 +207,9 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
     if let Some((v, path)) = o.take("session_budget") {
         p.session_budget = Some(Rc::new(session_budget(v, &path)?));
     }
+    if let Some((v, path)) = o.take("slo") {
+        p.slo = Some(slo(v, &path)?);
+    }
     if let Some((v, path)) = o.take("tenant_budget") {
         p.tenant_budget = Some(Rc::new(tenant_budget(v, &path)?));
     }
@@ -374,4 +377,37 @@ pub(super) fn check_some_limit(limits: &Limits, path: &str) -> Result<(), Config
         return Err(err(path, "sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight".to_string()));
     }
     Ok(())
+}
+
+/// Longest SLO bound accepted (an hour: longer is no latency objective).
+const MAX_SLO_MS: u64 = 3_600_000;
+
+/// `slo: {time_to_first_token_ms, duration_ms}`: at least one bound, each 1 ms to an hour.
+fn slo(v: &Value, path: &str) -> Result<Slo, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let mut bound = |key: &'static str| -> Result<Option<u64>, ConfigError> {
+        let Some((v, path)) = o.take(key) else {
+            return Ok(None);
+        };
+        let n = uint(v, &path, "a positive integer (milliseconds)")?;
+        if n == 0 || n > MAX_SLO_MS {
+            return Err(err(
+                &path,
+                format!("must be between 1 and {MAX_SLO_MS} milliseconds, got {n}"),
+            ));
+        }
+        Ok(Some(n))
+    };
+    let s = Slo {
+        time_to_first_token_ms: bound("time_to_first_token_ms")?,
+        duration_ms: bound("duration_ms")?,
+    };
+    o.finish(&["duration_ms", "time_to_first_token_ms"])?;
+    if s.time_to_first_token_ms.is_none() && s.duration_ms.is_none() {
+        return Err(err(
+            path,
+            "set at least one of time_to_first_token_ms, duration_ms".to_string(),
+        ));
+    }
+    Ok(s)
 }

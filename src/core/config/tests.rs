@@ -267,7 +267,7 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
@@ -363,7 +363,7 @@ fn policy_field_errors_name_path_and_value() {
     );
     assert_eq!(
         msg(json!({"defaults": {"clusters": []}})),
-        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, tenant_budget, tenant_limits"
+        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
 }
 
@@ -528,4 +528,51 @@ fn long_values_are_truncated_in_messages() {
     let m = msg(json!({ "log_level": long }));
     assert!(m.len() < 200, "{m}");
     assert!(m.ends_with("..."), "{m}");
+}
+
+#[test]
+fn slo_is_read_and_inherited() {
+    let c = compile(&json!({
+        "defaults": {"slo": {"time_to_first_token_ms": 2000}},
+        "routes": {"a": {}, "b": {"slo": {"time_to_first_token_ms": 500, "duration_ms": 30000}}}
+    }))
+    .unwrap();
+    assert_eq!(
+        c.route("a").unwrap().policy.slo,
+        Some(Slo {
+            time_to_first_token_ms: Some(2000),
+            duration_ms: None
+        })
+    );
+    assert_eq!(
+        c.route("b").unwrap().policy.slo,
+        Some(Slo {
+            time_to_first_token_ms: Some(500),
+            duration_ms: Some(30000)
+        })
+    );
+}
+
+#[test]
+fn slo_errors_name_path_and_value() {
+    assert_eq!(
+        msg(json!({"routes": {"r": {"slo": {}}}})),
+        "invalid config at routes.r.slo: set at least one of time_to_first_token_ms, duration_ms"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"slo": {"duration_ms": 0}}}})),
+        "invalid config at routes.r.slo.duration_ms: must be between 1 and 3600000 milliseconds, got 0"
+    );
+    assert_eq!(
+        msg(json!({"defaults": {"slo": {"time_to_first_token_ms": 3600001}}})),
+        "invalid config at defaults.slo.time_to_first_token_ms: must be between 1 and 3600000 milliseconds, got 3600001"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"slo": {"ttft_ms": 5}}}})),
+        "invalid config at routes.r.slo.ttft_ms: unknown field; expected one of: duration_ms, time_to_first_token_ms"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"slo": 5}}})),
+        "invalid config at routes.r.slo: expected a map, got 5"
+    );
 }

@@ -228,7 +228,7 @@ impl Exchange {
             h.count(&[("route", route), ("result", "admitted")], QUEUED_TOTAL, 1);
             h.record(&[("route", route)], QUEUE_WAIT_MS, waited);
         }
-        self.phase = Phase::Sent { at_ms };
+        self.went(h, at_ms);
         self.count_outcome(h);
     }
 

@@ -48,7 +48,11 @@ fn record_reset(config: &Config, h: &mut dyn Host, a: &Unanswered, now: u64) {
     let o = Observation {
         cluster: &a.cluster,
         probe: a.probe,
-        class: Class::Reset,
+        class: if a.timed_out {
+            Class::Timeout
+        } else {
+            Class::Reset
+        },
         latency_ms: Some(a.latency_ms),
         signal: &provider_headers::Signal::default(),
         now_ms: now,
@@ -95,6 +99,13 @@ pub fn settle_unanswered(
     }
 }
 
+/// The router's timeout for an attempt, which it sets on the attempt's request
+/// (per try if the route has one, else what is left of the route's).
+pub const EXPECTED_TIMEOUT_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+/// An attempt this close to its timeout when it ended unanswered timed out
+/// (the router's timer and our clock reading are not the same instant).
+const TIMEOUT_SLACK_MS: u64 = 20;
+
 /// Error bodies read for Gemini's `retryDelay`, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -122,6 +133,8 @@ pub struct UpstreamAttempt {
     stream: Option<u32>,
     rewrite_model: Option<String>,
     phase: AttemptPhase,
+    /// The router's timeout for this attempt, when it set one.
+    timeout_ms: Option<u64>,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
     /// From the plan: when a retry must have been sent by (client's deadline).
@@ -140,6 +153,7 @@ impl UpstreamAttempt {
             stream: None,
             rewrite_model: None,
             phase: AttemptPhase::Unplanned,
+            timeout_ms: None,
             error_body: None,
             retry_by_ms: None,
         }
@@ -223,12 +237,17 @@ impl UpstreamAttempt {
         // client went away. Only the downstream stream's end tells which, so the
         // outcome waits for it (same worker, same VM) unless it cannot be matched.
         let now = h.now_ms();
+        let latency_ms = now.saturating_sub(self.started_ms);
+        let timed_out = self
+            .timeout_ms
+            .is_some_and(|t| t > 0 && latency_ms.saturating_add(TIMEOUT_SLACK_MS) >= t);
         let a = Unanswered {
             stream: self.stream.unwrap_or(0),
             at_ms: now,
             cluster: self.cluster.clone(),
             probe: self.probe,
-            latency_ms: now.saturating_sub(self.started_ms),
+            latency_ms,
+            timed_out,
         };
         let ended = self
             .stream
@@ -287,6 +306,17 @@ impl UpstreamAttempt {
                 return flow;
             }
         }
+        // Read now: Envoy 1.40 no longer shows the attempt's request headers
+        // when an attempt it timed out ends.
+        self.timeout_ms = h
+            .header(Map::RequestHeaders, EXPECTED_TIMEOUT_HEADER)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(stream) = self.stream {
+            self.worker
+                .attempts
+                .borrow_mut()
+                .attempt_sent(stream, self.started_ms, &self.cluster);
+        }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.route = Some(route);
@@ -337,6 +367,13 @@ impl UpstreamAttempt {
         };
         self.phase = AttemptPhase::Recorded;
         let now = h.now_ms();
+        if let Some(stream) = self.stream {
+            // The downstream timings take this reading instead of their own.
+            self.worker
+                .attempts
+                .borrow_mut()
+                .attempt_answered(stream, now);
+        }
         let status = h
             .header(Map::ResponseHeaders, ":status")
             .and_then(|v| v.parse::<u32>().ok())

@@ -25,6 +25,7 @@ pub mod decision;
 pub mod global;
 pub mod health;
 mod plan;
+pub mod timing;
 pub mod worker;
 
 #[cfg(test)]
@@ -37,10 +38,10 @@ use crate::core::limits::ratelimit;
 use crate::core::reply::LocalReply;
 use crate::core::telemetry::{
     operation_name, provider_name, AccessLogState, RequestOutcome, BUDGET_EVICTIONS_TOTAL,
-    BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, LIMITER_ERRORS_TOTAL,
-    QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL, REQUESTS_TOTAL,
-    SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL, TOKENS_TOTAL,
-    WASM_MEMORY_BYTES,
+    BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, IN_FLIGHT,
+    LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
+    REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL,
+    TOKENS_TOTAL, WASM_MEMORY_BYTES,
 };
 use crate::core::tokens::accounting::{
     preflight_encoded, Preflight, ResponseTracker, Settlement, Source,
@@ -132,6 +133,10 @@ struct Response {
     /// The model the answer names (access log `gen_ai.response.model`).
     model: Option<String>,
     settled: Option<Settlement>,
+    /// When things happened, and what they came to (at the log).
+    timing: timing::Timing,
+    measured: Option<timing::Measured>,
+    goodput: Option<timing::Goodput>,
 }
 
 /// What the request holds against shared state until it ends.
@@ -442,9 +447,29 @@ impl Exchange {
 
     /// The request goes upstream now.
     fn sent(&mut self, h: &mut dyn Host) -> Flow {
-        self.phase = Phase::Sent { at_ms: h.now_ms() };
+        let at_ms = h.now_ms();
+        self.went(h, at_ms);
         self.count_outcome(h);
         Flow::Continue
+    }
+
+    /// The request left at `at_ms` (now, or from the queue): it is in flight.
+    fn went(&mut self, h: &mut dyn Host, at_ms: u64) {
+        self.phase = Phase::Sent { at_ms };
+        self.response.timing.sent_ms = Some(at_ms);
+        if self.config.telemetry.metrics {
+            let cluster = self.first_cluster().unwrap_or("").to_string();
+            let labels = [("route", self.head.route.as_str()), ("cluster", &cluster)];
+            h.add_gauge(&labels, IN_FLIGHT, 1);
+            self.response.timing.in_flight = Some(cluster);
+        }
+    }
+
+    /// The cluster the first attempt goes to, when the route has a chain.
+    fn first_cluster(&self) -> Option<&str> {
+        let (plan, policy) = (self.plan.as_ref()?, self.head.policy.as_ref()?);
+        let t = plan.slots.first().and_then(|&i| policy.clusters.get(i))?;
+        Some(&t.cluster.name)
     }
 
     /// The body the first attempt carries: the route's rewrite, and the first
@@ -484,8 +509,12 @@ impl Exchange {
 
     /// Response headers: from the upstream, or our own local reply.
     pub fn on_response_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> Flow {
+        let first_headers = self.response.progress == Progress::None;
         self.response.progress = Progress::Headers;
         self.absorb_wait(h);
+        if first_headers && matches!(self.phase, Phase::Sent { .. }) {
+            self.time_headers(h);
+        }
         // Status, content type and the provider's headers: one host call.
         let headers = (self.response.tracker.is_some() || self.observes_final())
             .then(|| h.header_list(Map::ResponseHeaders));
@@ -516,6 +545,8 @@ impl Exchange {
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
             t.on_headers(status, l.get("content-type"), l.get("content-encoding"));
+            self.response.timing.status = status;
+            self.response.timing.streamed = t.streamed();
             if end_of_stream {
                 self.response.progress = Progress::Ended;
                 self.settle(h);
@@ -529,7 +560,14 @@ impl Exchange {
         if let Some(t) = &mut self.response.tracker {
             if t.wants_body() && chunk_size > 0 {
                 match h.body(Buffer::ResponseBody, 0, chunk_size) {
-                    Ok(Some(chunk)) => t.on_chunk(&chunk),
+                    Ok(Some(chunk)) => {
+                        let before = t.output_seen();
+                        t.on_chunk(&chunk);
+                        if !before && t.output_seen() {
+                            // The first token: read the clock on this chunk only.
+                            self.response.timing.first_output_ms = Some(h.now_ms());
+                        }
+                    }
                     Ok(None) => {}
                     Err(s) => {
                         log::debug!("llm-capacity: cannot read response chunk (host status {s})")
@@ -555,6 +593,7 @@ impl Exchange {
         }
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle(h);
+        self.report_timing(h);
         // Bodiless requests have no settlement; what they hold is settled here.
         self.give_back(h, false);
         // Attempts that ended without an answer count against their cluster only
@@ -638,6 +677,13 @@ impl Exchange {
             state.limit = Some(limit);
         }
         state.shadow_limited = r.shadow_limited;
+        if let Some(m) = &self.response.measured {
+            state.time_to_first_token = Some(m.ttft_ms as f64 / 1000.0);
+            state.time_per_output_token = m.tpot_us.map(|us| us as f64 / 1_000_000.0);
+            state.duration_ms = Some(m.duration_ms);
+            state.output_tokens_per_second = m.tokens_per_second;
+        }
+        state.slo = self.response.goodput.map(timing::Goodput::as_str);
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
                 state.cluster = Some(&t.cluster.name);
@@ -672,7 +718,7 @@ impl Exchange {
     /// back whole; otherwise what it holds is settled with its usage (or
     /// stands as reserved when no usage is known).
     fn give_back(&mut self, h: &mut dyn Host, unsent: bool) {
-        self.release_charges(h, unsent);
+        self.release_charges(h, unsent, None);
         self.global_give_back(h, unsent);
         if unsent {
             self.release_probe(h);
@@ -681,7 +727,7 @@ impl Exchange {
     }
 
     /// Settles every local charge: with the real usage, or as unsent.
-    fn release_charges(&mut self, h: &mut dyn Host, unsent: bool) {
+    fn release_charges(&mut self, h: &mut dyn Host, unsent: bool, now: Option<u64>) {
         if self.held.charges.is_empty() {
             return; // nothing charged, or settled already: no clock read
         }
@@ -693,7 +739,7 @@ impl Exchange {
             },
             None => Cost::default(),
         };
-        let now = h.now_ms();
+        let now = now.unwrap_or_else(|| h.now_ms());
         admit::release(&*h, &mut self.held.charges, actual, unsent, now);
     }
 
@@ -706,7 +752,13 @@ impl Exchange {
         let (Some(pre), Some(tracker)) = (&self.pre, &mut self.response.tracker) else {
             return;
         };
-        let s = tracker.settle(pre, self.response.progress == Progress::Ended);
+        // One clock read for the answer's end, the charges and calibration.
+        let now = h.now_ms();
+        let ended = self.response.progress == Progress::Ended;
+        if ended {
+            self.response.timing.end_ms = Some(now);
+        }
+        let s = tracker.settle(pre, ended);
         self.response.model = tracker.response_model();
         if self.config.telemetry.metrics {
             let r = self.head.route.as_str();
@@ -744,7 +796,7 @@ impl Exchange {
         {
             if self
                 .worker
-                .calibration_sample_due(model, pre.text_class, h.now_ms())
+                .calibration_sample_due(model, pre.text_class, now)
             {
                 if let Err(e) =
                     calibrate::observe(&*h, &*h, model, pre.text_class, pre.input_raw, s.input)
@@ -765,7 +817,7 @@ impl Exchange {
             );
         }
         self.response.settled = Some(s);
-        self.release_charges(h, false);
+        self.release_charges(h, false, Some(now));
         self.global_give_back(h, false);
     }
 }

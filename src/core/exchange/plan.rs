@@ -171,6 +171,7 @@ impl Exchange {
             .or(plan.slots.last())
             .copied();
         if let Some(t) = slot.and_then(|i| policy.clusters.get(i)) {
+            self.response.timing.cluster = Some(t.cluster.name.clone());
             let now = h.now_ms();
             let signal = provider_headers::parse(headers.iter(), now);
             let o = health::Observation {

@@ -156,6 +156,8 @@ pub struct Unanswered {
     pub cluster: String,
     pub probe: bool,
     pub latency_ms: u64,
+    /// It ran out of the router's time for it (`timeout`, not `reset`).
+    pub timed_out: bool,
 }
 
 /// Per VM: attempts waiting for their stream's end, streams recently ended,
@@ -170,6 +172,22 @@ pub struct Ledger {
     /// Downstream streams whose first attempt this VM has seen, newest last: a
     /// later attempt of one of them is a router retry, gated when it is sent.
     pub(super) attempted: VecDeque<u32>,
+    /// Attempts sent, newest last, for the downstream timings; at most
+    /// [`SENT_ATTEMPTS`].
+    pub(super) sent: VecDeque<SentAttempt>,
+}
+
+/// Attempts' send times remembered per VM until their answer reads them.
+pub const SENT_ATTEMPTS: usize = 256;
+
+/// One attempt as the upstream instance saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentAttempt {
+    pub stream: u32,
+    pub at_ms: u64,
+    pub cluster: String,
+    /// When its response headers came.
+    pub answered_ms: Option<u64>,
 }
 
 /// Streams remembered in [`Ledger::attempted`], at most.
@@ -202,6 +220,35 @@ impl Ledger {
             .rev()
             .find(|(s, _)| *s == stream)
             .map(|&(_, answered)| answered)
+    }
+
+    /// Notes that an attempt of `stream` went to `cluster` at `at_ms`.
+    pub(super) fn attempt_sent(&mut self, stream: u32, at_ms: u64, cluster: &str) {
+        if self.sent.len() >= SENT_ATTEMPTS {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(SentAttempt {
+            stream,
+            at_ms,
+            cluster: cluster.to_string(),
+            answered_ms: None,
+        });
+    }
+
+    /// The last attempt of `stream` got its response headers at `at_ms`.
+    pub(super) fn attempt_answered(&mut self, stream: u32, at_ms: u64) {
+        if let Some(a) = self.sent.iter_mut().rev().find(|a| a.stream == stream) {
+            a.answered_ms = Some(at_ms);
+        }
+    }
+
+    /// The last attempt of `stream`: the one that answered. Forgets the
+    /// stream's attempts.
+    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<SentAttempt> {
+        let last = self.sent.iter().rposition(|a| a.stream == stream)?;
+        let a = self.sent.remove(last)?;
+        self.sent.retain(|a| a.stream != stream);
+        Some(a)
     }
 
     /// Attempts waiting for their stream's end.

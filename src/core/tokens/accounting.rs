@@ -290,6 +290,16 @@ impl ResponseTracker {
         }
     }
 
+    /// The answer is an event stream this tracker reads.
+    pub fn streamed(&self) -> bool {
+        self.sse.is_some()
+    }
+
+    /// Some generated text has been seen in the stream.
+    pub fn output_seen(&self) -> bool {
+        self.streamed_any
+    }
+
     /// Whether body chunks are worth handing to `on_chunk`.
     pub fn wants_body(&self) -> bool {
         self.dialect.is_some()

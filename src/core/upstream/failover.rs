@@ -169,8 +169,11 @@ pub enum Class {
     ClientError,
     RateLimited,
     ServerError,
-    /// No answer: reset, connect failure, timeout.
+    /// No answer: reset, connect failure, the client gone.
     Reset,
+    /// No answer within the router's timeout for the attempt (per try, or the
+    /// route's): the provider is slow rather than gone.
+    Timeout,
 }
 
 impl Class {
@@ -191,6 +194,7 @@ impl Class {
             Class::RateLimited => "rate_limited",
             Class::ServerError => "server_error",
             Class::Reset => "reset",
+            Class::Timeout => "timeout",
         }
     }
 }
@@ -212,7 +216,7 @@ pub fn outcomes(
         Class::RateLimited => out.push(Outcome::RateLimited {
             cooldown_ms: Some(signal.rate_limited_wait_ms(default_cooldown_ms)),
         }),
-        Class::ServerError | Class::Reset => {
+        Class::ServerError | Class::Reset | Class::Timeout => {
             out.push(Outcome::Failure { latency_ms });
             if let (Class::ServerError, Some(ms)) = (class, signal.retry_after_ms) {
                 out.push(Outcome::RateLimited {

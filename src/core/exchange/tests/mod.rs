@@ -8,6 +8,7 @@ mod failover;
 mod give_back;
 mod global;
 mod input;
+mod latency;
 mod limits;
 mod security;
 mod traffic;
