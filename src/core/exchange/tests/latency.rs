@@ -170,7 +170,7 @@ fn timed_from_the_answering_attempt_and_labelled_by_its_cluster() {
     for (cluster, wait) in [("a", 300), ("b", 0)] {
         env.host.set_property_str(
             PLAN_PROPERTY,
-            encode_plan("chat", Some("gpt-4o"), None, 1).as_bytes(),
+            encode_plan("chat", Some("gpt-4o"), None, 1, None).as_bytes(),
         );
         env.host
             .set_property_str("xds.cluster_name", cluster.as_bytes());
@@ -232,7 +232,7 @@ fn an_attempt_out_of_time_is_a_timeout_not_a_reset() {
     for (cluster, ran_ms) in [("a", 995), ("b", 400)] {
         env.host.set_property_str(
             PLAN_PROPERTY,
-            encode_plan("chat", Some("gpt-4o"), None, 1).as_bytes(),
+            encode_plan("chat", Some("gpt-4o"), None, 1, None).as_bytes(),
         );
         env.host
             .set_property_str("xds.cluster_name", cluster.as_bytes());
@@ -265,7 +265,7 @@ fn with_the_upstream_instance_the_headers_cost_no_clock_read() {
     let (mut x, _) = env.send("chat", &[], Some(CHAT_BODY));
     env.host.set_property_str(
         PLAN_PROPERTY,
-        encode_plan("chat", Some("gpt-4o"), None, 1).as_bytes(),
+        encode_plan("chat", Some("gpt-4o"), None, 1, None).as_bytes(),
     );
     env.host.set_property_str("xds.cluster_name", b"a");
     let mut a = env.upstream();
