@@ -46,7 +46,7 @@ pub struct GlobalConfig {
     pub retry_interval_ms: u64,
 }
 
-/// Parses `global` (see README "Global limits"). `limits` parses the fallback's
+/// Parses `global` (see docs/global-limits.md). `limits` parses the fallback's
 /// limit fields the same way as `limits:`.
 pub fn parse(
     v: &serde_json::Value,

@@ -6,7 +6,7 @@
 //! and value; unknown fields are errors, because a misspelled limit that is
 //! silently ignored is worse than a config that is refused.
 //!
-//! Shape (see README "Configuration"):
+//! Shape (see docs/configuration.md):
 //!
 //! ```yaml
 //! log_level: info                 # filter's own log level
