@@ -91,6 +91,10 @@ pub enum RequestOutcome {
     /// Refused locally: the global rate limit service cannot be asked and the
     /// route fails closed.
     GlobalUnavailable,
+    /// Refused locally: the conversation is longer than the route's `max_messages`.
+    TooManyTurns,
+    /// Refused locally: the request, priced before it leaves, is over `max_request_cost_usd`.
+    CostExceeded,
 }
 
 impl RequestOutcome {
@@ -106,6 +110,8 @@ impl RequestOutcome {
             RequestOutcome::BudgetExceeded => "rejected_budget",
             RequestOutcome::NoSession => "rejected_no_session",
             RequestOutcome::GlobalUnavailable => "rejected_global_unavailable",
+            RequestOutcome::TooManyTurns => "rejected_too_many_turns",
+            RequestOutcome::CostExceeded => "rejected_request_cost",
         }
     }
 }

@@ -193,6 +193,12 @@ pub struct Policy {
     pub tenant_budget: Option<Rc<TenantBudget>>,
     /// The fleet-wide tier behind the local limits.
     pub global: Option<Rc<GlobalConfig>>,
+    /// Longest conversation a request may carry (entries counted by the
+    /// estimator); longer ones are refused `400 too_many_turns`.
+    pub max_messages: Option<u32>,
+    /// Most one request may cost, in pico-dollars, priced with `prices` at the
+    /// model of the attempt it goes to; dearer ones are refused `402 request_cost_exceeded`.
+    pub max_request_cost: Option<u64>,
 }
 
 /// Caps per agent session, named by a header.
@@ -322,6 +328,8 @@ impl Default for Policy {
             session_budget: None,
             tenant_budget: None,
             global: None,
+            max_messages: None,
+            max_request_cost: None,
         }
     }
 }
@@ -337,7 +345,9 @@ const POLICY_FIELDS: &[&str] = &[
     "input_margin",
     "invalid_body",
     "limits",
+    "max_messages",
     "max_request_bytes",
+    "max_request_cost_usd",
     "priority",
     "queue",
     "rate_limit_headers",

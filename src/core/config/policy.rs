@@ -206,6 +206,19 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
     if let Some((v, path)) = o.take("retry_min_remaining_seconds") {
         p.retry_min_remaining_ms = seconds(v, &path, 0.0, 3600.0)?;
     }
+    if let Some((v, path)) = o.take("max_messages") {
+        let n = uint(v, &path, "a positive integer (messages)")?;
+        if n == 0 || n > u64::from(u32::MAX) {
+            return Err(err(
+                &path,
+                format!("must be between 1 and {}, got {n}", u32::MAX),
+            ));
+        }
+        p.max_messages = Some(n as u32);
+    }
+    if let Some((v, path)) = o.take("max_request_cost_usd") {
+        p.max_request_cost = Some(usd(v, &path)?);
+    }
     if let Some((v, path)) = o.take("rate_limit_headers") {
         p.rate_limit_headers = match str_enum(v, &path, &["both", "openai", "ietf", "none"])? {
             "openai" => RateHeaders::OpenAi,

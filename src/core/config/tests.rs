@@ -523,3 +523,27 @@ fn long_values_are_truncated_in_messages() {
     assert!(m.len() < 200, "{m}");
     assert!(m.ends_with("..."), "{m}");
 }
+
+#[test]
+fn per_request_caps_compile_and_name_their_errors() {
+    let c = compile(&json!({
+        "defaults": {"max_messages": 20},
+        "routes": {"r": {"max_request_cost_usd": "0.05"}}
+    }))
+    .unwrap();
+    let p = &c.routes["r"].policy;
+    assert_eq!(p.max_messages, Some(20));
+    assert_eq!(p.max_request_cost, Some(PICO_PER_USD / 20));
+    assert_eq!(
+        msg(json!({"routes": {"r": {"max_messages": 0}}})),
+        "invalid config at routes.r.max_messages: must be between 1 and 4294967295, got 0"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"max_messages": "many"}}})),
+        "invalid config at routes.r.max_messages: expected a positive integer (messages), got \"many\""
+    );
+    assert_eq!(
+        msg(json!({"defaults": {"max_request_cost_usd": 0}})),
+        "invalid config at defaults.max_request_cost_usd: expected an amount of US dollars above 0, got 0"
+    );
+}

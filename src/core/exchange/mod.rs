@@ -21,6 +21,7 @@ mod admission;
 pub mod admit;
 pub mod attempt;
 pub mod budgets;
+pub mod caps;
 pub mod decision;
 pub mod global;
 pub mod health;
@@ -368,7 +369,12 @@ impl Exchange {
         };
         match pre {
             Ok(p) => {
+                let turns = p.messages;
                 self.pre = Some(p);
+                if let Some(max) = policy.policy.max_messages.filter(|&m| turns > m) {
+                    let r = caps::too_many_turns(turns, max);
+                    return self.reply(h, RequestOutcome::TooManyTurns, r);
+                }
                 self.dispatch(h, &policy, Some((body, body_size)))
             }
             Err(reply) => self.reply(h, RequestOutcome::InvalidBody, reply),
@@ -404,6 +410,13 @@ impl Exchange {
             .pre
             .as_ref()
             .map_or((0, 0), |p| (p.reserved_input, p.output_allowance));
+        if let Some(max) = policy.policy.max_request_cost {
+            let price = priced.as_deref().and_then(|m| self.config.prices.lookup(m));
+            if let Some(r) = caps::over_cost(price, budget_tokens, max, priced.as_deref()) {
+                self.release_probe(h);
+                return self.reply(h, RequestOutcome::CostExceeded, r);
+            }
+        }
         if let Err(flow) = self.charge_budgets(h, policy, priced.as_deref(), budget_tokens) {
             return flow;
         }

@@ -45,6 +45,9 @@ pub struct Preflight {
     pub size_based: bool,
     /// The body to send instead, when the route asked for a rewrite.
     pub rewrite: Option<Vec<u8>>,
+    /// Conversation entries the body carries (messages, input items, contents,
+    /// and a system or instructions block): what `max_messages` counts.
+    pub messages: u32,
 }
 
 /// The tokenizer family for a model: by name first, then by API.
@@ -189,6 +192,7 @@ pub fn preflight_encoded(
         reserved,
         size_based,
         rewrite,
+        messages: facts.structure.messages,
     })
 }
 

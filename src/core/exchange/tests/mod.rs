@@ -4,6 +4,7 @@
 //! filter did from its [`FakeHost`].
 
 mod budgets;
+mod caps;
 mod failover;
 mod give_back;
 mod global;
