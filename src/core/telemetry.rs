@@ -216,6 +216,9 @@ pub struct AccessLogState<'a> {
     pub failover: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// The cluster whose answer the client got (`x-llm-capacity-served-by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<&'a str>,
     /// Time spent waiting in the queue, milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,

@@ -110,6 +110,10 @@ pub struct UpstreamAttempt {
     done: bool,
     /// A 429 without a wait header: its body may carry Gemini's `retryDelay`.
     error_body: Option<Vec<u8>>,
+    /// The model this attempt asks (its cluster's, or the body's) and the
+    /// client's: for the served-by headers.
+    served_model: Option<String>,
+    asked_model: Option<String>,
 }
 
 impl UpstreamAttempt {
@@ -126,6 +130,8 @@ impl UpstreamAttempt {
             answered: false,
             done: false,
             error_body: None,
+            served_model: None,
+            asked_model: None,
         }
     }
 
@@ -223,6 +229,8 @@ impl UpstreamAttempt {
         self.started_ms = h.now_ms();
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
+        self.served_model = change.clone().or(plan.body_model.map(str::to_string));
+        self.asked_model = plan.asked_model.map(str::to_string);
         self.route = Some(route);
         let Some(model) = change else {
             return Flow::Continue;
@@ -300,6 +308,16 @@ impl UpstreamAttempt {
             now_ms: now,
         };
         health::observe(&self.config, h, &o);
+        // Who served this answer; set (not added) so a provider cannot forge them.
+        let served = failover::served_by_headers(
+            &route,
+            &self.cluster,
+            self.served_model.as_deref(),
+            self.asked_model.as_deref(),
+        );
+        for (name, value) in served {
+            let _ = h.set_header(Map::ResponseHeaders, name, value);
+        }
         if matches!(class, Class::RateLimited | Class::ServerError) {
             match signal.cooldown_ms() {
                 // A retry of a single-cluster route stays on this cluster: let the

@@ -132,6 +132,8 @@ struct Response {
     progress: Progress,
     /// The model the answer names (access log `gen_ai.response.model`).
     model: Option<String>,
+    /// The cluster that answered, and the model it was asked (served-by headers).
+    served: Option<(String, Option<String>)>,
     settled: Option<Settlement>,
 }
 
@@ -302,7 +304,9 @@ impl Exchange {
                     .iter()
                     .map(|(k, _)| k)
                     .filter(|k| {
-                        k.starts_with(admit::FAULT_HEADER_PREFIX) || *k == admit::HOLD_MARKER_HEADER
+                        k.starts_with(admit::FAULT_HEADER_PREFIX)
+                            || *k == admit::HOLD_MARKER_HEADER
+                            || failover::SERVED_HEADERS.contains(k)
                     })
                     .map(str::to_string)
                     .collect();
@@ -515,6 +519,7 @@ impl Exchange {
             if let Some(l) = &headers {
                 self.observe_final(h, l);
             }
+            self.note_served(h, headers.as_ref());
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.report.rate_headers {
                 let _ = h.set_header(Map::ResponseHeaders, name, value);
@@ -651,6 +656,7 @@ impl Exchange {
             state.limit = Some(limit);
         }
         state.shadow_limited = r.shadow_limited;
+        state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
                 state.cluster = Some(&t.cluster.name);
@@ -760,6 +766,10 @@ impl Exchange {
                     log::debug!("llm-capacity: calibration sample dropped ({e:?})");
                 }
             }
+        }
+        // Priced as the model that answered (a fallback may serve another).
+        if let Some((_, Some(m))) = &self.response.served {
+            self.held.budgets.price_as(&self.config, m);
         }
         let spend = self
             .held

@@ -123,7 +123,9 @@ impl Exchange {
             .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
             .flatten()
             .map(|t| t.cluster.name.as_str());
-        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
+        let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+        let text =
+            failover::encode_plan_asked(&policy.name, body_model, asked, probe, self.context_id);
         if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
         }
@@ -174,6 +176,15 @@ impl Exchange {
                 now_ms: now,
             };
             health::observe(&self.config, h, &o);
+            // No upstream instance wrote who served: the final answer's slot did.
+            let model = t.model.clone().or_else(|| self.pre.as_ref()?.model.clone());
+            let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+            let served =
+                failover::served_by_headers(&policy, &t.cluster.name, model.as_deref(), asked);
+            for (name, value) in served {
+                let _ = h.set_header(Map::ResponseHeaders, name, value);
+            }
+            self.response.served = Some((t.cluster.name.clone(), model));
         } else {
             return;
         }
@@ -181,6 +192,41 @@ impl Exchange {
             probe: false,
             ..plan
         });
+    }
+
+    /// Who served the answer: read back from the upstream instance's headers
+    /// (already in `headers`), or, on a route without a chain, the route's own
+    /// cluster with the client's model. (Without an upstream instance,
+    /// [`Exchange::observe_final`] wrote them.)
+    pub(super) fn note_served(&mut self, h: &mut dyn Host, headers: Option<&HeaderList>) {
+        let Some(policy) = self.head.policy.clone() else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Sent { .. }) || self.response.served.is_some() {
+            return;
+        }
+        if policy.clusters.is_empty() {
+            let Some(cluster) = h.property_text(&["xds", "cluster_name"]) else {
+                return;
+            };
+            let model = self.pre.as_ref().and_then(|p| p.model.clone());
+            let served =
+                failover::served_by_headers(&policy, &cluster, model.as_deref(), model.as_deref());
+            for (name, value) in served {
+                let _ = h.set_header(Map::ResponseHeaders, name, value);
+            }
+            self.response.served = Some((cluster, model));
+            return;
+        }
+        if let Some(l) = headers.filter(|_| self.config.upstream_filter) {
+            if let Some(c) = l.get(failover::SERVED_BY_HEADER) {
+                let model = l
+                    .get(failover::SERVED_MODEL_HEADER)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string);
+                self.response.served = Some((c.to_string(), model));
+            }
+        }
     }
 
     /// A probe that never left (refused by a limit, client gone) gives its claim back.

@@ -227,10 +227,23 @@ pub fn encode_plan(
     probe_cluster: Option<&str>,
     stream: u32,
 ) -> String {
+    encode_plan_asked(route, body_model, body_model, probe_cluster, stream)
+}
+
+/// As [`encode_plan`], with the model the client asked for (`asked_model`),
+/// which the served-by headers compare the attempt's model with.
+pub fn encode_plan_asked(
+    route: &str,
+    body_model: Option<&str>,
+    asked_model: Option<&str>,
+    probe_cluster: Option<&str>,
+    stream: u32,
+) -> String {
     format!(
-        "{route}\n{}\n{}\n{stream}",
+        "{route}\n{}\n{}\n{stream}\n{}",
         body_model.unwrap_or(""),
-        probe_cluster.unwrap_or("")
+        probe_cluster.unwrap_or(""),
+        asked_model.unwrap_or("")
     )
 }
 
@@ -240,6 +253,8 @@ pub struct PlanView<'a> {
     pub body_model: Option<&'a str>,
     pub probe_cluster: Option<&'a str>,
     pub stream: Option<u32>,
+    /// The model the client asked for (`None`: the body named none).
+    pub asked_model: Option<&'a str>,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -248,12 +263,42 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let body_model = it.next().filter(|m| !m.is_empty());
     let probe_cluster = it.next().filter(|m| !m.is_empty());
     let stream = it.next().and_then(|v| v.parse().ok());
+    let asked_model = it.next().filter(|m| !m.is_empty());
     Some(PlanView {
         route,
         body_model,
         probe_cluster,
         stream,
+        asked_model,
     })
+}
+
+/// Response header naming the cluster that served the answer.
+pub const SERVED_BY_HEADER: &str = "x-llm-capacity-served-by";
+/// Response header naming the model the answer was asked of.
+pub const SERVED_MODEL_HEADER: &str = "x-llm-capacity-model";
+/// Response header: `true` when the answer came from a fallback (not the
+/// chain's primary, or not the model the client asked for), else `false`.
+pub const FALLBACK_HEADER: &str = "x-llm-capacity-fallback";
+/// The served-by headers: only the filter writes them (client copies are
+/// stripped before the provider sees the request).
+pub const SERVED_HEADERS: [&str; 3] = [SERVED_BY_HEADER, SERVED_MODEL_HEADER, FALLBACK_HEADER];
+
+/// The served-by headers for an answer from `cluster` with `model`, on `route`
+/// whose client asked for `asked`.
+pub fn served_by_headers<'a>(
+    route: &RoutePolicy,
+    cluster: &'a str,
+    model: Option<&'a str>,
+    asked: Option<&str>,
+) -> [(&'static str, &'a str); 3] {
+    let primary = route.clusters.first().map(|t| t.cluster.name.as_str());
+    let fallback = primary.is_some_and(|p| p != cluster) || (asked.is_some() && model != asked);
+    [
+        (SERVED_BY_HEADER, cluster),
+        (SERVED_MODEL_HEADER, model.unwrap_or("")),
+        (FALLBACK_HEADER, if fallback { "true" } else { "false" }),
+    ]
 }
 
 /// The model `cluster` serves `route` with, when it differs from `current`.
@@ -482,7 +527,13 @@ mod tests {
                 body_model: Some("gpt-4o"),
                 probe_cluster: None,
                 stream: Some(42),
+                asked_model: Some("gpt-4o"),
             })
+        );
+        let s = encode_plan_asked("chat", Some("o1"), Some("gpt-4o"), None, 7);
+        assert_eq!(
+            decode_plan(&s).map(|p| (p.body_model, p.asked_model)),
+            Some((Some("o1"), Some("gpt-4o")))
         );
         assert_eq!(
             decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),

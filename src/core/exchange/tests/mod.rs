@@ -11,6 +11,7 @@ mod global;
 mod input;
 mod limits;
 mod security;
+mod served;
 mod traffic;
 
 use super::attempt::UpstreamAttempt;

@@ -1,0 +1,129 @@
+"""What a request may be before it leaves, in real Envoy: per-request turn and
+cost caps, and the answer's served-by headers. The emulator's admin counts
+are the referee: a refused request never reaches it.
+
+Runtime: about 10 s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import openai
+
+import harness
+
+PRICES = {"gpt-4o": {"input": 2.5, "output": 10}}
+
+
+def plugin(route: dict, **top) -> dict:
+    p = copy.deepcopy(harness.plugin_config(harness.load_envoy_config()))
+    p["routes"]["openai-chat"].update(route)
+    p.update(top)
+    return p
+
+
+def client(env, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=env.base_url + "/v1", api_key="k", **kw)
+
+
+def turns(n: int) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"step {i}"} for i in range(n)]
+
+
+def test_a_conversation_over_max_messages_never_leaves(start_envoy, emulator):
+    env = start_envoy(plugin=plugin({"max_messages": 20}))
+    c = client(env)
+    ok = c.chat.completions.create(model="gpt-4o", messages=turns(20), max_tokens=5)
+    assert ok.choices
+    assert emulator.stats()["requests_total"] == 1
+    try:
+        c.chat.completions.create(model="gpt-4o", messages=turns(21), max_tokens=5)
+        raise AssertionError("not refused")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.code == "too_many_turns", e
+        assert e.response.headers["x-should-retry"] == "false"
+        assert "21 messages" in e.message and "at most 20" in e.message
+    # The SDK did not retry, and nothing reached the provider.
+    assert emulator.stats()["requests_total"] == 1
+    s = env.stats_json()
+    assert s["wasmcustom.route=.=openai-chat;.;outcome=.=rejected_too_many_turns;.;llmcap_requests_total"] == 1
+
+
+def test_a_request_dearer_than_max_request_cost_never_leaves(start_envoy, emulator):
+    # gpt-4o at $10 per million output tokens: 1000 output tokens reserve $0.01.
+    env = start_envoy(plugin=plugin({"max_request_cost_usd": 0.005}, prices=PRICES))
+    c = client(env)
+    ok = c.chat.completions.create(model="gpt-4o", messages=turns(1), max_tokens=100)
+    assert ok.choices
+    try:
+        c.chat.completions.create(model="gpt-4o", messages=turns(1), max_tokens=1000)
+        raise AssertionError("not refused")
+    except openai.APIStatusError as e:
+        assert e.status_code == 402 and e.code == "request_cost_exceeded", e
+        assert e.response.headers["x-should-retry"] == "false"
+        assert "at most $0.005000 per request" in e.message, e.message
+    assert emulator.stats()["requests_total"] == 1
+    s = env.stats_json()
+    assert s["wasmcustom.route=.=openai-chat;.;outcome=.=rejected_request_cost;.;llmcap_requests_total"] == 1
+
+
+PRIMARY, FALLBACK = "emulator", "emulator-fallback"
+FALLBACK_PRICES = {"gpt-4o": {"input": 2.5, "output": 10}, "gpt-4o-mini": {"input": 0.15, "output": 0.6}}
+
+
+def pair_env(start_envoy, emulator, fallback, **plugin_kw):
+    for e in (emulator, fallback):
+        e.faults(rpm=100_000_000, tpm=1_000_000_000)
+    chain = [PRIMARY, {"cluster": FALLBACK, "model": "gpt-4o-mini"}]
+    p = plugin({"clusters": chain, "session_budget": {"header": "x-session-id", "max_spend_usd": 100}},
+               prices=FALLBACK_PRICES, **plugin_kw)
+    return start_envoy(plugin=p, ports={PRIMARY: emulator.api_port, FALLBACK: fallback.api_port})
+
+
+def served_by(r) -> tuple[str, str, str]:
+    h = r.headers
+    return h.get("x-llm-capacity-served-by"), h.get("x-llm-capacity-model"), h.get("x-llm-capacity-fallback")
+
+
+def ask(c: openai.OpenAI):
+    # The README's example: the raw response carries the served-by headers.
+    return c.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+
+
+def test_every_answer_says_who_served_it_and_a_fallback_is_priced_as_its_model(start_envoy, emulator, fallback):
+    env = pair_env(start_envoy, emulator, fallback)
+    # A client cannot forge the headers, and the provider never sees them.
+    c = client(env, max_retries=0, default_headers={
+        "x-session-id": "s", "x-llm-capacity-fallback": "false", "x-llm-capacity-served-by": "emulator"})
+    r = ask(c)
+    assert r.http_response.status_code == 200
+    assert served_by(r) == (PRIMARY, "gpt-4o", "false")
+    seen = emulator.stats()["recent"][-1]["headers"]
+    assert not [k for k in seen if k.startswith("x-llm-capacity-")], seen
+    # The primary is out of quota: the router retries on the fallback, whose
+    # entry serves gpt-4o-mini.
+    emulator.faults(storm={"retry_after_s": 5})
+    before = env.stat("wasmcustom.route=.=openai-chat;.;llmcap_spend_microdollars_total")
+    r = ask(c)
+    assert r.http_response.status_code == 200
+    assert served_by(r) == (FALLBACK, "gpt-4o-mini", "true")
+    assert [x["model"] for x in fallback.stats()["recent"]] == ["gpt-4o-mini"]
+    # Spend: the fallback model's price times its usage, to the micro-dollar.
+    usage = r.parse().usage
+    pico = usage.prompt_tokens * 150_000 + usage.completion_tokens * 600_000
+    deadline = time.time() + 5
+    while env.stat("wasmcustom.route=.=openai-chat;.;llmcap_spend_microdollars_total") == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert env.stat("wasmcustom.route=.=openai-chat;.;llmcap_spend_microdollars_total") - before == pico // 10**6
+    entries = [json.loads(e["llm_capacity"]) for e in env.access_entries(2)]
+    assert [e.get("served_by") for e in entries[-2:]] == [PRIMARY, FALLBACK], entries
+
+
+def test_without_the_upstream_instance_the_downstream_says_who_served(start_envoy, emulator, fallback):
+    env = pair_env(start_envoy, emulator, fallback, upstream_filter=False)
+    r = ask(client(env, max_retries=0))
+    assert served_by(r) == (PRIMARY, "gpt-4o", "false")
