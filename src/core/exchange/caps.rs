@@ -42,7 +42,8 @@ pub fn over_cost(
         tokens.1,
         usd(max)
     );
-    let mut r = LocalReply::openai_error(402, "invalid_request_error", "request_cost_exceeded", &msg);
+    let mut r =
+        LocalReply::openai_error(402, "invalid_request_error", "request_cost_exceeded", &msg);
     r.headers
         .push(("x-should-retry".to_string(), "false".to_string()));
     Some(r)
@@ -73,7 +74,9 @@ mod tests {
             body(&r)["error"]["message"],
             "This request could cost up to $0.003500 at gpt-4o (1000 input and 100 output tokens reserved); this route accepts at most $0.003499 per request. Lower max_tokens or shorten the prompt."
         );
-        assert!(r.headers.contains(&("x-should-retry".into(), "false".into())));
+        assert!(r
+            .headers
+            .contains(&("x-should-retry".into(), "false".into())));
     }
 
     #[test]
@@ -90,6 +93,8 @@ mod tests {
             body(&r)["error"]["message"],
             "This conversation has 21 messages; this route accepts at most 20. Summarize or trim the history and send it again."
         );
-        assert!(r.headers.contains(&("x-should-retry".into(), "false".into())));
+        assert!(r
+            .headers
+            .contains(&("x-should-retry".into(), "false".into())));
     }
 }

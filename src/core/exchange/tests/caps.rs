@@ -61,7 +61,10 @@ fn the_cost_cap_prices_the_model_of_the_attempt_it_would_go_to() {
     assert_eq!(env.last_reply().status, 402);
     assert_eq!(env.reply_json()["error"]["code"], "request_cost_exceeded");
     assert_eq!(env.reply_header("x-should-retry"), Some("false"));
-    let m = env.reply_json()["error"]["message"].as_str().unwrap().to_string();
+    let m = env.reply_json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(m.contains(" at o1 "), "{m}");
     env.answer_reply(&mut x);
     env.end(&mut x);

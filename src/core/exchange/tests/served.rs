@@ -86,7 +86,10 @@ fn a_client_cannot_send_the_served_by_headers_on() {
     let mut env = chain(true);
     let (_x, flow) = env.send(
         "chat",
-        &[("x-llm-capacity-served-by", "a"), ("x-llm-capacity-fallback", "false")],
+        &[
+            ("x-llm-capacity-served-by", "a"),
+            ("x-llm-capacity-fallback", "false"),
+        ],
         Some(CHAT_BODY),
     );
     assert_eq!(flow, Flow::Continue);
