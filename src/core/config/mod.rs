@@ -28,6 +28,7 @@
 use crate::core::limits::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
 use crate::core::limits::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use crate::core::tokens::estimate::Encoding;
+use crate::core::tokens::models::{Catalogue, ModelLimits};
 use crate::core::tokens::request::Api;
 use crate::core::upstream::circuit::CircuitConfig;
 use serde_json::{Map, Value};
@@ -71,6 +72,10 @@ pub const DEFAULT_RETRY_MIN_REMAINING_MS: u64 = 2_000;
 pub const DEFAULT_SESSION_SLOTS: u32 = 4096;
 pub const DEFAULT_SESSION_TTL_MS: u64 = 3_600_000;
 pub const MAX_PRICES: usize = 1024;
+/// Entries of `models:`, at most.
+pub const MAX_MODELS: usize = 1024;
+/// Largest context window a `models:` entry may name.
+pub const MAX_CONTEXT_WINDOW: u64 = 100_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -388,6 +393,8 @@ pub struct Config {
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Per-model prices for spend budgets.
     pub prices: Prices,
+    /// Context window and maximum output per model (built-in, and `models:`).
+    pub models: Catalogue,
     /// Policy-less routes still need limits such as the body cap.
     pub defaults: Policy,
     pub telemetry: Telemetry,
@@ -565,6 +572,10 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         None => Prices::default(),
         Some((v, p)) => prices(v, &p)?,
     };
+    let models = match top.take("models") {
+        None => Catalogue::default(),
+        Some((v, p)) => models(v, &p)?,
+    };
     let upstream_filter = match top.take("upstream_filter") {
         None => false,
         Some((v, p)) => boolean(v, &p)?,
@@ -595,6 +606,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         "defaults",
         "hold_headers",
         "log_level",
+        "models",
         "prices",
         "queue_hold",
         "routes",
@@ -609,6 +621,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         hold_headers,
         queue_hold,
         prices,
+        models,
         clusters,
         routes,
         defaults,

@@ -271,7 +271,7 @@ fn misspelled_field_names_its_path() {
     );
     assert_eq!(
         msg(json!({"route": {}})),
-        "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, prices, queue_hold, routes, telemetry, unmatched_routes, upstream_filter"
+        "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, models, prices, queue_hold, routes, telemetry, unmatched_routes, upstream_filter"
     );
 }
 
@@ -545,5 +545,38 @@ fn per_request_caps_compile_and_name_their_errors() {
     assert_eq!(
         msg(json!({"defaults": {"max_request_cost_usd": 0}})),
         "invalid config at defaults.max_request_cost_usd: expected an amount of US dollars above 0, got 0"
+    );
+}
+
+#[test]
+fn models_compile_and_name_their_errors() {
+    let c = compile(&json!({"models": {"tiny*": {"context_window": 4096}, "gpt-4o": {"context_window": 1000, "max_output_tokens": 10}}}))
+        .unwrap();
+    let tiny = c.models.lookup("tiny-1").unwrap();
+    assert_eq!((tiny.context_window, tiny.max_output_tokens), (4096, 4096));
+    assert_eq!(c.models.lookup("gpt-4o").unwrap().max_output_tokens, 10);
+    assert_eq!(
+        msg(json!({"models": {"m": {"max_output_tokens": 10}}})),
+        "invalid config at models.m: context_window is required"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 0}}})),
+        "invalid config at models.m.context_window: must be between 1 and 100000000, got 0"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 100, "max_output_tokens": 101}}})),
+        "invalid config at models.m.max_output_tokens: must be between 1 and the context window (100), got 101"
+    );
+    assert_eq!(
+        msg(json!({"models": {"*": {"context_window": 100}}})),
+        "invalid config at models.*: model name (or prefix ending in *) must be 1 to 128 characters"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 100, "window": 1}}})),
+        "invalid config at models.m.window: unknown field; expected one of: context_window, max_output_tokens"
+    );
+    assert_eq!(
+        msg(json!({"models": []})),
+        "invalid config at models: expected a map of model names to their limits, got []"
     );
 }

@@ -23,6 +23,7 @@ pub mod attempt;
 pub mod budgets;
 pub mod caps;
 pub mod decision;
+mod fit;
 pub mod global;
 pub mod health;
 mod plan;
@@ -158,6 +159,8 @@ struct Report {
     queue_wait_ms: Option<u64>,
     /// How the global tier decided.
     global: Option<&'static str>,
+    /// The largest context window the request was refused against.
+    context_window: Option<u64>,
 }
 
 /// One request's life. See the module documentation for its phases.
@@ -194,6 +197,7 @@ impl Exchange {
                 shadow_limited: None,
                 queue_wait_ms: None,
                 global: None,
+                context_window: None,
             },
         }
     }
@@ -656,6 +660,7 @@ impl Exchange {
             state.limit = Some(limit);
         }
         state.shadow_limited = r.shadow_limited;
+        state.context_window = r.context_window;
         state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {

@@ -3,6 +3,7 @@
 //! final answer as health data when there is no upstream instance.
 
 use super::*;
+use crate::core::config::Target;
 
 impl Exchange {
     /// Plans the attempts over the route's cluster chain. `Err` is the local
@@ -14,7 +15,8 @@ impl Exchange {
         tokens: u64,
     ) -> Result<(), Flow> {
         if policy.clusters.is_empty() {
-            return Ok(());
+            // The route's own cluster, at the client's model.
+            return self.fitting(h, &[]).map(|_| ());
         }
         let now = h.now_ms();
         // Without held headers the route's own cluster is where the request
@@ -24,7 +26,23 @@ impl Exchange {
         } else {
             policy.clusters.get(..1).unwrap_or_default()
         };
-        let plan = match failover::plan(&*h, candidates, now, tokens) {
+        // Entries whose model cannot hold the request are left out of the plan.
+        let planned = match self.fitting(h, candidates)? {
+            None => failover::plan(&*h, candidates, now, tokens),
+            Some(fits) => {
+                let fitting: Vec<Target> = fits
+                    .iter()
+                    .filter_map(|&i| candidates.get(i).cloned())
+                    .collect();
+                failover::plan(&*h, &fitting, now, tokens).map(|mut p| {
+                    for s in &mut p.slots {
+                        *s = fits.get(*s).copied().unwrap_or(*s);
+                    }
+                    p
+                })
+            }
+        };
+        let plan = match planned {
             Ok(p) => p,
             Err(u) => {
                 let r = failover::unavailable_reply(&u, now, h.random_u64());

@@ -48,6 +48,9 @@ pub struct Preflight {
     /// Conversation entries the body carries (messages, input items, contents,
     /// and a system or instructions block): what `max_messages` counts.
     pub messages: u32,
+    /// The output cap per answer the request goes with (its own, or the one
+    /// the filter writes); `None`: the provider's default applies.
+    pub output_cap: Option<u64>,
 }
 
 /// The tokenizer family for a model: by name first, then by API.
@@ -193,6 +196,8 @@ pub fn preflight_encoded(
         size_based,
         rewrite,
         messages: facts.structure.messages,
+        output_cap: (generates && (facts.max_output.is_some() || rewrite_cap.is_some()))
+            .then_some(output_cap),
     })
 }
 

@@ -6,6 +6,7 @@
 mod budgets;
 mod caps;
 mod failover;
+mod fit;
 mod give_back;
 mod global;
 mod input;
