@@ -1,8 +1,9 @@
 """What a request may be before it leaves, in real Envoy: per-request turn and
-cost caps, and the answer's served-by headers. The emulator's admin counts
-are the referee: a refused request never reaches it.
+cost caps, the context-window pre-check (with a larger-context fallback), and
+the answer's served-by headers. The emulator's admin counts are the referee: a
+refused request never reaches it.
 
-Runtime: about 10 s.
+Runtime: about 35 s.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import json
 import time
 
+import anthropic
 import openai
 
 import harness
@@ -127,3 +129,60 @@ def test_without_the_upstream_instance_the_downstream_says_who_served(start_envo
     env = pair_env(start_envoy, emulator, fallback, upstream_filter=False)
     r = ask(client(env, max_retries=0))
     assert served_by(r) == (PRIMARY, "gpt-4o", "false")
+
+
+SMALL_MODELS = {"small-ctx": {"context_window": 1000, "max_output_tokens": 500},
+                "large-ctx": {"context_window": 200000, "max_output_tokens": 8000},
+                "claude-small": {"context_window": 1000, "max_output_tokens": 500}}
+LONG_PROMPT = "word " * 3000
+
+
+def test_a_prompt_over_the_small_models_window_goes_to_the_larger_context_entry(start_envoy, emulator, fallback):
+    for e in (emulator, fallback):
+        e.faults(rpm=100_000_000, tpm=1_000_000_000)
+    chain = [{"cluster": PRIMARY, "model": "small-ctx"}, {"cluster": FALLBACK, "model": "large-ctx"}]
+    env = start_envoy(plugin=plugin({"clusters": chain}, models=SMALL_MODELS),
+                      ports={PRIMARY: emulator.api_port, FALLBACK: fallback.api_port})
+    c = client(env, max_retries=0)
+    r = c.chat.completions.with_raw_response.create(
+        model="small-ctx", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=100)
+    assert r.http_response.status_code == 200
+    assert served_by(r) == (FALLBACK, "large-ctx", "true")
+    assert [x["model"] for x in fallback.stats()["recent"]] == ["large-ctx"]
+    assert emulator.stats()["requests_total"] == 0
+    # A short prompt stays on the small model.
+    r = c.chat.completions.with_raw_response.create(
+        model="small-ctx", messages=[{"role": "user", "content": "hi"}], max_tokens=100)
+    assert served_by(r) == (PRIMARY, "small-ctx", "false")
+    s = env.stats_json()
+    assert s["wasmcustom.route=.=openai-chat;.;cluster=.=emulator;.;llmcap_context_window_skips_total"] == 1
+
+
+def test_with_no_larger_entry_the_answer_is_the_providers_own_400_in_under_5_ms(start_envoy, emulator):
+    env = start_envoy(plugin=plugin({}, models=SMALL_MODELS))
+    c = anthropic.Anthropic(base_url=env.base_url, api_key="k")
+    try:
+        c.messages.create(model="claude-small", max_tokens=100,
+                          messages=[{"role": "user", "content": LONG_PROMPT}])
+        raise AssertionError("not refused")
+    except anthropic.BadRequestError as e:
+        assert e.status_code == 400
+        assert e.body["type"] == "error" and e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "context window of claude-small (1000 tokens)" in e.body["error"]["message"]
+        assert e.response.headers["x-should-retry"] == "false"
+    # OpenAI's own code on the OpenAI route.
+    try:
+        client(env).chat.completions.create(
+            model="small-ctx", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=100)
+        raise AssertionError("not refused")
+    except openai.BadRequestError as e:
+        assert e.code == "context_length_exceeded", e
+    # Neither reached the provider, and the SDKs did not retry them.
+    assert emulator.stats()["requests_total"] == 0
+    entries = env.access_entries(2)
+    for e in entries:
+        state = json.loads(e["llm_capacity"])
+        assert state["outcome"] == "rejected_context_window" and state["context_window"] == 1000, state
+        assert int(e["duration_ms"]) < 5, e
+    s = env.stats_json()
+    assert s["wasmcustom.route=.=anthropic-messages;.;outcome=.=rejected_context_window;.;llmcap_requests_total"] == 1
