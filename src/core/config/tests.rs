@@ -446,11 +446,11 @@ fn queue_and_priority() {
 fn limit_errors_name_path_and_value() {
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"requests_per_minut": 5}}}})),
-        "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, in_flight_lease_seconds, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_minute, shadow, tokens_per_minute"
+        "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, in_flight_lease_seconds, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_day, requests_per_minute, shadow, tokens_per_day, tokens_per_minute"
     );
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"shadow": true}}}})),
-        "invalid config at routes.r.limits: sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight"
+        "invalid config at routes.r.limits: sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight, requests_per_day, tokens_per_day"
     );
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"requests_per_minute": 0}}}})),
@@ -578,5 +578,36 @@ fn models_compile_and_name_their_errors() {
     assert_eq!(
         msg(json!({"models": []})),
         "invalid config at models: expected a map of model names to their limits, got []"
+    );
+}
+
+#[test]
+fn daily_quotas_compile_with_headroom_and_name_their_errors() {
+    let c = compile(&json!({"routes": {"r": {
+        "limits": {"tokens_per_day": 10_000, "headroom": 0.1},
+        "tenant_limits": {"header": "x-t", "trust_header": true, "requests_per_day": 50}
+    }}}))
+    .unwrap();
+    let p = &c.routes["r"].policy;
+    assert_eq!(
+        p.limits.as_ref().unwrap().limits.tokens_per_day,
+        Some(9_000)
+    );
+    assert_eq!(p.tenant.as_ref().unwrap().limits.requests_per_day, Some(50));
+    assert_eq!(
+        msg(json!({"routes": {"r": {"limits": {"requests_per_day": 0}}}})),
+        "invalid config at routes.r.limits.requests_per_day: must be at least 1 (leave it out for no limit)"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"limits": {"tokens_per_day": "lots"}}}})),
+        "invalid config at routes.r.limits.tokens_per_day: expected a positive integer, got \"lots\""
+    );
+}
+
+#[test]
+fn daily_quotas_are_refused_in_the_global_tier() {
+    assert_eq!(
+        msg(json!({"routes": {"r": {"global": {"cluster": "rls", "fallback_limits": {"requests_per_day": 5}}}}})),
+        "invalid config at routes.r.global.fallback_limits: requests_per_day and tokens_per_day do not apply here (only in limits and tenant_limits)"
     );
 }

@@ -5,6 +5,7 @@
 
 mod budgets;
 mod caps;
+mod daily;
 mod failover;
 mod fit;
 mod give_back;
