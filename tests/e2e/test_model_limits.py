@@ -186,3 +186,37 @@ def test_with_no_larger_entry_the_answer_is_the_providers_own_400_in_under_5_ms(
         assert int(e["duration_ms"]) < 5, e
     s = env.stats_json()
     assert s["wasmcustom.route=.=anthropic-messages;.;outcome=.=rejected_context_window;.;llmcap_requests_total"] == 1
+
+
+def test_a_tokens_per_day_quota_admits_up_to_it_then_refuses_until_midnight(start_envoy, emulator):
+    env = start_envoy(plugin=plugin({"limits": {"tokens_per_day": 10_000}}))
+    c = client(env, max_retries=0, default_headers={"x-emulator-output-tokens": "500"})
+    used, biggest = 0, 0
+    for _ in range(100):
+        try:
+            r = c.chat.completions.create(model="gpt-4o", messages=turns(1), max_tokens=500)
+        except openai.RateLimitError as e:
+            refused = e
+            break
+        used += r.usage.total_tokens
+        biggest = max(biggest, r.usage.total_tokens)
+    else:
+        raise AssertionError("never refused")
+    # Admitted while the day's count was under the quota: within 1% + one request.
+    assert 10_000 <= used <= 10_100 + biggest, (used, biggest)
+    assert emulator.stats()["requests_total"] * biggest >= used
+    assert refused.status_code == 429 and refused.code == "rate_limit_exceeded"
+    assert refused.body["type"] == "tokens_per_day", refused.body
+    now = time.time()
+    to_midnight = 86_400 - now % 86_400
+    retry = int(refused.response.headers["retry-after"])
+    assert to_midnight - 2 <= retry <= to_midnight + 62, (retry, to_midnight)
+    assert refused.response.headers["x-ratelimit-remaining-tokens-day"] == "0"
+    assert 'tokens_per_day";q=10000;w=86400' in refused.response.headers["ratelimit-policy"]
+    before = emulator.stats()["requests_total"]
+    try:
+        c.chat.completions.create(model="gpt-4o", messages=turns(1), max_tokens=500)
+        raise AssertionError("admitted again before midnight")
+    except openai.RateLimitError:
+        pass
+    assert emulator.stats()["requests_total"] == before
