@@ -186,6 +186,12 @@ def test_with_no_larger_entry_the_answer_is_the_providers_own_400_in_under_5_ms(
         assert int(e["duration_ms"]) < 5, e
     s = env.stats_json()
     assert s["wasmcustom.route=.=anthropic-messages;.;outcome=.=rejected_context_window;.;llmcap_requests_total"] == 1
+    # A prompt that fits goes, and its answer says who served it.
+    r = c.messages.with_raw_response.create(model="claude-small", max_tokens=100,
+                                            messages=[{"role": "user", "content": "hi"}])
+    assert r.http_response.status_code == 200
+    assert served_by(r) == (PRIMARY, "claude-small", "false")
+    assert emulator.stats()["requests_total"] == 1
 
 
 def test_a_tokens_per_day_quota_admits_up_to_it_then_refuses_until_midnight(start_envoy, emulator):

@@ -22,9 +22,9 @@ impl Exchange {
         }
         let (input, output, cap) = (pre.reserved_input, pre.output_allowance, pre.output_cap);
         let asked = pre.model.clone();
-        let own: [Option<&str>; 1] = [None];
+        // A route without a chain: one entry, the client's model.
         let entries: Vec<(Option<&str>, &str)> = if candidates.is_empty() {
-            own.iter().map(|m| (*m, "")).collect()
+            vec![(None, "")]
         } else {
             candidates
                 .iter()
