@@ -1,5 +1,6 @@
 //! Local replies: OpenAI-style JSON errors, which every OpenAI-compatible SDK
-//! parses and surfaces (`error.type`, `error.code`), and the proxy-wasm header
+//! parses and surfaces (`error.type`, `error.code`); Anthropic-style ones for
+//! the context-window answer on Anthropic routes; and the proxy-wasm header
 //! map encoding the host expects.
 
 use serde::Serialize;
@@ -37,6 +38,42 @@ impl LocalReply {
                 param: None,
                 code,
             },
+        })
+        .unwrap_or_default();
+        LocalReply {
+            status,
+            details: code,
+            headers: vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("x-llm-capacity".to_string(), code.to_string()),
+            ],
+            body,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicFields<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicFields<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+impl LocalReply {
+    /// An Anthropic-style error: `{"type": "error", "error": {"type", "message"}}`,
+    /// which the Anthropic SDK surfaces as its typed error for the status.
+    /// `code` goes to `x-llm-capacity` and the response code details.
+    pub fn anthropic_error(status: u32, kind: &str, code: &'static str, message: &str) -> Self {
+        let body = serde_json::to_vec(&AnthropicBody {
+            kind: "error",
+            error: AnthropicFields { kind, message },
         })
         .unwrap_or_default();
         LocalReply {
@@ -96,6 +133,21 @@ mod tests {
             r.headers[0],
             ("content-type".into(), "application/json".into())
         );
+    }
+
+    #[test]
+    fn anthropic_error_shape() {
+        let r = LocalReply::anthropic_error(
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+            "too long",
+        );
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"too long"}}"#
+        );
+        assert_eq!(r.details, "context_length_exceeded");
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub const CIRCUIT_STATE: &str = "llmcap_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "llmcap_circuit_transitions_total";
 /// Cool-downs started or extended by a provider's wait (429, 503 + Retry-After).
 pub const COOLDOWNS_TOTAL: &str = "llmcap_cooldowns_total";
+/// Chain entries skipped for a request because it cannot fit their model's
+/// context window (or maximum output), by `route` and `cluster`.
+pub const CONTEXT_WINDOW_SKIPS_TOTAL: &str = "llmcap_context_window_skips_total";
+/// Requests whose model the catalogue does not know (no window check), by `route`.
+pub const UNKNOWN_MODELS_TOTAL: &str = "llmcap_unknown_models_total";
 /// Requests whose first attempt went to a cluster other than the route's primary.
 pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
 /// The provider's last reported remaining quota per `cluster` and `limit`
@@ -106,6 +111,12 @@ pub enum RequestOutcome {
     /// Refused locally: the global rate limit service cannot be asked and the
     /// route fails closed.
     GlobalUnavailable,
+    /// Refused locally: the request fits no model of its chain's context windows.
+    ContextWindow,
+    /// Refused locally: the conversation is longer than the route's `max_messages`.
+    TooManyTurns,
+    /// Refused locally: the request, priced before it leaves, is over `max_request_cost_usd`.
+    CostExceeded,
 }
 
 impl RequestOutcome {
@@ -121,6 +132,9 @@ impl RequestOutcome {
             RequestOutcome::BudgetExceeded => "rejected_budget",
             RequestOutcome::NoSession => "rejected_no_session",
             RequestOutcome::GlobalUnavailable => "rejected_global_unavailable",
+            RequestOutcome::ContextWindow => "rejected_context_window",
+            RequestOutcome::TooManyTurns => "rejected_too_many_turns",
+            RequestOutcome::CostExceeded => "rejected_request_cost",
         }
     }
 }
@@ -225,6 +239,12 @@ pub struct AccessLogState<'a> {
     pub failover: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// The largest context window the request was refused against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// The cluster whose answer the client got (`x-llm-capacity-served-by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<&'a str>,
     /// Time spent waiting in the queue, milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,

@@ -47,6 +47,67 @@ pub(super) fn prices(v: &Value, path: &str) -> Result<Prices, ConfigError> {
     Ok(Prices::new(out))
 }
 
+/// `models:`: context window and maximum output per model name or `prefix*`.
+pub(super) fn models(v: &Value, path: &str) -> Result<Catalogue, ConfigError> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| type_err(path, "a map of model names to their limits", v))?;
+    if map.len() > MAX_MODELS {
+        return Err(err(
+            path,
+            format!("at most {MAX_MODELS} models, got {}", map.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (model, mv) in map {
+        let mp = join(path, model);
+        if model.is_empty() || model.len() > MAX_NAME_LEN || model == "*" {
+            return Err(err(
+                &mp,
+                "model name (or prefix ending in *) must be 1 to 128 characters".to_string(),
+            ));
+        }
+        let mut o = Obj::new(mv, &mp)?;
+        let context_window = match o.take("context_window") {
+            Some((v, kp)) => {
+                let n = uint(v, &kp, "a positive integer (tokens)")?;
+                if n == 0 || n > MAX_CONTEXT_WINDOW {
+                    return Err(err(
+                        &kp,
+                        format!("must be between 1 and {MAX_CONTEXT_WINDOW}, got {n}"),
+                    ));
+                }
+                n
+            }
+            None => return Err(err(&mp, "context_window is required".to_string())),
+        };
+        let max_output_tokens = match o.take("max_output_tokens") {
+            Some((v, kp)) => {
+                let n = uint(v, &kp, "a positive integer (tokens)")?;
+                if n == 0 || n > context_window {
+                    return Err(err(
+                        &kp,
+                        format!(
+                            "must be between 1 and the context window ({context_window}), got {n}"
+                        ),
+                    ));
+                }
+                n
+            }
+            None => context_window,
+        };
+        o.finish(&["context_window", "max_output_tokens"])?;
+        out.push((
+            model.clone(),
+            ModelLimits {
+                context_window,
+                max_output_tokens,
+            },
+        ));
+    }
+    Ok(Catalogue::new(out))
+}
+
 pub(super) fn session_budget(v: &Value, path: &str) -> Result<SessionBudget, ConfigError> {
     let mut o = Obj::new(v, path)?;
     let header = header_name(&mut o, path, "session")?;

@@ -28,6 +28,7 @@
 use crate::core::limits::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_PER_USD};
 use crate::core::limits::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use crate::core::tokens::estimate::Encoding;
+use crate::core::tokens::models::{Catalogue, ModelLimits};
 use crate::core::tokens::request::Api;
 use crate::core::upstream::circuit::CircuitConfig;
 use serde_json::{Map, Value};
@@ -69,6 +70,10 @@ pub const DEFAULT_RETRY_MIN_REMAINING_MS: u64 = 2_000;
 pub const DEFAULT_SESSION_SLOTS: u32 = 4096;
 pub const DEFAULT_SESSION_TTL_MS: u64 = 3_600_000;
 pub const MAX_PRICES: usize = 1024;
+/// Entries of `models:`, at most.
+pub const MAX_MODELS: usize = 1024;
+/// Largest context window a `models:` entry may name.
+pub const MAX_CONTEXT_WINDOW: u64 = 100_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -193,6 +198,12 @@ pub struct Policy {
     pub tenant_budget: Option<Rc<TenantBudget>>,
     /// The fleet-wide tier behind the local limits.
     pub global: Option<Rc<GlobalConfig>>,
+    /// Longest conversation a request may carry (entries counted by the
+    /// estimator); longer ones are refused `400 too_many_turns`.
+    pub max_messages: Option<u32>,
+    /// Most one request may cost, in pico-dollars, priced with `prices` at the
+    /// model of the attempt it goes to; dearer ones are refused `402 request_cost_exceeded`.
+    pub max_request_cost: Option<u64>,
     /// What a good answer is (goodput): bounds on its latency.
     pub slo: Option<Slo>,
 }
@@ -332,6 +343,8 @@ impl Default for Policy {
             tenant_budget: None,
             global: None,
             slo: None,
+            max_messages: None,
+            max_request_cost: None,
         }
     }
 }
@@ -347,7 +360,9 @@ const POLICY_FIELDS: &[&str] = &[
     "input_margin",
     "invalid_body",
     "limits",
+    "max_messages",
     "max_request_bytes",
+    "max_request_cost_usd",
     "priority",
     "queue",
     "rate_limit_headers",
@@ -389,6 +404,8 @@ pub struct Config {
     pub routes: BTreeMap<String, Rc<RoutePolicy>>,
     /// Per-model prices for spend budgets.
     pub prices: Prices,
+    /// Context window and maximum output per model (built-in, and `models:`).
+    pub models: Catalogue,
     /// Policy-less routes still need limits such as the body cap.
     pub defaults: Policy,
     pub telemetry: Telemetry,
@@ -566,6 +583,10 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         None => Prices::default(),
         Some((v, p)) => prices(v, &p)?,
     };
+    let models = match top.take("models") {
+        None => Catalogue::default(),
+        Some((v, p)) => models(v, &p)?,
+    };
     let upstream_filter = match top.take("upstream_filter") {
         None => false,
         Some((v, p)) => boolean(v, &p)?,
@@ -596,6 +617,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         "defaults",
         "hold_headers",
         "log_level",
+        "models",
         "prices",
         "queue_hold",
         "routes",
@@ -610,6 +632,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         hold_headers,
         queue_hold,
         prices,
+        models,
         clusters,
         routes,
         defaults,

@@ -77,6 +77,13 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
             if shadow {
                 return Err(err(path, "shadow does not apply here".to_string()));
             }
+            if limits.requests_per_day.is_some() || limits.tokens_per_day.is_some() {
+                return Err(err(
+                    path,
+                    "requests_per_day and tokens_per_day do not apply here (only in limits and tenant_limits)"
+                        .to_string(),
+                ));
+            }
             check_some_limit(&limits, path)?;
             Ok(limits)
         })?;
@@ -216,6 +223,19 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
     if let Some((v, path)) = o.take("retry_min_remaining_seconds") {
         p.retry_min_remaining_ms = seconds(v, &path, 0.0, 3600.0)?;
     }
+    if let Some((v, path)) = o.take("max_messages") {
+        let n = uint(v, &path, "a positive integer (messages)")?;
+        if n == 0 || n > u64::from(u32::MAX) {
+            return Err(err(
+                &path,
+                format!("must be between 1 and {}, got {n}", u32::MAX),
+            ));
+        }
+        p.max_messages = Some(n as u32);
+    }
+    if let Some((v, path)) = o.take("max_request_cost_usd") {
+        p.max_request_cost = Some(usd(v, &path)?);
+    }
     if let Some((v, path)) = o.take("rate_limit_headers") {
         p.rate_limit_headers = match str_enum(v, &path, &["both", "openai", "ietf", "none"])? {
             "openai" => RateHeaders::OpenAi,
@@ -234,8 +254,10 @@ pub(super) const LIMIT_FIELDS: &[&str] = &[
     "input_tokens_per_minute",
     "max_in_flight",
     "output_tokens_per_minute",
+    "requests_per_day",
     "requests_per_minute",
     "shadow",
+    "tokens_per_day",
     "tokens_per_minute",
 ];
 
@@ -267,6 +289,23 @@ pub(super) fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), Config
             }
         },
     };
+    let mut per_day = |name: &'a str| -> Result<Option<u64>, ConfigError> {
+        match l.take(name) {
+            None => Ok(None),
+            Some((v, rp)) => {
+                let n = uint(v, &rp, "a positive integer")?;
+                if n == 0 {
+                    return Err(err(
+                        &rp,
+                        "must be at least 1 (leave it out for no limit)".to_string(),
+                    ));
+                }
+                Ok(Some(((n as f64) * (1.0 - headroom)).floor().max(1.0) as u64))
+            }
+        }
+    };
+    let requests_per_day = per_day("requests_per_day")?;
+    let tokens_per_day = per_day("tokens_per_day")?;
     let mut rate = |name: &'a str| -> Result<Option<Rate>, ConfigError> {
         match l.take(name) {
             None => Ok(None),
@@ -283,6 +322,8 @@ pub(super) fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), Config
         }
     };
     let limits = Limits {
+        requests_per_day,
+        tokens_per_day,
         requests: rate("requests_per_minute")?,
         tokens: rate("tokens_per_minute")?,
         input_tokens: rate("input_tokens_per_minute")?,
@@ -374,7 +415,7 @@ pub(super) fn tenant_source<'a>(l: &mut Obj<'a>, path: &str) -> Result<TenantSou
 /// Checked after unknown fields, which are the likelier mistake.
 pub(super) fn check_some_limit(limits: &Limits, path: &str) -> Result<(), ConfigError> {
     if limits.is_empty() {
-        return Err(err(path, "sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight".to_string()));
+        return Err(err(path, "sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight, requests_per_day, tokens_per_day".to_string()));
     }
     Ok(())
 }

@@ -267,11 +267,11 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
-        "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, prices, queue_hold, routes, telemetry, unmatched_routes, upstream_filter"
+        "invalid config at route: unknown field; expected one of: clusters, defaults, hold_headers, log_level, models, prices, queue_hold, routes, telemetry, unmatched_routes, upstream_filter"
     );
 }
 
@@ -363,7 +363,7 @@ fn policy_field_errors_name_path_and_value() {
     );
     assert_eq!(
         msg(json!({"defaults": {"clusters": []}})),
-        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_request_bytes, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
 }
 
@@ -452,11 +452,11 @@ fn queue_and_priority() {
 fn limit_errors_name_path_and_value() {
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"requests_per_minut": 5}}}})),
-        "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, in_flight_lease_seconds, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_minute, shadow, tokens_per_minute"
+        "invalid config at routes.r.limits.requests_per_minut: unknown field; expected one of: burst_seconds, headroom, in_flight_lease_seconds, input_tokens_per_minute, max_in_flight, output_tokens_per_minute, requests_per_day, requests_per_minute, shadow, tokens_per_day, tokens_per_minute"
     );
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"shadow": true}}}})),
-        "invalid config at routes.r.limits: sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight"
+        "invalid config at routes.r.limits: sets no limit: give at least one of requests_per_minute, tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, max_in_flight, requests_per_day, tokens_per_day"
     );
     assert_eq!(
         msg(json!({"routes": {"r": {"limits": {"requests_per_minute": 0}}}})),
@@ -554,6 +554,30 @@ fn slo_is_read_and_inherited() {
 }
 
 #[test]
+fn per_request_caps_compile_and_name_their_errors() {
+    let c = compile(&json!({
+        "defaults": {"max_messages": 20},
+        "routes": {"r": {"max_request_cost_usd": "0.05"}}
+    }))
+    .unwrap();
+    let p = &c.routes["r"].policy;
+    assert_eq!(p.max_messages, Some(20));
+    assert_eq!(p.max_request_cost, Some(PICO_PER_USD / 20));
+    assert_eq!(
+        msg(json!({"routes": {"r": {"max_messages": 0}}})),
+        "invalid config at routes.r.max_messages: must be between 1 and 4294967295, got 0"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"max_messages": "many"}}})),
+        "invalid config at routes.r.max_messages: expected a positive integer (messages), got \"many\""
+    );
+    assert_eq!(
+        msg(json!({"defaults": {"max_request_cost_usd": 0}})),
+        "invalid config at defaults.max_request_cost_usd: expected an amount of US dollars above 0, got 0"
+    );
+}
+
+#[test]
 fn slo_errors_name_path_and_value() {
     assert_eq!(
         msg(json!({"routes": {"r": {"slo": {}}}})),
@@ -574,5 +598,69 @@ fn slo_errors_name_path_and_value() {
     assert_eq!(
         msg(json!({"routes": {"r": {"slo": 5}}})),
         "invalid config at routes.r.slo: expected a map, got 5"
+    );
+}
+
+#[test]
+fn models_compile_and_name_their_errors() {
+    let c = compile(&json!({"models": {"tiny*": {"context_window": 4096}, "gpt-4o": {"context_window": 1000, "max_output_tokens": 10}}}))
+        .unwrap();
+    let tiny = c.models.lookup("tiny-1").unwrap();
+    assert_eq!((tiny.context_window, tiny.max_output_tokens), (4096, 4096));
+    assert_eq!(c.models.lookup("gpt-4o").unwrap().max_output_tokens, 10);
+    assert_eq!(
+        msg(json!({"models": {"m": {"max_output_tokens": 10}}})),
+        "invalid config at models.m: context_window is required"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 0}}})),
+        "invalid config at models.m.context_window: must be between 1 and 100000000, got 0"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 100, "max_output_tokens": 101}}})),
+        "invalid config at models.m.max_output_tokens: must be between 1 and the context window (100), got 101"
+    );
+    assert_eq!(
+        msg(json!({"models": {"*": {"context_window": 100}}})),
+        "invalid config at models.*: model name (or prefix ending in *) must be 1 to 128 characters"
+    );
+    assert_eq!(
+        msg(json!({"models": {"m": {"context_window": 100, "window": 1}}})),
+        "invalid config at models.m.window: unknown field; expected one of: context_window, max_output_tokens"
+    );
+    assert_eq!(
+        msg(json!({"models": []})),
+        "invalid config at models: expected a map of model names to their limits, got []"
+    );
+}
+
+#[test]
+fn daily_quotas_compile_with_headroom_and_name_their_errors() {
+    let c = compile(&json!({"routes": {"r": {
+        "limits": {"tokens_per_day": 10_000, "headroom": 0.1},
+        "tenant_limits": {"header": "x-t", "trust_header": true, "requests_per_day": 50}
+    }}}))
+    .unwrap();
+    let p = &c.routes["r"].policy;
+    assert_eq!(
+        p.limits.as_ref().unwrap().limits.tokens_per_day,
+        Some(9_000)
+    );
+    assert_eq!(p.tenant.as_ref().unwrap().limits.requests_per_day, Some(50));
+    assert_eq!(
+        msg(json!({"routes": {"r": {"limits": {"requests_per_day": 0}}}})),
+        "invalid config at routes.r.limits.requests_per_day: must be at least 1 (leave it out for no limit)"
+    );
+    assert_eq!(
+        msg(json!({"routes": {"r": {"limits": {"tokens_per_day": "lots"}}}})),
+        "invalid config at routes.r.limits.tokens_per_day: expected a positive integer, got \"lots\""
+    );
+}
+
+#[test]
+fn daily_quotas_are_refused_in_the_global_tier() {
+    assert_eq!(
+        msg(json!({"routes": {"r": {"global": {"cluster": "rls", "fallback_limits": {"requests_per_day": 5}}}}})),
+        "invalid config at routes.r.global.fallback_limits: requests_per_day and tokens_per_day do not apply here (only in limits and tenant_limits)"
     );
 }

@@ -221,7 +221,7 @@ pub fn release(
 
 /// The 429 for a refusal, with jitter from `random`.
 pub fn refusal_reply(t: &Ticket, r: &Refusal, random: u64) -> LocalReply {
-    let wait = ratelimit::jittered(r.wait_ms, random);
+    let wait = ratelimit::jittered_for(r.dim, r.wait_ms, random);
     let headers = ratelimit::headers(&r.snapshot, t.policy.policy.rate_limit_headers);
     ratelimit::rejection(&t.route, r.tenant.as_deref(), r.dim, r.limit, wait, headers)
 }

@@ -139,6 +139,10 @@ pub struct UpstreamAttempt {
     error_body: Option<Vec<u8>>,
     /// From the plan: when a retry must have been sent by (client's deadline).
     retry_by_ms: Option<u64>,
+    /// The model this attempt asks (its cluster's, or the body's) and the
+    /// client's: for the served-by headers.
+    served_model: Option<String>,
+    asked_model: Option<String>,
 }
 
 impl UpstreamAttempt {
@@ -156,6 +160,8 @@ impl UpstreamAttempt {
             timeout_ms: None,
             error_body: None,
             retry_by_ms: None,
+            served_model: None,
+            asked_model: None,
         }
     }
 
@@ -319,6 +325,8 @@ impl UpstreamAttempt {
         }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
+        self.served_model = change.clone().or(plan.body_model.map(str::to_string));
+        self.asked_model = plan.asked_model.map(str::to_string);
         self.route = Some(route);
         self.phase = AttemptPhase::Waiting;
         let Some(model) = change else {
@@ -403,6 +411,16 @@ impl UpstreamAttempt {
             now_ms: now,
         };
         let cooling_until = health::observe(&self.config, h, &o);
+        // Who served this answer; set (not added) so a provider cannot forge them.
+        let served = failover::served_by_headers(
+            &route,
+            &self.cluster,
+            self.served_model.as_deref(),
+            self.asked_model.as_deref(),
+        );
+        for (name, value) in served {
+            let _ = h.set_header(Map::ResponseHeaders, name, value);
+        }
         if let Some(until) = cooling_until {
             // A retry of a single-cluster route stays on this cluster: the
             // router waits out the cool-down in force, or makes no retry.

@@ -136,6 +136,18 @@ impl Budgets {
         self.settle(store, clock, (0, 0, 0), unsent);
     }
 
+    /// Prices the settlement as `model` (the one that answered), when it has a
+    /// price; otherwise the admission's price stands. Nothing for a request no
+    /// budget admitted.
+    pub fn price_as(&mut self, config: &Config, model: &str) {
+        if self.price.is_none() && self.charges.is_empty() {
+            return;
+        }
+        if let Some(p) = config.prices.lookup(model) {
+            self.price = Some(p);
+        }
+    }
+
     pub fn priced(&self) -> bool {
         self.price.is_some()
     }

@@ -21,7 +21,9 @@ mod admission;
 pub mod admit;
 pub mod attempt;
 pub mod budgets;
+pub mod caps;
 pub mod decision;
+mod fit;
 pub mod global;
 pub mod health;
 mod plan;
@@ -132,6 +134,8 @@ struct Response {
     progress: Progress,
     /// The model the answer names (access log `gen_ai.response.model`).
     model: Option<String>,
+    /// The cluster that answered, and the model it was asked (served-by headers).
+    served: Option<(String, Option<String>)>,
     settled: Option<Settlement>,
     /// When things happened, and what they came to (at the log).
     timing: timing::Timing,
@@ -160,6 +164,8 @@ struct Report {
     queue_wait_ms: Option<u64>,
     /// How the global tier decided.
     global: Option<&'static str>,
+    /// The largest context window the request was refused against.
+    context_window: Option<u64>,
 }
 
 /// One request's life. See the module documentation for its phases.
@@ -196,6 +202,7 @@ impl Exchange {
                 shadow_limited: None,
                 queue_wait_ms: None,
                 global: None,
+                context_window: None,
             },
         }
     }
@@ -306,7 +313,9 @@ impl Exchange {
                     .iter()
                     .map(|(k, _)| k)
                     .filter(|k| {
-                        k.starts_with(admit::FAULT_HEADER_PREFIX) || *k == admit::HOLD_MARKER_HEADER
+                        k.starts_with(admit::FAULT_HEADER_PREFIX)
+                            || *k == admit::HOLD_MARKER_HEADER
+                            || failover::SERVED_HEADERS.contains(k)
                     })
                     .map(str::to_string)
                     .collect();
@@ -373,7 +382,12 @@ impl Exchange {
         };
         match pre {
             Ok(p) => {
+                let turns = p.messages;
                 self.pre = Some(p);
+                if let Some(max) = policy.policy.max_messages.filter(|&m| turns > m) {
+                    let r = caps::too_many_turns(turns, max);
+                    return self.reply(h, RequestOutcome::TooManyTurns, r);
+                }
                 self.dispatch(h, &policy, Some((body, body_size)))
             }
             Err(reply) => self.reply(h, RequestOutcome::InvalidBody, reply),
@@ -409,6 +423,13 @@ impl Exchange {
             .pre
             .as_ref()
             .map_or((0, 0), |p| (p.reserved_input, p.output_allowance));
+        if let Some(max) = policy.policy.max_request_cost {
+            let price = priced.as_deref().and_then(|m| self.config.prices.lookup(m));
+            if let Some(r) = caps::over_cost(price, budget_tokens, max, priced.as_deref()) {
+                self.release_probe(h);
+                return self.reply(h, RequestOutcome::CostExceeded, r);
+            }
+        }
         if let Err(flow) = self.charge_budgets(h, policy, priced.as_deref(), budget_tokens) {
             return flow;
         }
@@ -531,6 +552,7 @@ impl Exchange {
             if let Some(l) = &headers {
                 self.observe_final(h, l);
             }
+            self.note_served(h, headers.as_ref());
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.report.rate_headers {
                 let _ = h.set_header(Map::ResponseHeaders, name, value);
@@ -684,6 +706,8 @@ impl Exchange {
             state.output_tokens_per_second = m.tokens_per_second;
         }
         state.slo = self.response.goodput.map(timing::Goodput::as_str);
+        state.context_window = r.context_window;
+        state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
                 state.cluster = Some(&t.cluster.name);
@@ -804,6 +828,10 @@ impl Exchange {
                     log::debug!("llm-capacity: calibration sample dropped ({e:?})");
                 }
             }
+        }
+        // Priced as the model that answered (a fallback may serve another).
+        if let Some((_, Some(m))) = &self.response.served {
+            self.held.budgets.price_as(&self.config, m);
         }
         let spend = self
             .held

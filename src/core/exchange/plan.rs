@@ -3,6 +3,7 @@
 //! final answer as health data when there is no upstream instance.
 
 use super::*;
+use crate::core::config::Target;
 
 impl Exchange {
     /// Plans the attempts over the route's cluster chain. `Err` is the local
@@ -14,7 +15,8 @@ impl Exchange {
         tokens: u64,
     ) -> Result<(), Flow> {
         if policy.clusters.is_empty() {
-            return Ok(());
+            // The route's own cluster, at the client's model.
+            return self.fitting(h, &[]).map(|_| ());
         }
         let now = h.now_ms();
         // Without held headers the route's own cluster is where the request
@@ -24,7 +26,23 @@ impl Exchange {
         } else {
             policy.clusters.get(..1).unwrap_or_default()
         };
-        let plan = match failover::plan(&*h, candidates, now, tokens) {
+        // Entries whose model cannot hold the request are left out of the plan.
+        let planned = match self.fitting(h, candidates)? {
+            None => failover::plan(&*h, candidates, now, tokens),
+            Some(fits) => {
+                let fitting: Vec<Target> = fits
+                    .iter()
+                    .filter_map(|&i| candidates.get(i).cloned())
+                    .collect();
+                failover::plan(&*h, &fitting, now, tokens).map(|mut p| {
+                    for s in &mut p.slots {
+                        *s = fits.get(*s).copied().unwrap_or(*s);
+                    }
+                    p
+                })
+            }
+        };
+        let plan = match planned {
             Ok(p) => p,
             Err(u) => {
                 let r = failover::unavailable_reply(&u, now, h.random_u64());
@@ -130,8 +148,15 @@ impl Exchange {
                 .saturating_add(t)
                 .saturating_sub(policy.policy.retry_min_remaining_ms)
         });
-        let text =
-            failover::encode_plan(&policy.name, body_model, probe, self.context_id, retry_by);
+        let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+        let text = failover::encode_plan_asked(
+            &policy.name,
+            body_model,
+            asked,
+            probe,
+            self.context_id,
+            retry_by,
+        );
         if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
         }
@@ -183,6 +208,15 @@ impl Exchange {
                 now_ms: now,
             };
             health::observe(&self.config, h, &o);
+            // No upstream instance wrote who served: the final answer's slot did.
+            let model = t.model.clone().or_else(|| self.pre.as_ref()?.model.clone());
+            let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+            let served =
+                failover::served_by_headers(&policy, &t.cluster.name, model.as_deref(), asked);
+            for (name, value) in served {
+                let _ = h.set_header(Map::ResponseHeaders, name, value);
+            }
+            self.response.served = Some((t.cluster.name.clone(), model));
         } else {
             return;
         }
@@ -190,6 +224,41 @@ impl Exchange {
             probe: false,
             ..plan
         });
+    }
+
+    /// Who served the answer: read back from the upstream instance's headers
+    /// (already in `headers`), or, on a route without a chain, the route's own
+    /// cluster with the client's model. (Without an upstream instance,
+    /// [`Exchange::observe_final`] wrote them.)
+    pub(super) fn note_served(&mut self, h: &mut dyn Host, headers: Option<&HeaderList>) {
+        let Some(policy) = self.head.policy.clone() else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Sent { .. }) || self.response.served.is_some() {
+            return;
+        }
+        if policy.clusters.is_empty() {
+            let Some(cluster) = h.property_text(&["xds", "cluster_name"]) else {
+                return;
+            };
+            let model = self.pre.as_ref().and_then(|p| p.model.clone());
+            let served =
+                failover::served_by_headers(&policy, &cluster, model.as_deref(), model.as_deref());
+            for (name, value) in served {
+                let _ = h.set_header(Map::ResponseHeaders, name, value);
+            }
+            self.response.served = Some((cluster, model));
+            return;
+        }
+        if let Some(l) = headers.filter(|_| self.config.upstream_filter) {
+            if let Some(c) = l.get(failover::SERVED_BY_HEADER) {
+                let model = l
+                    .get(failover::SERVED_MODEL_HEADER)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string);
+                self.response.served = Some((c.to_string(), model));
+            }
+        }
     }
 
     /// A probe that never left (refused by a limit, client gone) gives its claim back.

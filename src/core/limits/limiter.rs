@@ -16,6 +16,11 @@
 //! ([`settle`]), so bursts of concurrent requests cannot overshoot and long
 //! answers are not undercounted.
 //!
+//! Daily quotas (`requests_per_day`, `tokens_per_day`) are counters per UTC
+//! day in the same value: admitted while the day's count is under the quota
+//! (so over by at most one request), charged the reservation, corrected with
+//! the real usage at the end like the token buckets, and reset at midnight UTC.
+//!
 //! Time comes from the host's wall clock; if it steps backwards the state keeps
 //! its last time (no refill, never a negative interval).
 
@@ -39,6 +44,8 @@ pub enum Dim {
     InputTokens,
     OutputTokens,
     InFlight,
+    RequestsPerDay,
+    TokensPerDay,
 }
 
 impl Dim {
@@ -49,9 +56,34 @@ impl Dim {
             Dim::InputTokens => "input_tokens",
             Dim::OutputTokens => "output_tokens",
             Dim::InFlight => "in_flight",
+            Dim::RequestsPerDay => "requests_per_day",
+            Dim::TokensPerDay => "tokens_per_day",
         }
     }
+
+    /// A daily quota: refused until the next UTC midnight.
+    pub fn is_daily(self) -> bool {
+        matches!(self, Dim::RequestsPerDay | Dim::TokensPerDay)
+    }
 }
+
+/// One UTC day.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// Until the next UTC midnight.
+pub fn ms_to_midnight(now: u64) -> u64 {
+    DAY_MS - now % DAY_MS
+}
+
+/// Every dimension a [`Snapshot`] may describe, in its order.
+const SNAPSHOT_DIMS: [Dim; 6] = [
+    Dim::Requests,
+    Dim::Tokens,
+    Dim::InputTokens,
+    Dim::OutputTokens,
+    Dim::RequestsPerDay,
+    Dim::TokensPerDay,
+];
 
 const BUCKETS: [Dim; 4] = [
     Dim::Requests,
@@ -91,6 +123,10 @@ pub struct Limits {
     /// How long an in-flight charge holds its slot without being settled: the
     /// requests of a VM that died are never settled, and free their slots then.
     pub in_flight_lease_ms: u64,
+    /// Requests per UTC day (after headroom).
+    pub requests_per_day: Option<u64>,
+    /// Input + output tokens per UTC day (after headroom).
+    pub tokens_per_day: Option<u64>,
 }
 
 /// The default in-flight lease: longer than Envoy's route timeout in
@@ -109,6 +145,8 @@ impl Default for Limits {
             output_tokens: None,
             max_in_flight: None,
             in_flight_lease_ms: DEFAULT_IN_FLIGHT_LEASE_MS,
+            requests_per_day: None,
+            tokens_per_day: None,
         }
     }
 }
@@ -129,12 +167,18 @@ impl Limits {
             Dim::Tokens => self.tokens,
             Dim::InputTokens => self.input_tokens,
             Dim::OutputTokens => self.output_tokens,
-            Dim::InFlight => None,
+            Dim::InFlight | Dim::RequestsPerDay | Dim::TokensPerDay => None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        BUCKETS.iter().all(|&d| self.rate(d).is_none()) && self.max_in_flight.is_none()
+        BUCKETS.iter().all(|&d| self.rate(d).is_none())
+            && self.max_in_flight.is_none()
+            && !self.daily()
+    }
+
+    fn daily(&self) -> bool {
+        self.requests_per_day.is_some() || self.tokens_per_day.is_some()
     }
 }
 
@@ -153,7 +197,8 @@ impl Cost {
             Dim::Tokens => self.tokens as f64,
             Dim::InputTokens => self.input_tokens as f64,
             Dim::OutputTokens => self.output_tokens as f64,
-            Dim::InFlight => 1.0,
+            Dim::InFlight | Dim::RequestsPerDay => 1.0,
+            Dim::TokensPerDay => self.tokens as f64,
         }
     }
 }
@@ -170,6 +215,9 @@ struct State {
     /// Requests in flight, by admission period: (period, count). Groups older
     /// than the lease are dropped (see [`Limits::in_flight_lease_ms`]).
     f: Vec<(u64, u32)>,
+    /// The daily quotas: (UTC day number, requests, tokens) used that day.
+    #[serde(default)]
+    d: (u64, f64, f64),
 }
 
 impl State {
@@ -183,7 +231,21 @@ impl State {
             t: now,
             b,
             f: Vec::new(),
+            d: (now / DAY_MS, 0.0, 0.0),
         }
+    }
+
+    /// A new UTC day starts with nothing used (a clock stepping back keeps the day).
+    fn roll_day(&mut self, now: u64) {
+        let day = now / DAY_MS;
+        if day > self.d.0 {
+            self.d = (day, 0.0, 0.0);
+        }
+    }
+
+    /// Whether the day's counts hold nothing worth keeping at `now`.
+    fn day_empty(&self, now: u64) -> bool {
+        self.d.0 < now / DAY_MS || (self.d.1 <= 0.0 && self.d.2 <= 0.0)
     }
 
     /// Drops in-flight groups past their lease; the live count.
@@ -235,6 +297,18 @@ impl State {
                 });
             }
         }
+        for (i, limit, used) in [
+            (4, limits.requests_per_day, self.d.1),
+            (5, limits.tokens_per_day, self.d.2),
+        ] {
+            if let Some(limit) = limit {
+                s.dims[i] = Some(DimSnapshot {
+                    limit,
+                    remaining: (limit as f64 - used).max(0.0).floor() as u64,
+                    reset_ms: ms_to_midnight(self.t),
+                });
+            }
+        }
         s
     }
 }
@@ -250,12 +324,12 @@ pub struct DimSnapshot {
 /// Per-dimension view for response headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    dims: [Option<DimSnapshot>; 4],
+    dims: [Option<DimSnapshot>; 6],
 }
 
 impl Snapshot {
     pub fn get(&self, d: Dim) -> Option<DimSnapshot> {
-        BUCKETS
+        SNAPSHOT_DIMS
             .iter()
             .position(|&x| x == d)
             .and_then(|i| self.dims[i])
@@ -366,6 +440,7 @@ pub fn admit_or_schedule(
     for _ in 0..CAS_RETRIES {
         let (mut s, cas) = load(store, key, owner, limits, now)?;
         s.refill(limits, now);
+        s.roll_day(now);
         let in_flight = s.in_flight(limits, now);
         if let Some(max) = limits.max_in_flight {
             if in_flight >= max {
@@ -374,6 +449,20 @@ pub fn admit_or_schedule(
                 return Ok(Admission::Rejected {
                     dim: Dim::InFlight,
                     retry_after_ms: 1000,
+                    snapshot: s.snapshot(limits),
+                });
+            }
+        }
+        // A day's quota used up: nothing until midnight (never scheduled: the
+        // charge would land on the wrong day).
+        for (dim, limit, used) in [
+            (Dim::RequestsPerDay, limits.requests_per_day, s.d.1),
+            (Dim::TokensPerDay, limits.tokens_per_day, s.d.2),
+        ] {
+            if limit.is_some_and(|l| used >= l as f64) {
+                return Ok(Admission::Rejected {
+                    dim,
+                    retry_after_ms: ms_to_midnight(now),
                     snapshot: s.snapshot(limits),
                 });
             }
@@ -406,6 +495,10 @@ pub fn admit_or_schedule(
             if limits.rate(*d).is_some() {
                 s.b[i] -= cost.of(*d);
             }
+        }
+        if limits.daily() {
+            s.d.1 += 1.0;
+            s.d.2 += cost.tokens as f64;
         }
         s.add_in_flight(limits, now);
         match store.set(key, &encode(&s)?, cas) {
@@ -459,6 +552,14 @@ pub fn settle(
                 }
             }
         }
+        s.roll_day(now);
+        // The day's counts are corrected only on the day they were charged.
+        if limits.daily() && s.d.0 == admitted_at / DAY_MS {
+            s.d.2 = (s.d.2 + actual.tokens as f64 - reserved.tokens as f64).max(0.0);
+            if unsent {
+                s.d.1 = (s.d.1 - 1.0).max(0.0);
+            }
+        }
         s.release_in_flight(limits.lease_period(admitted_at));
         s.in_flight(limits, now);
         match store.set(key, &encode(&s)?, cas) {
@@ -505,6 +606,7 @@ pub fn tenant_key(
                 if idle.is_none()
                     && s.f.iter().all(|&(_, n)| n == 0)
                     && now.saturating_sub(s.t) >= IDLE_MS
+                    && s.day_empty(now)
                 {
                     idle = Some(i);
                 }

@@ -498,3 +498,172 @@ fn never_admits_more_than_the_limit_in_any_window_under_contention() {
         );
     }
 }
+
+fn per_day(requests: Option<u64>, tokens: Option<u64>) -> Limits {
+    Limits {
+        requests_per_day: requests,
+        tokens_per_day: tokens,
+        ..Limits::default()
+    }
+}
+
+/// 2023-11-14 00:00:00 UTC, a midnight.
+const MIDNIGHT: u64 = 1_699_920_000_000;
+
+fn tokens(n: u64) -> Cost {
+    Cost {
+        tokens: n,
+        input_tokens: n,
+        output_tokens: 0,
+    }
+}
+
+#[test]
+fn a_days_token_quota_admits_up_to_it_and_refuses_until_midnight() {
+    assert_eq!(MIDNIGHT % DAY_MS, 0);
+    let s = MemStore::default();
+    let l = per_day(None, Some(10_000));
+    let noon = MIDNIGHT + DAY_MS / 2;
+    let mut admitted_tokens = 0;
+    // Reservations of 1,500: admitted while the day's count is under the quota.
+    while admitted(&admit(&s, "k", "r", &l, &tokens(1_500), noon).unwrap()) {
+        admitted_tokens += 1_500;
+    }
+    assert_eq!(admitted_tokens, 10_500, "over by less than one request");
+    match admit(&s, "k", "r", &l, &tokens(1), noon).unwrap() {
+        Admission::Rejected {
+            dim,
+            retry_after_ms,
+            snapshot,
+        } => {
+            assert_eq!(dim, Dim::TokensPerDay);
+            assert_eq!(retry_after_ms, DAY_MS / 2, "until midnight UTC");
+            let d = snapshot.get(Dim::TokensPerDay).unwrap();
+            assert_eq!((d.limit, d.remaining, d.reset_ms), (10_000, 0, DAY_MS / 2));
+        }
+        a => panic!("{a:?}"),
+    }
+    // One millisecond before midnight: still refused, for one millisecond.
+    let last = MIDNIGHT + DAY_MS - 1;
+    match admit(&s, "k", "r", &l, &tokens(1), last).unwrap() {
+        Admission::Rejected { retry_after_ms, .. } => assert_eq!(retry_after_ms, 1),
+        a => panic!("{a:?}"),
+    }
+    // The next day starts empty.
+    assert!(admitted(
+        &admit(&s, "k", "r", &l, &tokens(1_500), MIDNIGHT + DAY_MS).unwrap()
+    ));
+    let d = peek(&s, "k", "r", &l, MIDNIGHT + DAY_MS)
+        .get(Dim::TokensPerDay)
+        .unwrap();
+    assert_eq!(d.remaining, 8_500);
+}
+
+#[test]
+fn the_days_count_is_reconciled_with_the_real_usage() {
+    let s = MemStore::default();
+    let l = per_day(Some(100), Some(10_000));
+    let t = MIDNIGHT + 1_000;
+    assert!(admitted(
+        &admit(&s, "k", "r", &l, &tokens(4_000), t).unwrap()
+    ));
+    settle(
+        &s,
+        "k",
+        "r",
+        &l,
+        &tokens(4_000),
+        &tokens(1_000),
+        false,
+        t,
+        t + 10,
+    )
+    .unwrap();
+    let snap = peek(&s, "k", "r", &l, t + 10);
+    assert_eq!(snap.get(Dim::TokensPerDay).unwrap().remaining, 9_000);
+    assert_eq!(snap.get(Dim::RequestsPerDay).unwrap().remaining, 99);
+    // Never sent: the request and its reservation come back whole.
+    assert!(admitted(
+        &admit(&s, "k", "r", &l, &tokens(2_000), t).unwrap()
+    ));
+    settle(
+        &s,
+        "k",
+        "r",
+        &l,
+        &tokens(2_000),
+        &Cost::default(),
+        true,
+        t,
+        t + 20,
+    )
+    .unwrap();
+    let snap = peek(&s, "k", "r", &l, t + 20);
+    assert_eq!(snap.get(Dim::TokensPerDay).unwrap().remaining, 9_000);
+    assert_eq!(snap.get(Dim::RequestsPerDay).unwrap().remaining, 99);
+}
+
+#[test]
+fn a_request_settled_after_midnight_does_not_touch_the_new_day() {
+    let s = MemStore::default();
+    let l = per_day(None, Some(10_000));
+    let before = MIDNIGHT + DAY_MS - 100;
+    assert!(admitted(
+        &admit(&s, "k", "r", &l, &tokens(5_000), before).unwrap()
+    ));
+    let after = MIDNIGHT + DAY_MS + 100;
+    settle(
+        &s,
+        "k",
+        "r",
+        &l,
+        &tokens(5_000),
+        &tokens(100),
+        false,
+        before,
+        after,
+    )
+    .unwrap();
+    let d = peek(&s, "k", "r", &l, after)
+        .get(Dim::TokensPerDay)
+        .unwrap();
+    assert_eq!(d.remaining, 10_000);
+}
+
+#[test]
+fn a_requests_per_day_quota_counts_requests() {
+    let s = MemStore::default();
+    let l = per_day(Some(3), None);
+    let t = MIDNIGHT + 5;
+    for _ in 0..3 {
+        assert!(admitted(
+            &admit(&s, "k", "r", &l, &Cost::default(), t).unwrap()
+        ));
+    }
+    match admit(&s, "k", "r", &l, &Cost::default(), t).unwrap() {
+        Admission::Rejected { dim, .. } => assert_eq!(dim, Dim::RequestsPerDay),
+        a => panic!("{a:?}"),
+    }
+}
+
+#[test]
+fn a_tenant_slot_holding_todays_counts_is_not_reused_as_idle() {
+    let s = MemStore::default();
+    let l = per_day(None, Some(10_000));
+    let t = MIDNIGHT + 1_000;
+    // One slot: tenant a uses it today, then idles past IDLE_MS.
+    let (key, _) = tenant_key(&s, "r", "a", 1, t).unwrap();
+    assert!(admitted(
+        &admit(&s, &key, "a", &l, &tokens(100), t).unwrap()
+    ));
+    settle(&s, &key, "a", &l, &tokens(100), &tokens(100), false, t, t).unwrap();
+    let later = t + IDLE_MS + 1;
+    let (_, evicted) = tenant_key(&s, "r", "b", 1, later).unwrap();
+    assert!(
+        evicted,
+        "taking a's slot today loses its count: an eviction, not idle reuse"
+    );
+    // Tomorrow the slot is idle again.
+    let (_, evicted) = tenant_key(&s, "r", "b", 1, MIDNIGHT + DAY_MS + IDLE_MS).unwrap();
+    assert!(!evicted);
+}

@@ -53,6 +53,18 @@ pub fn headers(snapshot: &Snapshot, mode: RateHeaders) -> Vec<(&'static str, Str
                 "x-ratelimit-remaining-tokens",
                 "x-ratelimit-reset-tokens",
             ),
+            (
+                Dim::RequestsPerDay,
+                "x-ratelimit-limit-requests-day",
+                "x-ratelimit-remaining-requests-day",
+                "x-ratelimit-reset-requests-day",
+            ),
+            (
+                Dim::TokensPerDay,
+                "x-ratelimit-limit-tokens-day",
+                "x-ratelimit-remaining-tokens-day",
+                "x-ratelimit-reset-tokens-day",
+            ),
         ] {
             if let Some(s) = snapshot.get(d) {
                 out.push((limit, s.limit.to_string()));
@@ -69,9 +81,12 @@ pub fn headers(snapshot: &Snapshot, mode: RateHeaders) -> Vec<(&'static str, Str
             Dim::Tokens,
             Dim::InputTokens,
             Dim::OutputTokens,
+            Dim::RequestsPerDay,
+            Dim::TokensPerDay,
         ] {
             if let Some(s) = snapshot.get(d) {
-                policy.push(format!("\"{}\";q={};w=60", d.as_str(), s.limit));
+                let w = if d.is_daily() { 86_400 } else { 60 };
+                policy.push(format!("\"{}\";q={};w={w}", d.as_str(), s.limit));
                 state.push(format!(
                     "\"{}\";r={};t={}",
                     d.as_str(),
@@ -95,6 +110,19 @@ pub fn jittered(retry_after_ms: u64, random: u64) -> u64 {
     retry_after_ms.saturating_add(random % (spread + 1))
 }
 
+/// Jitter for a refusal by `dim`: a daily quota's wait runs to midnight, and
+/// clients come back spread over the minute after it (not a fifth of the day).
+pub fn jittered_for(dim: Dim, retry_after_ms: u64, random: u64) -> u64 {
+    if dim.is_daily() {
+        retry_after_ms.saturating_add(random % (MIDNIGHT_SPREAD_MS + 1))
+    } else {
+        jittered(retry_after_ms, random)
+    }
+}
+
+/// Clients refused by a daily quota come back within this long after midnight.
+pub const MIDNIGHT_SPREAD_MS: u64 = 60_000;
+
 /// The 429 for a request a limit refused.
 pub fn rejection(
     route: &str,
@@ -113,6 +141,7 @@ pub fn rejection(
     };
     let what = match dim {
         Dim::InFlight => "requests in flight".to_string(),
+        d if d.is_daily() => d.as_str().replace('_', " "),
         d => format!("{} per minute", d.as_str().replace('_', " ")),
     };
     let limit = limit.map(|l| format!(" (limit {l})")).unwrap_or_default();
@@ -262,5 +291,14 @@ mod tests {
                 .1,
             "1"
         );
+    }
+
+    #[test]
+    fn a_daily_refusal_is_spread_over_the_minute_after_midnight() {
+        for r in [0, 1, 59_999, 60_000, 60_001, u64::MAX] {
+            let w = jittered_for(Dim::TokensPerDay, 3_600_000, r);
+            assert!((3_600_000..=3_660_000).contains(&w), "{w}");
+        }
+        assert_eq!(jittered_for(Dim::Requests, 1_000, 0), jittered(1_000, 0));
     }
 }

@@ -49,6 +49,12 @@ pub struct Preflight {
     pub size_based: bool,
     /// The body to send instead, when the route asked for a rewrite.
     pub rewrite: Option<Vec<u8>>,
+    /// Conversation entries the body carries (messages, input items, contents,
+    /// and a system or instructions block): what `max_messages` counts.
+    pub messages: u32,
+    /// The output cap per answer the request goes with (its own, or the one
+    /// the filter writes); `None`: the provider's default applies.
+    pub output_cap: Option<u64>,
 }
 
 /// The tokenizer family for a model: by name first, then by API.
@@ -198,6 +204,9 @@ pub fn preflight_encoded(
         reserved,
         size_based,
         rewrite,
+        messages: facts.structure.messages,
+        output_cap: (generates && (facts.max_output.is_some() || rewrite_cap.is_some()))
+            .then_some(output_cap),
     })
 }
 

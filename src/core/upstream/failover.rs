@@ -240,11 +240,32 @@ pub fn encode_plan(
     stream: u32,
     retry_by_ms: Option<u64>,
 ) -> String {
+    encode_plan_asked(
+        route,
+        body_model,
+        body_model,
+        probe_cluster,
+        stream,
+        retry_by_ms,
+    )
+}
+
+/// As [`encode_plan`], with the model the client asked for (`asked_model`),
+/// which the served-by headers compare the attempt's model with.
+pub fn encode_plan_asked(
+    route: &str,
+    body_model: Option<&str>,
+    asked_model: Option<&str>,
+    probe_cluster: Option<&str>,
+    stream: u32,
+    retry_by_ms: Option<u64>,
+) -> String {
     let by = retry_by_ms.map(|t| t.to_string()).unwrap_or_default();
     format!(
-        "{route}\n{}\n{}\n{stream}\n{by}",
+        "{route}\n{}\n{}\n{stream}\n{by}\n{}",
         body_model.unwrap_or(""),
-        probe_cluster.unwrap_or("")
+        probe_cluster.unwrap_or(""),
+        asked_model.unwrap_or("")
     )
 }
 
@@ -256,6 +277,8 @@ pub struct PlanView<'a> {
     pub stream: Option<u32>,
     /// See [`encode_plan`].
     pub retry_by_ms: Option<u64>,
+    /// The model the client asked for (`None`: the body named none).
+    pub asked_model: Option<&'a str>,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -265,12 +288,14 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let probe_cluster = it.next().filter(|m| !m.is_empty());
     let stream = it.next().and_then(|v| v.parse().ok());
     let retry_by_ms = it.next().and_then(|v| v.parse().ok());
+    let asked_model = it.next().filter(|m| !m.is_empty());
     Some(PlanView {
         route,
         body_model,
         probe_cluster,
         stream,
         retry_by_ms,
+        asked_model,
     })
 }
 
@@ -320,6 +345,34 @@ pub fn same_cluster_retry(
 /// ending at `until_ms`: rounded up, at least 1.
 pub fn retry_after_secs(now_ms: u64, until_ms: u64) -> u64 {
     until_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+}
+
+/// Response header naming the cluster that served the answer.
+pub const SERVED_BY_HEADER: &str = "x-llm-capacity-served-by";
+/// Response header naming the model the answer was asked of.
+pub const SERVED_MODEL_HEADER: &str = "x-llm-capacity-model";
+/// Response header: `true` when the answer came from a fallback (not the
+/// chain's primary, or not the model the client asked for), else `false`.
+pub const FALLBACK_HEADER: &str = "x-llm-capacity-fallback";
+/// The served-by headers: only the filter writes them (client copies are
+/// stripped before the provider sees the request).
+pub const SERVED_HEADERS: [&str; 3] = [SERVED_BY_HEADER, SERVED_MODEL_HEADER, FALLBACK_HEADER];
+
+/// The served-by headers for an answer from `cluster` with `model`, on `route`
+/// whose client asked for `asked`.
+pub fn served_by_headers<'a>(
+    route: &RoutePolicy,
+    cluster: &'a str,
+    model: Option<&'a str>,
+    asked: Option<&str>,
+) -> [(&'static str, &'a str); 3] {
+    let primary = route.clusters.first().map(|t| t.cluster.name.as_str());
+    let fallback = primary.is_some_and(|p| p != cluster) || (asked.is_some() && model != asked);
+    [
+        (SERVED_BY_HEADER, cluster),
+        (SERVED_MODEL_HEADER, model.unwrap_or("")),
+        (FALLBACK_HEADER, if fallback { "true" } else { "false" }),
+    ]
 }
 
 /// The model `cluster` serves `route` with, when it differs from `current`.
@@ -595,10 +648,16 @@ mod tests {
                 probe_cluster: None,
                 stream: Some(42),
                 retry_by_ms: Some(9_000),
+                asked_model: Some("gpt-4o"),
             })
         );
         let s = encode_plan("chat", None, None, 7, None);
         assert_eq!(decode_plan(&s).map(|p| p.retry_by_ms), Some(None));
+        let s = encode_plan_asked("chat", Some("o1"), Some("gpt-4o"), None, 7, Some(5));
+        assert_eq!(
+            decode_plan(&s).map(|p| (p.body_model, p.asked_model, p.retry_by_ms)),
+            Some((Some("o1"), Some("gpt-4o"), Some(5)))
+        );
         assert_eq!(
             decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),
             Some((Some("emulator"), None))

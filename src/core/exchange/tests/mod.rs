@@ -4,13 +4,17 @@
 //! filter did from its [`FakeHost`].
 
 mod budgets;
+mod caps;
+mod daily;
 mod failover;
+mod fit;
 mod give_back;
 mod global;
 mod input;
 mod latency;
 mod limits;
 mod security;
+mod served;
 mod traffic;
 mod waits;
 
