@@ -125,7 +125,9 @@ pub enum Fit {
 
 /// Fits `input` tokens (the calibrated estimate with the route's margin) plus
 /// the `output` allowance into `model`'s window; `requested_output` is the
-/// request's own output cap per answer, when it has one.
+/// request's own output cap per answer, when it has one. Without one, the
+/// allowance counts only up to the model's maximum output: no answer can be
+/// longer, so a large `default_max_tokens` alone refuses nothing.
 pub fn fit(
     catalogue: &Catalogue,
     model: &str,
@@ -141,6 +143,12 @@ pub fn fit(
             max: l.max_output_tokens,
         };
     }
+    // Without the client's own cap, the answer can be no longer than the
+    // model's maximum output, whatever the route reserves for it.
+    let output = match requested_output {
+        Some(_) => output,
+        None => output.min(l.max_output_tokens),
+    };
     if input.saturating_add(output) > l.context_window {
         return Fit::TooLong {
             window: l.context_window,
@@ -239,5 +247,22 @@ mod tests {
             Fit::OutputTooLarge { max: 300 }
         );
         assert_eq!(fit(&c, "m", 10, 300, Some(300)), Fit::Fits);
+        // With its own cap, the cap counts whole.
+        assert_eq!(
+            fit(&c, "m", 701, 300, Some(300)),
+            Fit::TooLong { window: 1_000 }
+        );
+    }
+
+    #[test]
+    fn without_a_cap_the_output_counts_up_to_the_models_maximum_only() {
+        // A route may reserve more than any answer can be (default_max_tokens
+        // is a budgeting knob): that alone never refuses a request.
+        let c = Catalogue::new(vec![("m".to_string(), limits(1_000, 300))]);
+        assert_eq!(fit(&c, "m", 700, 1_000_000, None), Fit::Fits);
+        assert_eq!(
+            fit(&c, "m", 701, 1_000_000, None),
+            Fit::TooLong { window: 1_000 }
+        );
     }
 }
