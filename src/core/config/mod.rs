@@ -29,7 +29,7 @@ use crate::core::limits::budget::{Price, Prices, SessionCaps, TenantCaps, PICO_P
 use crate::core::limits::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use crate::core::tokens::estimate::Encoding;
 use crate::core::tokens::request::Api;
-use crate::core::upstream::circuit::CircuitConfig;
+use crate::core::upstream::circuit::{CircuitConfig, RelativeLatency};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -123,7 +123,9 @@ impl Exchange {
             .then(|| plan.slots.first().and_then(|&i| policy.clusters.get(i)))
             .flatten()
             .map(|t| t.cluster.name.as_str());
-        let text = failover::encode_plan(&policy.name, body_model, probe, self.context_id);
+        let streamed = self.pre.as_ref().is_some_and(|p| p.stream);
+        let text =
+            failover::encode_plan(&policy.name, body_model, probe, self.context_id, streamed);
         if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
         }
@@ -166,13 +168,20 @@ impl Exchange {
             self.response.timing.cluster = Some(t.cluster.name.clone());
             let now = h.now_ms();
             let signal = provider_headers::parse(headers.iter(), now);
+            let (probe, class) = (plan.probe && attempts == 1, Class::of_status(status));
+            // A streamed success is judged by its first token, seen later.
+            let ttft_later = class == Class::Ok && self.pre.as_ref().is_some_and(|p| p.stream);
+            if ttft_later {
+                self.response.timing.ttft_pending = Some(probe);
+            }
             let o = health::Observation {
                 cluster: &t.cluster.name,
-                probe: plan.probe && attempts == 1,
-                class: Class::of_status(status),
+                probe,
+                class,
                 latency_ms: Some(now.saturating_sub(sent_ms)),
                 signal: &signal,
                 now_ms: now,
+                ttft_later,
             };
             health::observe(&self.config, h, &o);
         } else {

@@ -223,18 +223,22 @@ pub fn outcomes(class: Class, latency_ms: Option<u64>, signal: &Signal) -> Vec<O
 }
 
 /// The plan as the upstream instance reads it, one field per line: route name,
-/// the model the body carries, the probe's cluster, and the downstream stream's
-/// id (so an attempt's fate can wait for the downstream's end).
+/// the model the body carries, the probe's cluster, the downstream stream's
+/// id (so an attempt's fate can wait for the downstream's end), and whether
+/// the request asked for a stream (then a success's latency is its time to
+/// first token, which only the downstream instance sees).
 pub fn encode_plan(
     route: &str,
     body_model: Option<&str>,
     probe_cluster: Option<&str>,
     stream: u32,
+    streamed: bool,
 ) -> String {
     format!(
-        "{route}\n{}\n{}\n{stream}",
+        "{route}\n{}\n{}\n{stream}\n{}",
         body_model.unwrap_or(""),
-        probe_cluster.unwrap_or("")
+        probe_cluster.unwrap_or(""),
+        u8::from(streamed)
     )
 }
 
@@ -244,6 +248,8 @@ pub struct PlanView<'a> {
     pub body_model: Option<&'a str>,
     pub probe_cluster: Option<&'a str>,
     pub stream: Option<u32>,
+    /// The request asked for a stream.
+    pub streamed: bool,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -252,11 +258,13 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let body_model = it.next().filter(|m| !m.is_empty());
     let probe_cluster = it.next().filter(|m| !m.is_empty());
     let stream = it.next().and_then(|v| v.parse().ok());
+    let streamed = it.next() == Some("1");
     Some(PlanView {
         route,
         body_model,
         probe_cluster,
         stream,
+        streamed,
     })
 }
 
@@ -478,7 +486,7 @@ mod tests {
 
     #[test]
     fn plan_text_round_trips_and_models_rewrite() {
-        let s = encode_plan("chat", Some("gpt-4o"), None, 42);
+        let s = encode_plan("chat", Some("gpt-4o"), None, 42, true);
         assert_eq!(
             decode_plan(&s),
             Some(PlanView {
@@ -486,11 +494,12 @@ mod tests {
                 body_model: Some("gpt-4o"),
                 probe_cluster: None,
                 stream: Some(42),
+                streamed: true,
             })
         );
         assert_eq!(
-            decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),
-            Some((Some("emulator"), None))
+            decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream, p.streamed)),
+            Some((Some("emulator"), None, false))
         );
         assert_eq!(decode_plan(""), None);
         assert_eq!(

@@ -140,7 +140,7 @@ fn with_an_upstream_instance_the_plan_is_published_for_it() {
     let (_x, _) = env.send("chat", &[], Some(CHAT_BODY));
     assert_eq!(
         env.host.property_str(PLAN_PROPERTY).as_deref(),
-        Some(encode_plan("chat", Some("gpt-4o"), None, 1).as_str())
+        Some(encode_plan("chat", Some("gpt-4o"), None, 1, false).as_str())
     );
 }
 
@@ -148,7 +148,7 @@ fn with_an_upstream_instance_the_plan_is_published_for_it() {
 fn attempt_on(env: &mut Envoy, cluster: &str, stream: u32) -> UpstreamAttempt {
     env.host.set_property_str(
         PLAN_PROPERTY,
-        encode_plan("chat", Some("gpt-4o"), None, stream).as_bytes(),
+        encode_plan("chat", Some("gpt-4o"), None, stream, false).as_bytes(),
     );
     env.host
         .set_property_str("xds.cluster_name", cluster.as_bytes());
