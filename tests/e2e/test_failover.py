@@ -6,13 +6,15 @@ of envoy/envoy.yaml (with its matcher cluster specifier, retry policy and the
 filter's upstream instance). The emulators' admin counts are the referee: which
 cluster received what, and when.
 
-Runtime: about 1.5 minutes (the 429 storm alone runs 30 s).
+Runtime: about 2 minutes (the 429 storm alone runs 30 s, the slow first
+tokens 20 s).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 
 import openai
@@ -145,6 +147,62 @@ def test_slow_primary_moves_traffic_to_fallback(start_envoy, pair):
     assert primary.stats()["requests_total"] == 4, "the slow primary got traffic after its p95 opened it"
     assert fb.stats()["requests_total"] == 6
     assert max(took) < 0.5, took
+
+
+def test_slow_first_tokens_open_the_relative_rule_and_recovery_closes_it(start_envoy, pair):
+    """Time to first token 50 ms -> 2 s on the primary, no errors, streamed: the
+    relative rule (p95 above 2x its own baseline over a 5 s window) opens it,
+    traffic moves to the fallback; back to 50 ms, a probe closes it."""
+    primary, fb = pair
+    rel = {"factor": 2, "window_seconds": 5, "min_requests": 5, "baseline_half_life_seconds": 120}
+    env = start(start_envoy, pair, plugin=plugin({"open_seconds": 2, "latency_relative": rel}))
+    for e in pair:
+        e.faults(ttft_ms=50, inter_token_ms=5)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def load():
+        c = client(env, timeout=30)
+        while not stop.is_set():
+            try:
+                list(c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=3, stream=True))
+            except openai.OpenAIError as e:
+                errors.append(repr(e))
+            time.sleep(0.05)
+
+    def transitions(state):
+        return stat(env, f"cluster=.=emulator;.;state=.={state};.;llmcap_circuit_transitions_total")
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(4)  # the baseline: 50 ms
+        assert transitions("open") == 0 and fb.stats()["requests_total"] == 0
+        primary.faults(ttft_ms=2000)
+        slow_at = time.monotonic()
+        harness.wait_for(lambda: transitions("open") >= 1, 5 + 2 + 2, "the relative rule opening")
+        assert time.monotonic() - slow_at <= 5 + 2 + 1, "not within the window (and one slow answer)"
+        # Open (and each slow probe reopening it): traffic goes to the fallback.
+        time.sleep(1)
+        p0, f0 = primary.stats()["requests_total"], fb.stats()["requests_total"]
+        time.sleep(5)
+        p1, f1 = primary.stats()["requests_total"], fb.stats()["requests_total"]
+        assert f1 - f0 >= 20 and p1 - p0 <= 4, ((p0, p1), (f0, f1))
+        assert transitions("closed") == 0, "a probe as slow as the outage closed it"
+        primary.faults(ttft_ms=50)
+        harness.wait_for(lambda: transitions("closed") >= 1, 2 + 2 + 3, "a probe closing it")
+        time.sleep(1)
+        p2, f2 = primary.stats()["requests_total"], fb.stats()["requests_total"]
+        time.sleep(2)
+        p3, f3 = primary.stats()["requests_total"], fb.stats()["requests_total"]
+        assert p3 - p2 >= 20 and f3 - f2 == 0, ((p2, p3), (f2, f3))
+        assert not errors, errors[:3]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=35)
 
 
 def test_no_healthy_cluster_answers_fast_with_retry_after(start_envoy, pair):

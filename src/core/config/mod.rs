@@ -30,7 +30,7 @@ use crate::core::limits::limiter::{Limits, Rate, DEFAULT_IN_FLIGHT_LEASE_MS};
 use crate::core::tokens::estimate::Encoding;
 use crate::core::tokens::models::{Catalogue, ModelLimits};
 use crate::core::tokens::request::Api;
-use crate::core::upstream::circuit::CircuitConfig;
+use crate::core::upstream::circuit::{CircuitConfig, RelativeLatency};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -103,6 +103,7 @@ fn failover_chain_and_circuit_settings() {
         (a.circuit.default_cooldown_ms, a.circuit.max_cooldown_ms),
         (500, 60_000)
     );
+    assert_eq!(a.circuit.latency_relative, None);
     assert!(a.adaptive && !c.clusters["b"].adaptive);
     let chat = c.route("chat").unwrap();
     assert_eq!(chat.clusters[0].model, None);
@@ -228,6 +229,39 @@ fn budget_errors_name_their_path() {
 }
 
 #[test]
+fn relative_latency_rule_settings_and_defaults() {
+    let rel = |r: serde_json::Value| {
+        compile(&json!({"clusters": {"a": {"circuit": {"latency_relative": r}}}}))
+            .unwrap()
+            .clusters["a"]
+            .circuit
+            .latency_relative
+            .clone()
+    };
+    assert_eq!(
+        rel(
+            json!({"factor": "1.5", "window_seconds": 4, "min_requests": 5,
+                   "baseline_half_life_seconds": 300})
+        ),
+        Some(RelativeLatency {
+            factor: 1.5,
+            window_ms: 4000,
+            min_requests: 5,
+            baseline_half_life_ms: 300_000
+        })
+    );
+    assert_eq!(
+        rel(json!({})),
+        Some(RelativeLatency {
+            factor: 2.0,
+            window_ms: 300_000,
+            min_requests: 20,
+            baseline_half_life_ms: 3_600_000
+        })
+    );
+}
+
+#[test]
 fn failover_errors_name_their_path() {
     assert_eq!(
         msg(json!({"clusters": {"a": {"circuit": {"error_rate": 0}}}})),
@@ -239,7 +273,34 @@ fn failover_errors_name_their_path() {
     );
     assert_eq!(
         msg(json!({"clusters": {"a": {"circuit": {"window": 10}}}})),
-        "invalid config at clusters.a.circuit.window: unknown field; expected one of: consecutive_failures, default_cooldown_seconds, error_rate, half_open_probes, latency_p95_ms, max_cooldown_seconds, min_requests, open_seconds, probe_timeout_seconds, window_seconds"
+        "invalid config at clusters.a.circuit.window: unknown field; expected one of: consecutive_failures, default_cooldown_seconds, error_rate, half_open_probes, latency_p95_ms, latency_relative, max_cooldown_seconds, min_requests, open_seconds, probe_timeout_seconds, window_seconds"
+    );
+    let rel = |r: serde_json::Value| {
+        msg(json!({"clusters": {"a": {"circuit": {"latency_relative": r}}}}))
+    };
+    assert_eq!(
+        rel(json!({"factor": 1})),
+        "invalid config at clusters.a.circuit.latency_relative.factor: expected a number above 1 and at most 100, got 1"
+    );
+    assert_eq!(
+        rel(json!({"min_requests": 0})),
+        "invalid config at clusters.a.circuit.latency_relative.min_requests: must be between 1 and 100000, got 0"
+    );
+    assert_eq!(
+        rel(json!({"window_seconds": 0})),
+        "invalid config at clusters.a.circuit.latency_relative.window_seconds: expected a number of seconds from 1 to 3600, got 0"
+    );
+    assert_eq!(
+        rel(json!({"window_seconds": 600, "baseline_half_life_seconds": 60})),
+        "invalid config at clusters.a.circuit.latency_relative.baseline_half_life_seconds: must be at least window_seconds (600), got 60"
+    );
+    assert_eq!(
+        rel(json!({"k": 2})),
+        "invalid config at clusters.a.circuit.latency_relative.k: unknown field; expected one of: baseline_half_life_seconds, factor, min_requests, window_seconds"
+    );
+    assert_eq!(
+        rel(json!(2)),
+        "invalid config at clusters.a.circuit.latency_relative: expected a map, got 2"
     );
     assert_eq!(
         msg(json!({"clusters": {"a": {}}, "routes": {"r": {"clusters": [{"model": "m"}]}}})),

@@ -76,12 +76,16 @@ pub(super) fn circuit_config(v: &Value, path: &str) -> Result<CircuitConfig, Con
     if let Some((v, p)) = o.take("max_cooldown_seconds") {
         c.max_cooldown_ms = seconds(v, &p, 1.0, 86_400.0)?;
     }
+    if let Some((v, p)) = o.take("latency_relative") {
+        c.latency_relative = Some(relative_latency(v, &p)?);
+    }
     o.finish(&[
         "consecutive_failures",
         "default_cooldown_seconds",
         "error_rate",
         "half_open_probes",
         "latency_p95_ms",
+        "latency_relative",
         "max_cooldown_seconds",
         "min_requests",
         "open_seconds",
@@ -89,4 +93,55 @@ pub(super) fn circuit_config(v: &Value, path: &str) -> Result<CircuitConfig, Con
         "window_seconds",
     ])?;
     Ok(c)
+}
+
+/// `circuit.latency_relative`: every field has a default, so `{}` turns it on.
+fn relative_latency(v: &Value, path: &str) -> Result<RelativeLatency, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let mut r = RelativeLatency {
+        factor: 2.0,
+        window_ms: 300_000,
+        min_requests: 20,
+        baseline_half_life_ms: 3_600_000,
+    };
+    if let Some((v, p)) = o.take("factor") {
+        r.factor = match number(v) {
+            Some(f) if f > 1.0 && f <= 100.0 => f,
+            _ => return Err(type_err(&p, "a number above 1 and at most 100", v)),
+        };
+    }
+    if let Some((v, p)) = o.take("window_seconds") {
+        r.window_ms = seconds(v, &p, 1.0, 3600.0)?;
+    }
+    if let Some((v, p)) = o.take("min_requests") {
+        let n = uint(v, &p, "a non-negative integer")?;
+        if !(1..=100_000).contains(&n) {
+            return Err(err(&p, format!("must be between 1 and 100000, got {n}")));
+        }
+        r.min_requests = n as u32;
+    }
+    let half_life = o.take("baseline_half_life_seconds");
+    if let Some((v, p)) = &half_life {
+        r.baseline_half_life_ms = seconds(v, p, 1.0, 604_800.0)?;
+    }
+    // A baseline that moves as fast as the window follows the slowdown it is
+    // meant to catch.
+    if r.baseline_half_life_ms < r.window_ms {
+        let p = half_life.map_or_else(|| format!("{path}.baseline_half_life_seconds"), |(_, p)| p);
+        return Err(err(
+            &p,
+            format!(
+                "must be at least window_seconds ({}), got {}",
+                r.window_ms as f64 / 1000.0,
+                r.baseline_half_life_ms as f64 / 1000.0
+            ),
+        ));
+    }
+    o.finish(&[
+        "baseline_half_life_seconds",
+        "factor",
+        "min_requests",
+        "window_seconds",
+    ])?;
+    Ok(r)
 }

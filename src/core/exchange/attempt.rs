@@ -56,6 +56,7 @@ fn record_reset(config: &Config, h: &mut dyn Host, a: &Unanswered, now: u64) {
         latency_ms: Some(a.latency_ms),
         signal: &provider_headers::Signal::default(),
         now_ms: now,
+        ttft_later: false,
     };
     health::observe(config, h, &o);
 }
@@ -131,6 +132,8 @@ pub struct UpstreamAttempt {
     started_ms: u64,
     /// The downstream stream's context id, from the plan.
     stream: Option<u32>,
+    /// The request asked for a stream, from the plan.
+    streamed: bool,
     rewrite_model: Option<String>,
     phase: AttemptPhase,
     /// The router's timeout for this attempt, when it set one.
@@ -155,6 +158,7 @@ impl UpstreamAttempt {
             probe: false,
             started_ms: 0,
             stream: None,
+            streamed: false,
             rewrite_model: None,
             phase: AttemptPhase::Unplanned,
             timeout_ms: None,
@@ -296,6 +300,7 @@ impl UpstreamAttempt {
             .property_text(&["xds", "cluster_name"])
             .unwrap_or_default();
         self.stream = plan.stream;
+        self.streamed = plan.streamed;
         // Only a planned probe needs to know which attempt this is.
         self.probe = plan.probe_cluster == Some(self.cluster.as_str())
             && h.header(Map::RequestHeaders, "x-envoy-attempt-count")
@@ -375,18 +380,24 @@ impl UpstreamAttempt {
         };
         self.phase = AttemptPhase::Recorded;
         let now = h.now_ms();
-        if let Some(stream) = self.stream {
-            // The downstream timings take this reading instead of their own.
-            self.worker
-                .attempts
-                .borrow_mut()
-                .attempt_answered(stream, now);
-        }
         let status = h
             .header(Map::ResponseHeaders, ":status")
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0);
         let class = Class::of_status(status);
+        // A streamed success's headers come before its first token: the
+        // downstream instance, which sees that token, feeds the circuit.
+        let pending = (class == Class::Ok && self.streamed).then_some(self.probe);
+        let mut ttft_later = false;
+        if let Some(stream) = self.stream {
+            // The downstream timings take this reading instead of their own.
+            ttft_later = self
+                .worker
+                .attempts
+                .borrow_mut()
+                .attempt_answered(stream, now, pending)
+                && pending.is_some();
+        }
         // A success says nothing new unless the circuit follows the provider's
         // quota; the remaining gauges are sampled once a second per cluster.
         let mut forged = false;
@@ -409,6 +420,7 @@ impl UpstreamAttempt {
             latency_ms: Some(now.saturating_sub(self.started_ms)),
             signal: &signal,
             now_ms: now,
+            ttft_later,
         };
         let cooling_until = health::observe(&self.config, h, &o);
         // Who served this answer; set (not added) so a provider cannot forge them.

@@ -43,6 +43,9 @@ pub struct Observation<'a> {
     pub latency_ms: Option<u64>,
     pub signal: &'a Signal,
     pub now_ms: u64,
+    /// A streamed success: its circuit outcome comes later, from
+    /// [`first_token`], timed to its first token.
+    pub ttft_later: bool,
 }
 
 /// Records one attempt's answer (or its absence) against its cluster. Returns
@@ -56,13 +59,18 @@ pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) -> Option
         latency_ms,
         signal,
         now_ms,
+        ttft_later,
     } = o;
     let Some(c) = config.clusters.get(cluster) else {
         return None; // a cluster the config does not know has no circuit
     };
     let key = circuit::key(cluster);
     let mut cooled = false;
-    let outcomes = failover::outcomes(class, latency_ms, signal, c.circuit.default_cooldown_ms);
+    let outcomes = if ttft_later && class == Class::Ok {
+        Vec::new()
+    } else {
+        failover::outcomes(class, latency_ms, signal, c.circuit.default_cooldown_ms)
+    };
     for (i, o) in outcomes.into_iter().enumerate() {
         // The probe claim is released once, with the first outcome.
         match circuit::record(&*h, &key, &c.circuit, now_ms, o, probe && i == 0) {
@@ -107,6 +115,29 @@ pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) -> Option
     circuit::view(&*h, &key, &c.circuit, now_ms)
         .ok()
         .and_then(|v| v.cooldown_until_ms)
+}
+
+/// A streamed success's circuit outcome, timed to its first token (or to its
+/// end, or its headers, when no token came).
+pub fn first_token(
+    config: &Config,
+    h: &mut dyn Host,
+    cluster: &str,
+    probe: bool,
+    ttft_ms: u64,
+    now_ms: u64,
+) {
+    let Some(c) = config.clusters.get(cluster) else {
+        return;
+    };
+    let o = Outcome::Success {
+        latency_ms: ttft_ms,
+    };
+    match circuit::record(&*h, &circuit::key(cluster), &c.circuit, now_ms, o, probe) {
+        Ok(Some(m)) => transition(config, h, cluster, m),
+        Ok(None) => {}
+        Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
+    }
 }
 
 /// A wait learnt after the headers (Gemini's `retryDelay` in the error body).

@@ -587,7 +587,9 @@ impl Exchange {
                         t.on_chunk(&chunk);
                         if !before && t.output_seen() {
                             // The first token: read the clock on this chunk only.
-                            self.response.timing.first_output_ms = Some(h.now_ms());
+                            let now = h.now_ms();
+                            self.response.timing.first_output_ms = Some(now);
+                            self.feed_first_token(h, Some(now));
                         }
                     }
                     Ok(None) => {}

@@ -148,6 +148,7 @@ impl Exchange {
                 .saturating_add(t)
                 .saturating_sub(policy.policy.retry_min_remaining_ms)
         });
+        let streamed = self.pre.as_ref().is_some_and(|p| p.stream);
         let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
         let text = failover::encode_plan_asked(
             &policy.name,
@@ -156,6 +157,7 @@ impl Exchange {
             probe,
             self.context_id,
             retry_by,
+            streamed,
         );
         if let Err(s) = h.set_property(&[failover::PLAN_PROPERTY], text.as_bytes()) {
             log::debug!("llm-capacity: cannot publish the plan (host status {s})");
@@ -199,13 +201,20 @@ impl Exchange {
             self.response.timing.cluster = Some(t.cluster.name.clone());
             let now = h.now_ms();
             let signal = provider_headers::parse(headers.iter(), now);
+            let (probe, class) = (plan.probe && attempts == 1, Class::of_status(status));
+            // A streamed success is judged by its first token, seen later.
+            let ttft_later = class == Class::Ok && self.pre.as_ref().is_some_and(|p| p.stream);
+            if ttft_later {
+                self.response.timing.ttft_pending = Some(probe);
+            }
             let o = health::Observation {
                 cluster: &t.cluster.name,
-                probe: plan.probe && attempts == 1,
-                class: Class::of_status(status),
+                probe,
+                class,
                 latency_ms: Some(now.saturating_sub(sent_ms)),
                 signal: &signal,
                 now_ms: now,
+                ttft_later,
             };
             health::observe(&self.config, h, &o);
             // No upstream instance wrote who served: the final answer's slot did.

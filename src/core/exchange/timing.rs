@@ -32,6 +32,9 @@ pub struct Timing {
     pub status: u32,
     /// The in-flight gauge was raised for this request under this cluster label.
     pub in_flight: Option<String>,
+    /// The answering cluster's circuit waits for this answer's time to first
+    /// token: `Some(probe)` until it is fed.
+    pub ttft_pending: Option<bool>,
 }
 
 /// What [`Timing::measure`] makes of a complete answer.
@@ -136,10 +139,36 @@ impl Exchange {
         if let Some(a) = answering {
             t.sent_ms = Some(a.at_ms);
             t.cluster = Some(a.cluster);
+            t.ttft_pending = a.ttft_pending;
             headers_ms = a.answered_ms;
         }
         // The upstream instance read the clock for these headers already.
         t.headers_ms = Some(headers_ms.unwrap_or_else(|| h.now_ms()));
+    }
+
+    /// Feeds the answering cluster's circuit the time to first token, once,
+    /// if it waits for it: at the first output (`at_ms`: that chunk's clock
+    /// reading), else at the log with the whole answer's time, or with its
+    /// headers' when it was cut (no new clock reading either way).
+    pub(super) fn feed_first_token(&mut self, h: &mut dyn Host, at_ms: Option<u64>) {
+        let t = &mut self.response.timing;
+        let (Some(probe), Some(sent), Some(cluster)) = (t.ttft_pending, t.sent_ms, &t.cluster)
+        else {
+            return;
+        };
+        let Some(at) = at_ms.or(t.end_ms).or(t.headers_ms) else {
+            return;
+        };
+        t.ttft_pending = None;
+        let cluster = cluster.clone();
+        super::health::first_token(
+            &self.config,
+            h,
+            &cluster,
+            probe,
+            at.saturating_sub(sent),
+            at,
+        );
     }
 
     /// At the log: the in-flight gauge comes down, the timings are recorded
@@ -150,6 +179,8 @@ impl Exchange {
         if let Some(c) = self.response.timing.in_flight.take() {
             h.add_gauge(&[("route", route), ("cluster", &c)], IN_FLIGHT, -1);
         }
+        self.feed_first_token(h, None);
+        let route = self.head.route.as_str();
         if !matches!(self.phase, Phase::Sent { .. } | Phase::Replied) {
             return;
         }

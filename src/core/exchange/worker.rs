@@ -188,6 +188,9 @@ pub struct SentAttempt {
     pub cluster: String,
     /// When its response headers came.
     pub answered_ms: Option<u64>,
+    /// A streamed success whose circuit outcome waits for the downstream
+    /// instance's time to first token: `Some(probe)`.
+    pub ttft_pending: Option<bool>,
 }
 
 /// Streams remembered in [`Ledger::attempted`], at most.
@@ -232,13 +235,26 @@ impl Ledger {
             at_ms,
             cluster: cluster.to_string(),
             answered_ms: None,
+            ttft_pending: None,
         });
     }
 
-    /// The last attempt of `stream` got its response headers at `at_ms`.
-    pub(super) fn attempt_answered(&mut self, stream: u32, at_ms: u64) {
-        if let Some(a) = self.sent.iter_mut().rev().find(|a| a.stream == stream) {
-            a.answered_ms = Some(at_ms);
+    /// The last attempt of `stream` got its response headers at `at_ms`;
+    /// `ttft_pending`: see [`SentAttempt::ttft_pending`]. False if the attempt
+    /// is no longer remembered.
+    pub(super) fn attempt_answered(
+        &mut self,
+        stream: u32,
+        at_ms: u64,
+        ttft_pending: Option<bool>,
+    ) -> bool {
+        match self.sent.iter_mut().rev().find(|a| a.stream == stream) {
+            Some(a) => {
+                a.answered_ms = Some(at_ms);
+                a.ttft_pending = ttft_pending;
+                true
+            }
+            None => false,
         }
     }
 

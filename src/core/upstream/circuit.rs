@@ -8,6 +8,15 @@
 //!   half-open (a bounded number of probe requests decide whether to close);
 //! - a **rolling window** of ten time buckets (requests, failures, slow requests)
 //!   and a consecutive-failure count, which trip the circuit open;
+//! - optionally a **relative latency rule**: a slow-moving baseline of the
+//!   cluster's own time to first token (an exponentially weighted mean whose
+//!   weight halves every `baseline_half_life_ms` of wall time) and a second
+//!   rolling window counting answers slower than `factor` x that baseline. More
+//!   than 5% of them (the window's p95 above `factor` x baseline) opens the
+//!   circuit, and a half-open probe that is still that slow reopens it. The
+//!   baseline keeps learning from every answer, slowly: a slowdown that lasts
+//!   several half-lives becomes the cluster's new normal rather than keeping
+//!   it open for good;
 //! - a **cool-down**, separate from the mode: a 429 is a capacity signal, not a
 //!   failure. The provider is healthy and said "not now"; counting it as a failure
 //!   would open the circuit on quota exhaustion and keep traffic away long after
@@ -70,6 +79,23 @@ pub struct CircuitConfig {
     pub default_cooldown_ms: u64,
     /// Cap on any cool-down, ms.
     pub max_cooldown_ms: u64,
+    /// The relative latency rule; `None`: off.
+    pub latency_relative: Option<RelativeLatency>,
+}
+
+/// Opens a cluster whose windowed p95 time to first token is above `factor`
+/// times its own baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelativeLatency {
+    /// How many times the baseline an answer may take before it counts as slow (> 1).
+    pub factor: f64,
+    /// The rule's rolling window, ms (the "sustained period").
+    pub window_ms: u64,
+    /// Answers in the window before the rule applies; also the samples the
+    /// baseline needs before anything is judged against it.
+    pub min_requests: u32,
+    /// The baseline's half-life in wall time, ms.
+    pub baseline_half_life_ms: u64,
 }
 
 impl Default for CircuitConfig {
@@ -85,6 +111,7 @@ impl Default for CircuitConfig {
             probe_timeout_ms: 60_000,
             default_cooldown_ms: 1_000,
             max_cooldown_ms: 300_000,
+            latency_relative: None,
         }
     }
 }
@@ -192,6 +219,12 @@ struct State {
     r: Option<(u64, u64)>,
     /// Quota view: (tokens remaining, reset at).
     t: Option<(u64, u64)>,
+    /// Relative rule: window buckets (slot, answers, slow), at most [`BUCKETS`].
+    #[serde(default)]
+    l: Vec<(u64, u32, u32)>,
+    /// Relative rule: baseline (µs, updated at ms, samples seen up to min_requests).
+    #[serde(default)]
+    b: Option<(u64, u64, u32)>,
 }
 
 impl State {
@@ -210,7 +243,46 @@ impl State {
     fn reset(&mut self, m: M) {
         (self.m, self.c, self.s) = (m, 0, 0);
         self.w.clear();
+        self.l.clear();
         self.p.clear();
+    }
+
+    /// Judges `latency_ms` against the baseline (true: relatively slow), then
+    /// lets the baseline learn from it.
+    fn judge(&mut self, r: &RelativeLatency, now: u64, latency_ms: u64) -> bool {
+        let us = latency_ms.saturating_mul(1000);
+        let Some((base, at, n)) = self.b else {
+            self.b = Some((us, now, 1));
+            return false;
+        };
+        let slow = n >= r.min_requests && us as f64 > r.factor * base as f64;
+        // Weighted by the time since the last sample: the same decay whatever the rate.
+        let dt = now.saturating_sub(at) as f64;
+        let w = 1.0 - 0.5f64.powf(dt / r.baseline_half_life_ms.max(1) as f64);
+        let next = base as f64 + (us as f64 - base as f64) * w;
+        let n = n.saturating_add(1).min(r.min_requests);
+        self.b = Some((next.max(0.0) as u64, now.max(at), n));
+        slow
+    }
+
+    fn add_relative(&mut self, r: &RelativeLatency, now: u64, slow: bool) {
+        let width = (r.window_ms / BUCKETS).max(1);
+        let cur = (now / width).max(self.l.iter().map(|b| b.0).max().unwrap_or(0));
+        self.l.retain(|b| cur.saturating_sub(b.0) < BUCKETS);
+        match self.l.iter_mut().find(|b| b.0 == cur) {
+            Some(b) => {
+                b.1 = b.1.saturating_add(1);
+                b.2 = b.2.saturating_add(u32::from(slow));
+            }
+            None => self.l.push((cur, 1, u32::from(slow))),
+        }
+    }
+
+    fn relative_slow(&self, r: &RelativeLatency) -> bool {
+        let (total, slow) = self.l.iter().fold((0u64, 0u64), |(t, s), b| {
+            (t + u64::from(b.1), s + u64::from(b.2))
+        });
+        total > 0 && total >= u64::from(r.min_requests) && slow.saturating_mul(20) > total
     }
 
     fn open(&mut self, cfg: &CircuitConfig, now: u64) {
@@ -364,6 +436,12 @@ impl State {
             Outcome::Success { latency_ms } => (false, Some(latency_ms)),
             Outcome::Failure { latency_ms } => (true, latency_ms),
         };
+        // Only answers have a time to first token to judge.
+        let relative = match (&cfg.latency_relative, outcome) {
+            (Some(r), Outcome::Success { latency_ms }) => Some((r, self.judge(r, now, latency_ms))),
+            _ => None,
+        };
+        dirty |= relative.is_some();
         if !failure && self.d.is_some_and(|u| now >= u) {
             (self.d, self.k, dirty) = (None, None, true);
         }
@@ -372,14 +450,18 @@ impl State {
                 let slow = latency.is_some_and(|l| l > cfg.latency_p95_ms);
                 self.add(cfg, now, failure, cfg.latency_p95_ms > 0 && slow);
                 self.c = if failure { self.c.saturating_add(1) } else { 0 };
-                if self.should_open(cfg) {
+                if let Some((r, slow)) = relative {
+                    self.add_relative(r, now, slow);
+                }
+                if self.should_open(cfg) || relative.is_some_and(|(r, _)| self.relative_slow(r)) {
                     self.open(cfg, now);
                 }
                 dirty = true;
             }
             // Non-probe outcomes while half-open were sent before the circuit
             // opened: they neither close nor reopen it.
-            M::H if probe && failure => {
+            // A probe still slower than the baseline allows reopens it too.
+            M::H if probe && (failure || relative.is_some_and(|(_, slow)| slow)) => {
                 self.open(cfg, now);
                 dirty = true;
             }
@@ -664,6 +746,95 @@ mod tests {
             assert_eq!(c.rec(0, fast), None);
         }
         assert_eq!(c.rec(0, fast), Some(Mode::Open));
+    }
+
+    fn relative() -> CircuitConfig {
+        CircuitConfig {
+            latency_relative: Some(RelativeLatency {
+                factor: 2.0,
+                window_ms: 10_000,
+                min_requests: 5,
+                baseline_half_life_ms: 60_000,
+            }),
+            ..no_consecutive()
+        }
+    }
+    fn ok(ms: u64) -> Outcome {
+        Outcome::Success { latency_ms: ms }
+    }
+
+    #[test]
+    fn relative_rule_opens_above_factor_times_baseline_and_a_slow_probe_reopens() {
+        let c = cb(relative());
+        // The baseline learns 100 ms from five answers, one a second.
+        for i in 0..5 {
+            assert_eq!(c.rec(i * 1000, ok(100)), None);
+        }
+        // Exactly 2x is not above it; one answer slower than that in a window of
+        // 7 is more than 5%.
+        assert_eq!(c.rec(5000, ok(200)), None);
+        assert_eq!(
+            c.rec(5000, ok(203)),
+            Some(Mode::Open),
+            "the 200 moved it to 101"
+        );
+        assert_eq!(c.gate(5001), open_until(20_000));
+        // A probe as slow as the outage reopens it; a fast one closes it.
+        assert_eq!(c.gate(20_000), Gate::Probe);
+        assert_eq!(c.probe(22_000, ok(2000)), Some(Mode::Open));
+        assert_eq!(c.gate(37_000), Gate::Probe);
+        assert_eq!(c.probe(37_050, ok(100)), Some(Mode::Closed));
+        // A fresh window: min_requests answers before it can open again.
+        for _ in 0..4 {
+            assert_eq!(c.rec(37_100, ok(5000)), None);
+        }
+        assert_eq!(c.rec(37_100, ok(5000)), Some(Mode::Open));
+    }
+
+    #[test]
+    fn relative_rule_waits_for_a_baseline_and_forgets_old_slow_answers() {
+        let c = cb(relative());
+        // Slow from the start: nothing to compare with, so it is the baseline.
+        for i in 0..20 {
+            assert_eq!(c.rec(i * 100, ok(2000)), None);
+        }
+        // 1 slow in 20 is 5%: not above. A window later it is forgotten.
+        let c = cb(relative());
+        for i in 0..19 {
+            c.rec(i * 10, ok(100));
+        }
+        assert_eq!(c.rec(200, ok(1000)), None);
+        for i in 0..20 {
+            assert_eq!(c.rec(10_300 + i, ok(100)), None);
+        }
+        assert_eq!(c.rec(10_400, ok(1000)), None, "1 of 21 in the new window");
+        // Failures are not judged: they have no first token.
+        assert_eq!(c.rec(10_400, FAIL), None);
+    }
+
+    #[test]
+    fn relative_baseline_moves_by_half_lives_of_wall_time() {
+        let c = cb(relative());
+        c.rec(0, ok(100));
+        let base = |c: &Cb| {
+            decode(&c.s.get(K).unwrap().unwrap().0)
+                .unwrap()
+                .b
+                .unwrap()
+                .0
+        };
+        // Same instant: no weight. One half-life later: half way to 300 ms.
+        c.rec(0, ok(300));
+        assert_eq!(base(&c), 100_000);
+        c.rec(60_000, ok(300));
+        assert_eq!(base(&c), 200_000);
+        // A long slowdown becomes the new normal: a 2 s answer after ten
+        // half-lives is no longer slow against it.
+        for i in 1..=10 {
+            c.rec(60_000 + i * 60_000, ok(1900));
+        }
+        assert!(base(&c) > 1_800_000, "{}", base(&c));
+        assert_eq!(c.mode(700_000), Mode::Closed);
     }
 
     #[test]

@@ -233,6 +233,9 @@ pub fn outcomes(
 /// (so an attempt's fate can wait for the downstream's end), and the time by
 /// which a retry must have been sent to leave the client's deadline its
 /// `retry_min_remaining_seconds` (empty: the client named no deadline).
+/// [`encode_plan_asked`] adds the model the client asked for and whether the
+/// request asked for a stream (then a success's latency is its time to first
+/// token, which only the downstream instance sees).
 pub fn encode_plan(
     route: &str,
     body_model: Option<&str>,
@@ -247,11 +250,13 @@ pub fn encode_plan(
         probe_cluster,
         stream,
         retry_by_ms,
+        false,
     )
 }
 
 /// As [`encode_plan`], with the model the client asked for (`asked_model`),
-/// which the served-by headers compare the attempt's model with.
+/// which the served-by headers compare the attempt's model with, and whether
+/// the request asked for a stream.
 pub fn encode_plan_asked(
     route: &str,
     body_model: Option<&str>,
@@ -259,13 +264,15 @@ pub fn encode_plan_asked(
     probe_cluster: Option<&str>,
     stream: u32,
     retry_by_ms: Option<u64>,
+    streamed: bool,
 ) -> String {
     let by = retry_by_ms.map(|t| t.to_string()).unwrap_or_default();
     format!(
-        "{route}\n{}\n{}\n{stream}\n{by}\n{}",
+        "{route}\n{}\n{}\n{stream}\n{by}\n{}\n{}",
         body_model.unwrap_or(""),
         probe_cluster.unwrap_or(""),
-        asked_model.unwrap_or("")
+        asked_model.unwrap_or(""),
+        u8::from(streamed)
     )
 }
 
@@ -279,6 +286,8 @@ pub struct PlanView<'a> {
     pub retry_by_ms: Option<u64>,
     /// The model the client asked for (`None`: the body named none).
     pub asked_model: Option<&'a str>,
+    /// The request asked for a stream.
+    pub streamed: bool,
 }
 
 pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
@@ -289,6 +298,7 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
     let stream = it.next().and_then(|v| v.parse().ok());
     let retry_by_ms = it.next().and_then(|v| v.parse().ok());
     let asked_model = it.next().filter(|m| !m.is_empty());
+    let streamed = it.next() == Some("1");
     Some(PlanView {
         route,
         body_model,
@@ -296,6 +306,7 @@ pub fn decode_plan(s: &str) -> Option<PlanView<'_>> {
         stream,
         retry_by_ms,
         asked_model,
+        streamed,
     })
 }
 
@@ -649,18 +660,19 @@ mod tests {
                 stream: Some(42),
                 retry_by_ms: Some(9_000),
                 asked_model: Some("gpt-4o"),
+                streamed: false,
             })
         );
         let s = encode_plan("chat", None, None, 7, None);
         assert_eq!(decode_plan(&s).map(|p| p.retry_by_ms), Some(None));
-        let s = encode_plan_asked("chat", Some("o1"), Some("gpt-4o"), None, 7, Some(5));
+        let s = encode_plan_asked("chat", Some("o1"), Some("gpt-4o"), None, 7, Some(5), true);
         assert_eq!(
-            decode_plan(&s).map(|p| (p.body_model, p.asked_model, p.retry_by_ms)),
-            Some((Some("o1"), Some("gpt-4o"), Some(5)))
+            decode_plan(&s).map(|p| (p.body_model, p.asked_model, p.retry_by_ms, p.streamed)),
+            Some((Some("o1"), Some("gpt-4o"), Some(5), true))
         );
         assert_eq!(
-            decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream)),
-            Some((Some("emulator"), None))
+            decode_plan("chat\n\nemulator\nx").map(|p| (p.probe_cluster, p.stream, p.streamed)),
+            Some((Some("emulator"), None, false))
         );
         assert_eq!(decode_plan(""), None);
         assert_eq!(

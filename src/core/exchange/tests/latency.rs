@@ -1,6 +1,7 @@
 //! Timings, goodput and the in-flight gauge (tests/e2e/test_latency.py).
 
 use super::*;
+use crate::core::env::SharedStore;
 use crate::core::telemetry::{
     GOODPUT_TOTAL, IN_FLIGHT, REQUEST_DURATION_MS, TIME_PER_OUTPUT_TOKEN_US, TIME_TO_FIRST_TOKEN_MS,
 };
@@ -282,4 +283,173 @@ fn with_the_upstream_instance_the_headers_cost_no_clock_read() {
     x.on_response_headers(&mut env.host, false);
     assert_eq!(env.host.clock_reads.get() - before, 0);
     assert_eq!(x.response.timing.headers_ms, Some(T0 + 80));
+}
+
+// ------------------------------------------------- circuits from first tokens
+
+const STREAM_BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the world, politely."}],"max_tokens":100,"stream":true}"#;
+
+fn circuit(env: &Envoy, cluster: &str) -> Option<u64> {
+    env.host.gauge(
+        crate::core::telemetry::CIRCUIT_STATE,
+        &[("cluster", cluster)],
+    )
+}
+
+/// One request on the chain's first cluster that is open for it: headers
+/// after `headers_ms`, the first text `ttft_ms` after it was sent; the
+/// upstream instance plays the attempt when `upstream`. The cluster the
+/// plan sent it to.
+fn timed_answer(
+    env: &mut Envoy,
+    body: &str,
+    upstream: bool,
+    headers_ms: u64,
+    ttft_ms: u64,
+) -> String {
+    // Properties are per request in Envoy, not in the fake host.
+    env.host.properties.remove("llmcap_try_1");
+    let (mut x, _) = env.send("chat", &[], Some(body));
+    let cluster = env
+        .host
+        .property_str("llmcap_try_1")
+        .unwrap_or_else(|| "a".to_string());
+    let mut a = None;
+    if upstream {
+        env.host
+            .set_property_str("xds.cluster_name", cluster.as_bytes());
+        let mut u = env.upstream();
+        u.on_request_headers(&mut env.host, true);
+        a = Some(u);
+    }
+    env.host.advance(headers_ms);
+    let streamed = body.contains("\"stream\":true");
+    let ct = if streamed {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    env.host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), ct.into()),
+    ];
+    let key = format!("llmcap/cb/{cluster}");
+    let before = env.host.get(&key).unwrap();
+    if let Some(u) = &mut a {
+        u.on_response_headers(&mut env.host);
+    }
+    env.host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), ct.into()),
+    ];
+    x.on_response_headers(&mut env.host, false);
+    if upstream && streamed {
+        assert_eq!(
+            env.host.get(&key).unwrap(),
+            before,
+            "a streamed success waits for its first token"
+        );
+    }
+    env.host.advance(ttft_ms - headers_ms);
+    if streamed {
+        chunk(env, &mut x, ROLE_ONLY, false);
+        chunk(env, &mut x, &event("Hi"), false);
+        chunk(env, &mut x, USAGE, true);
+    } else {
+        let json = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+        chunk(env, &mut x, json, true);
+    }
+    env.end(&mut x);
+    cluster
+}
+
+/// The absolute latency rule judges a stream by its first token (headers come
+/// first), and a whole answer by its headers, as before.
+#[test]
+fn a_streams_first_token_not_its_headers_feeds_the_latency_rule() {
+    for upstream in [true, false] {
+        let cfg = |env_up| {
+            Envoy::new(json!({
+                "upstream_filter": env_up,
+                "clusters": {"a": {"provider": "openai", "circuit": {
+                    "latency_p95_ms": 200, "min_requests": 1, "consecutive_failures": 0}}},
+                "routes": {"chat": {"clusters": ["a"]}}
+            }))
+        };
+        let mut env = cfg(upstream);
+        timed_answer(&mut env, CHAT_BODY, upstream, 20, 300);
+        assert_eq!(
+            circuit(&env, "a"),
+            None,
+            "headers in 20 ms: fast ({upstream})"
+        );
+        let mut env = cfg(upstream);
+        timed_answer(&mut env, STREAM_BODY, upstream, 20, 300);
+        assert_eq!(circuit(&env, "a"), Some(2), "first token in 300 ms: slow");
+        let mut env = cfg(upstream);
+        timed_answer(&mut env, STREAM_BODY, upstream, 20, 150);
+        assert_eq!(circuit(&env, "a"), None, "first token in 150 ms: fast");
+    }
+}
+
+/// A stream cut before its first token still feeds the circuit, once, with
+/// what is known (its headers' time): the claim of a probe is never lost.
+#[test]
+fn a_stream_cut_before_its_first_token_still_feeds_the_circuit() {
+    let mut env = Envoy::new(json!({
+        "upstream_filter": true,
+        "clusters": {"a": {"provider": "openai", "circuit": {
+            "latency_p95_ms": 100, "min_requests": 1, "consecutive_failures": 0}}},
+        "routes": {"chat": {"clusters": ["a"]}}
+    }));
+    let (mut x, _) = env.send("chat", &[], Some(STREAM_BODY));
+    env.host.set_property_str("xds.cluster_name", b"a");
+    let mut u = env.upstream();
+    u.on_request_headers(&mut env.host, true);
+    env.host.advance(150);
+    env.host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    u.on_response_headers(&mut env.host);
+    x.on_response_headers(&mut env.host, false);
+    env.host.advance(5000);
+    env.end(&mut x); // the client left
+    assert_eq!(circuit(&env, "a"), Some(2), "timed to its headers: 150 ms");
+}
+
+/// The relative rule through the request's life: a baseline of 50 ms, then a
+/// 2 s first token opens the primary and traffic moves to the fallback; a
+/// probe as slow reopens it, a fast one closes it.
+#[test]
+fn a_slow_first_token_against_the_baseline_moves_traffic_to_the_fallback_and_back() {
+    for upstream in [false, true] {
+        let mut env = Envoy::new(json!({
+            "upstream_filter": upstream,
+            "clusters": {
+                "a": {"provider": "openai", "circuit": {
+                    "consecutive_failures": 0, "open_seconds": 5,
+                    "latency_relative": {"factor": 2, "window_seconds": 10, "min_requests": 3,
+                                         "baseline_half_life_seconds": 300}}},
+                "b": {"provider": "openai"}
+            },
+            "routes": {"chat": {"clusters": ["a", "b"]}}
+        }));
+        for _ in 0..3 {
+            assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 50), "a");
+        }
+        assert_eq!(circuit(&env, "a"), None);
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 2000), "a");
+        assert_eq!(circuit(&env, "a"), Some(2), "1 of 4 above 100 ms");
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 60), "b");
+        env.host.advance(5000);
+        // The probe is as slow as the outage: open again.
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 2000), "a");
+        assert_eq!(circuit(&env, "a"), Some(2));
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 60), "b");
+        env.host.advance(5000);
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 60), "a");
+        assert_eq!(circuit(&env, "a"), Some(0), "recovered: closed");
+        assert_eq!(timed_answer(&mut env, STREAM_BODY, upstream, 10, 60), "a");
+    }
 }

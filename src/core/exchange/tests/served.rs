@@ -36,7 +36,7 @@ fn served(env: &Envoy) -> (Option<&str>, Option<&str>, Option<&str>) {
 fn attempt(env: &mut Envoy, cluster: &str, status: u32) {
     env.host.set_property_str(
         PLAN_PROPERTY,
-        encode_plan_asked("chat", Some("gpt-4o"), Some("gpt-4o"), None, 1, None).as_bytes(),
+        encode_plan_asked("chat", Some("gpt-4o"), Some("gpt-4o"), None, 1, None, false).as_bytes(),
     );
     env.host
         .set_property_str("xds.cluster_name", cluster.as_bytes());
