@@ -290,36 +290,20 @@ pub(super) fn limit_fields<'a>(l: &mut Obj<'a>) -> Result<(Limits, bool), Config
         },
     };
     let mut per_day = |name: &'a str| -> Result<Option<u64>, ConfigError> {
-        match l.take(name) {
-            None => Ok(None),
-            Some((v, rp)) => {
-                let n = uint(v, &rp, "a positive integer")?;
-                if n == 0 {
-                    return Err(err(
-                        &rp,
-                        "must be at least 1 (leave it out for no limit)".to_string(),
-                    ));
-                }
-                Ok(Some(((n as f64) * (1.0 - headroom)).floor().max(1.0) as u64))
-            }
-        }
+        let Some((v, rp)) = l.take(name) else {
+            return Ok(None);
+        };
+        let n = limit_count(v, &rp)?;
+        Ok(Some(((n as f64) * (1.0 - headroom)).floor().max(1.0) as u64))
     };
     let requests_per_day = per_day("requests_per_day")?;
     let tokens_per_day = per_day("tokens_per_day")?;
     let mut rate = |name: &'a str| -> Result<Option<Rate>, ConfigError> {
-        match l.take(name) {
-            None => Ok(None),
-            Some((v, rp)) => {
-                let n = uint(v, &rp, "a positive integer")?;
-                if n == 0 {
-                    return Err(err(
-                        &rp,
-                        "must be at least 1 (leave it out for no limit)".to_string(),
-                    ));
-                }
-                Ok(Some(Rate::new(n as f64 * (1.0 - headroom), burst)))
-            }
-        }
+        let Some((v, rp)) = l.take(name) else {
+            return Ok(None);
+        };
+        let n = limit_count(v, &rp)?;
+        Ok(Some(Rate::new(n as f64 * (1.0 - headroom), burst)))
     };
     let limits = Limits {
         requests_per_day,
@@ -451,4 +435,16 @@ fn slo(v: &Value, path: &str) -> Result<Slo, ConfigError> {
         ));
     }
     Ok(s)
+}
+
+/// A limit's count: a positive integer (a limit of 0 is written by leaving it out).
+fn limit_count(v: &Value, path: &str) -> Result<u64, ConfigError> {
+    let n = uint(v, path, "a positive integer")?;
+    if n == 0 {
+        return Err(err(
+            path,
+            "must be at least 1 (leave it out for no limit)".to_string(),
+        ));
+    }
+    Ok(n)
 }

@@ -311,7 +311,7 @@ impl UpstreamAttempt {
         self.retry_by_ms = plan.retry_by_ms;
         let retry = plan
             .stream
-            .is_some_and(|s| self.worker.attempts.borrow_mut().is_retry(s));
+            .is_some_and(|s| self.worker.attempts.borrow().is_retry(s));
         if retry {
             if let Some(flow) = self.gate_retry(h, &route, self.started_ms) {
                 return flow;

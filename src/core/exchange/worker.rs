@@ -169,16 +169,15 @@ pub struct Ledger {
     pub(super) ended: VecDeque<(u32, bool)>,
     /// Per cluster: when this VM last read a successful answer's quota headers.
     pub(super) quota_sampled: HashMap<String, u64>,
-    /// Downstream streams whose first attempt this VM has seen, newest last: a
-    /// later attempt of one of them is a router retry, gated when it is sent.
-    pub(super) attempted: VecDeque<u32>,
-    /// Attempts sent, newest last, for the downstream timings; at most
+    /// Attempts sent, newest last, until the downstream reads the answering
+    /// one or its stream ends: for the timings, and so a later attempt of the
+    /// same stream is known as a router retry (gated when it is sent); at most
     /// [`SENT_ATTEMPTS`].
     pub(super) sent: VecDeque<SentAttempt>,
 }
 
-/// Attempts' send times remembered per VM until their answer reads them.
-pub const SENT_ATTEMPTS: usize = 256;
+/// Attempts remembered per VM (the oldest is forgotten first).
+pub const SENT_ATTEMPTS: usize = 1024;
 
 /// One attempt as the upstream instance saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,28 +192,15 @@ pub struct SentAttempt {
     pub ttft_pending: Option<bool>,
 }
 
-/// Streams remembered in [`Ledger::attempted`], at most.
-const ATTEMPTED_STREAMS: usize = 1024;
-
 impl Ledger {
-    /// Whether `stream` already had an attempt (then this one is a retry); the
-    /// first attempt is remembered. Bounded: the oldest is forgotten first.
-    pub(super) fn is_retry(&mut self, stream: u32) -> bool {
-        if self.attempted.iter().rev().any(|&s| s == stream) {
-            return true;
-        }
-        if self.attempted.len() >= ATTEMPTED_STREAMS {
-            self.attempted.pop_front();
-        }
-        self.attempted.push_back(stream);
-        false
+    /// Whether `stream` already sent an attempt: then the next one is a retry.
+    pub(super) fn is_retry(&self, stream: u32) -> bool {
+        self.sent.iter().rev().any(|a| a.stream == stream)
     }
 
     /// The stream ended: its attempts are over.
     pub(super) fn forget_attempts(&mut self, stream: u32) {
-        if let Some(i) = self.attempted.iter().rposition(|&s| s == stream) {
-            self.attempted.remove(i);
-        }
+        self.sent.retain(|a| a.stream != stream);
     }
 
     pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
