@@ -14,6 +14,7 @@ pub mod limits;
 pub mod pbstruct;
 pub mod reply;
 pub mod telemetry;
+pub mod translate;
 pub mod tokens;
 pub mod upstream;
 

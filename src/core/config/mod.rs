@@ -37,6 +37,7 @@ use std::fmt;
 use std::rc::Rc;
 
 mod budgets;
+pub mod crossing;
 pub mod global;
 mod policy;
 mod read;
@@ -549,6 +550,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                 }
             }
             let policy = policy(&mut r, &defaults)?;
+            crossing::check_chain(&p, &chain, policy.api)?;
             let mut known = vec!["clusters"];
             known.extend_from_slice(POLICY_FIELDS);
             known.sort_unstable();

@@ -62,7 +62,7 @@
 //! is buffered whole, [`usage_from_json`] reads the last chunk's usage from the
 //! array.
 
-mod sse;
+pub(crate) mod sse;
 mod wire;
 
 use serde::Deserialize;

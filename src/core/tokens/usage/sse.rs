@@ -19,7 +19,7 @@ const BOM_DONE: u8 = u8::MAX;
 
 /// What the decoder hands its sink.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A dispatched event. `name` is the `event` field ("" when absent; the
     /// spec's default "message" is left to the caller). `data` has the data lines
     /// joined with `\n`; it may hold invalid UTF-8.
@@ -30,7 +30,7 @@ pub(super) enum Event<'a> {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Decoder {
+pub(crate) struct Decoder {
     /// The current line when a chunk ended inside it.
     line: Vec<u8>,
     /// Data lines of the current event, each followed by `\n`.
@@ -51,7 +51,7 @@ pub(super) struct Decoder {
 
 impl Decoder {
     /// Events dropped for exceeding [`MAX_EVENT_BYTES`].
-    pub(super) fn dropped(&self) -> u32 {
+    pub(crate) fn dropped(&self) -> u32 {
         self.dropped
     }
 
@@ -61,7 +61,7 @@ impl Decoder {
         self.line.len() + self.data.len() + self.name.len() + self.tail.len()
     }
 
-    pub(super) fn feed(&mut self, mut chunk: &[u8], sink: &mut dyn FnMut(Event<'_>)) {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8], sink: &mut dyn FnMut(Event<'_>)) {
         // A leading UTF-8 BOM is not part of the first line; it may arrive split.
         while self.bom < BOM.len() as u8 {
             let Some((&b, rest)) = chunk.split_first() else {
@@ -83,7 +83,7 @@ impl Decoder {
     /// End of stream. Unlike a browser, which discards an unterminated event, this
     /// dispatches it: a proxy sees streams cut short, and a complete last `data`
     /// line is worth reading.
-    pub(super) fn finish(&mut self, sink: &mut dyn FnMut(Event<'_>)) {
+    pub(crate) fn finish(&mut self, sink: &mut dyn FnMut(Event<'_>)) {
         if self.bom != BOM_DONE {
             let matched = usize::from(self.bom);
             self.bom = BOM_DONE;
