@@ -14,8 +14,8 @@ pub mod limits;
 pub mod pbstruct;
 pub mod reply;
 pub mod telemetry;
-pub mod translate;
 pub mod tokens;
+pub mod translate;
 pub mod upstream;
 
 /// Crate version and git revision, stamped by build.rs.

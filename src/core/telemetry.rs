@@ -62,6 +62,13 @@ pub const CONTEXT_WINDOW_SKIPS_TOTAL: &str = "llmcap_context_window_skips_total"
 pub const UNKNOWN_MODELS_TOTAL: &str = "llmcap_unknown_models_total";
 /// Requests whose first attempt went to a cluster other than the route's primary.
 pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
+/// Upstream attempts whose request and answer were translated to and from
+/// another provider's API, by `route`, `cluster` and `direction`
+/// (`openai_to_anthropic`, `anthropic_to_openai`: the request's way).
+pub const TRANSLATED_ATTEMPTS_TOTAL: &str = "llmcap_translated_attempts_total";
+/// Chain entries skipped for a request that cannot be translated for their
+/// provider without changing its meaning, by `route` and `cluster`.
+pub const TRANSLATION_SKIPS_TOTAL: &str = "llmcap_translation_skips_total";
 /// The provider's last reported remaining quota per `cluster` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
@@ -245,6 +252,10 @@ pub struct AccessLogState<'a> {
     /// The cluster whose answer the client got (`x-llm-capacity-served-by`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<&'a str>,
+    /// The answering attempt was translated: `openai_to_anthropic` or
+    /// `anthropic_to_openai` (the request's way; the answer came back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub translated: Option<&'a str>,
     /// Time spent waiting in the queue, milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,

@@ -35,7 +35,11 @@ pub fn crosses_providers(chain: &[Target]) -> bool {
 /// A chain across providers: only OpenAI and Anthropic clusters, on a route
 /// whose API is one of theirs (or `auto`), and every entry whose provider may
 /// differ from the client's names the model it serves.
-pub(super) fn check_chain(path: &str, chain: &[Target], api: Option<Api>) -> Result<(), ConfigError> {
+pub(super) fn check_chain(
+    path: &str,
+    chain: &[Target],
+    api: Option<Api>,
+) -> Result<(), ConfigError> {
     if !crosses_providers(chain) {
         return Ok(());
     }

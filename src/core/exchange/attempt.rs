@@ -12,6 +12,7 @@
 use super::health::{self, Observation};
 use super::plan::{carry_model_in_path, set_request_body};
 use super::worker::{Unanswered, Worker};
+use super::xlate::{self, AttemptXlate};
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::host::{Buffer, Flow, Host, Map};
 use crate::core::tokens::request::Api;
@@ -146,6 +147,8 @@ pub struct UpstreamAttempt {
     /// client's: for the served-by headers.
     served_model: Option<String>,
     asked_model: Option<String>,
+    /// Going to a cluster of another API than the client's: the translation.
+    xlate: Option<Box<AttemptXlate>>,
 }
 
 impl UpstreamAttempt {
@@ -166,6 +169,7 @@ impl UpstreamAttempt {
             retry_by_ms: None,
             served_model: None,
             asked_model: None,
+            xlate: None,
         }
     }
 
@@ -332,8 +336,20 @@ impl UpstreamAttempt {
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
         self.served_model = change.clone().or(plan.body_model.map(str::to_string));
         self.asked_model = plan.asked_model.map(str::to_string);
-        self.route = Some(route);
         self.phase = AttemptPhase::Waiting;
+        self.xlate = xlate::on_attempt_headers(
+            h,
+            self.config.telemetry.metrics,
+            &route,
+            &self.cluster,
+            self.served_model.as_deref(),
+        )
+        .map(Box::new);
+        self.route = Some(route);
+        if self.xlate.is_some() && !end_of_stream {
+            // Held until the body is translated (with its content-length).
+            return Flow::Pause;
+        }
         let Some(model) = change else {
             return Flow::Continue;
         };
@@ -352,6 +368,21 @@ impl UpstreamAttempt {
 
     /// The attempt's request body: it carries the attempt's model.
     pub fn on_request_body(&mut self, h: &mut dyn Host, body_size: usize, eos: bool) -> Flow {
+        if let Some(x) = self.xlate.as_mut().filter(|x| x.pending_request()) {
+            if !eos {
+                return Flow::Pause;
+            }
+            let Err(r) = x.on_request_body(h, body_size) else {
+                return Flow::Continue;
+            };
+            // Never sent: it says nothing about the provider.
+            self.xlate = None;
+            self.phase = AttemptPhase::Unplanned;
+            return match h.send_reply(&r) {
+                Ok(()) => Flow::Pause,
+                Err(_) => Flow::Continue,
+            };
+        }
         let Some(model) = &self.rewrite_model else {
             return Flow::Continue;
         };
@@ -457,7 +488,9 @@ impl UpstreamAttempt {
                 let _ = h.set_header(Map::ResponseHeaders, "retry-after", &secs.to_string());
             }
         }
-        if class == Class::RateLimited && signal.retry_after_ms.is_none() {
+        if let Some(x) = &mut self.xlate {
+            x.on_response_headers(h, status);
+        } else if class == Class::RateLimited && signal.retry_after_ms.is_none() {
             self.error_body = Some(Vec::new()); // Gemini's retryDelay, if any
         }
         Flow::Continue
@@ -465,6 +498,9 @@ impl UpstreamAttempt {
 
     /// The attempt's answer body: a 429's may carry Gemini's `retryDelay`.
     pub fn on_response_body(&mut self, h: &mut dyn Host, chunk_size: usize, eos: bool) -> Flow {
+        if let Some(x) = &mut self.xlate {
+            return x.on_response_body(h, chunk_size, eos);
+        }
         if let Some(buf) = &mut self.error_body {
             if buf.len() + chunk_size <= MAX_ERROR_BODY {
                 if let Ok(Some(chunk)) = h.body(Buffer::ResponseBody, 0, chunk_size) {

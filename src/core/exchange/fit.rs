@@ -17,8 +17,18 @@ impl Exchange {
         let Some(pre) = &self.pre else {
             return Ok(None);
         };
+        // Entries the request cannot be translated for are left out first.
+        let translatable: Vec<usize> = (0..candidates.len())
+            .filter(|&i| !self.untranslatable(i))
+            .collect();
+        if translatable.is_empty() && !candidates.is_empty() {
+            let r = self.untranslatable_reply();
+            return Err(self.reply(h, RequestOutcome::InvalidBody, r));
+        }
+        let skips = translatable.len() < candidates.len();
         if pre.size_based {
-            return Ok(None); // estimated by size: too rough to refuse on
+            // Estimated by size: too rough to refuse on.
+            return Ok(skips.then_some(translatable));
         }
         let (input, output, cap) = (pre.reserved_input, pre.output_allowance, pre.output_cap);
         let asked = pre.model.clone();
@@ -35,6 +45,9 @@ impl Exchange {
         let mut refused: Vec<(usize, Fit, String)> = Vec::new();
         let mut unknown = false;
         for (i, (entry_model, _)) in entries.iter().enumerate() {
+            if self.untranslatable(i) && !candidates.is_empty() {
+                continue;
+            }
             let Some(model) = entry_model.or(asked.as_deref()) else {
                 fits.push(i);
                 continue;
@@ -52,7 +65,7 @@ impl Exchange {
             self.count(h, &[("route", &self.head.route)], UNKNOWN_MODELS_TOTAL);
         }
         if refused.is_empty() {
-            return Ok(None);
+            return Ok(skips.then_some(fits));
         }
         if fits.is_empty() {
             let r = context_reply(pre.api, input, output, cap, &refused);

@@ -29,6 +29,7 @@ pub mod health;
 mod plan;
 pub mod timing;
 pub mod worker;
+pub mod xlate;
 
 #[cfg(test)]
 mod tests;
@@ -181,6 +182,7 @@ pub struct Exchange {
     held: Held,
     response: Response,
     report: Report,
+    xlate: xlate::Xlate,
 }
 
 impl Exchange {
@@ -204,6 +206,7 @@ impl Exchange {
                 global: None,
                 context_window: None,
             },
+            xlate: xlate::Xlate::default(),
         }
     }
 
@@ -388,6 +391,7 @@ impl Exchange {
                     let r = caps::too_many_turns(turns, max);
                     return self.reply(h, RequestOutcome::TooManyTurns, r);
                 }
+                self.check_translation(h, &policy, &body);
                 self.dispatch(h, &policy, Some((body, body_size)))
             }
             Err(reply) => self.reply(h, RequestOutcome::InvalidBody, reply),
@@ -437,6 +441,7 @@ impl Exchange {
             self.rewrite_body(h, &body, body_size, target_model.as_deref(), api);
         }
         self.publish_plan(h, policy, priced.as_deref());
+        self.publish_translation(h, policy);
         let mut cost = Cost::default();
         if let Some(pre) = &self.pre {
             if self.config.telemetry.metrics {
@@ -553,6 +558,7 @@ impl Exchange {
                 self.observe_final(h, l);
             }
             self.note_served(h, headers.as_ref());
+            self.note_translated(headers.as_ref());
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.report.rate_headers {
                 let _ = h.set_header(Map::ResponseHeaders, name, value);
@@ -710,6 +716,7 @@ impl Exchange {
         state.slo = self.response.goodput.map(timing::Goodput::as_str);
         state.context_window = r.context_window;
         state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
+        state.translated = self.xlate.translated;
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
                 state.cluster = Some(&t.cluster.name);

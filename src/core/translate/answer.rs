@@ -20,7 +20,10 @@ pub struct Usage {
 impl Usage {
     pub fn from_anthropic(u: &Value) -> Usage {
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let (read, write) = (n("cache_read_input_tokens"), n("cache_creation_input_tokens"));
+        let (read, write) = (
+            n("cache_read_input_tokens"),
+            n("cache_creation_input_tokens"),
+        );
         Usage {
             input: n("input_tokens").saturating_add(read).saturating_add(write),
             output: n("output_tokens"),
@@ -86,7 +89,12 @@ pub fn stop_reason(finish: &str) -> &'static str {
 
 /// A successful JSON answer in the client's dialect; `None` when the
 /// provider's body is not the answer it should be (it then goes as an error).
-pub fn json_answer(dir: Direction, body: &[u8], model: Option<&str>, now_s: u64) -> Option<Vec<u8>> {
+pub fn json_answer(
+    dir: Direction,
+    body: &[u8],
+    model: Option<&str>,
+    now_s: u64,
+) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let out = match (dir.provider, dir.client) {
         (Dialect::Anthropic, Dialect::OpenAi) => anthropic_to_openai(&v, model, now_s)?,
@@ -102,7 +110,12 @@ fn anthropic_to_openai(v: &Value, model: Option<&str>, now_s: u64) -> Option<Val
     }
     let mut text = String::new();
     let mut calls = Vec::new();
-    for b in v.get("content").and_then(Value::as_array).into_iter().flatten() {
+    for b in v
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
             Some("tool_use") => calls.push(json!({
@@ -120,13 +133,20 @@ fn anthropic_to_openai(v: &Value, model: Option<&str>, now_s: u64) -> Option<Val
     message.insert("role".into(), json!("assistant"));
     message.insert(
         "content".into(),
-        if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
+        if text.is_empty() && !calls.is_empty() {
+            Value::Null
+        } else {
+            Value::String(text)
+        },
     );
     message.insert("refusal".into(), Value::Null);
     if !calls.is_empty() {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
-    let stop = v.get("stop_reason").and_then(Value::as_str).unwrap_or("end_turn");
+    let stop = v
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
     let usage = Usage::from_anthropic(v.get("usage").unwrap_or(&Value::Null));
     Some(json!({
         "id": v.get("id").cloned().unwrap_or(Value::Null),
@@ -147,12 +167,21 @@ fn openai_to_anthropic(v: &Value, model: Option<&str>) -> Option<Value> {
     let choice = v.get("choices")?.as_array()?.first()?;
     let message = choice.get("message")?;
     let mut content = Vec::new();
-    if let Some(t) = message.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+    if let Some(t) = message
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
         content.push(json!({"type": "text", "text": t}));
     } else if let Some(r) = message.get("refusal").and_then(Value::as_str) {
         content.push(json!({"type": "text", "text": r}));
     }
-    for c in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+    for c in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let f = c.get("function");
         let args = f
             .and_then(|f| f.get("arguments"))
@@ -169,7 +198,10 @@ fn openai_to_anthropic(v: &Value, model: Option<&str>) -> Option<Value> {
             "input": input,
         }));
     }
-    let finish = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("stop");
+    let finish = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("stop");
     let usage = Usage::from_openai(v.get("usage").unwrap_or(&Value::Null));
     Some(json!({
         "id": v.get("id").cloned().unwrap_or(Value::Null),
@@ -269,12 +301,15 @@ pub fn rate_limit_headers<'a>(
                 };
                 out.push(HeaderChange::Remove(name.clone()));
                 for (dim, odim) in DIMENSIONS {
-                    let Some(field) = rest.strip_prefix(dim).and_then(|r| r.strip_prefix('-')) else {
+                    let Some(field) = rest.strip_prefix(dim).and_then(|r| r.strip_prefix('-'))
+                    else {
                         continue;
                     };
                     let v = match field {
                         "limit" | "remaining" => Some(value.trim().to_string()),
-                        "reset" => provider_headers::rfc3339_wait_ms(value, now_unix_ms).map(go_duration),
+                        "reset" => {
+                            provider_headers::rfc3339_wait_ms(value, now_unix_ms).map(go_duration)
+                        }
                         _ => None,
                     };
                     if let Some(v) = v {
@@ -300,7 +335,10 @@ pub fn rate_limit_headers<'a>(
                     _ => None,
                 };
                 if let Some(v) = v {
-                    out.push(HeaderChange::Set(format!("anthropic-ratelimit-{adim}-{field}"), v));
+                    out.push(HeaderChange::Set(
+                        format!("anthropic-ratelimit-{adim}-{field}"),
+                        v,
+                    ));
                 }
             }
         }

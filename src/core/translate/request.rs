@@ -286,10 +286,14 @@ fn text_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Refusal>
         Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
         Some(Value::Array(parts)) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                (Some("text"), Some(Value::String(t))) => Ok(json!({"type": "text", "text": t})),
-                _ => refuse(format!("messages[{i}]: a system part that is not text")),
-            })
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => {
+                        Ok(json!({"type": "text", "text": t}))
+                    }
+                    _ => refuse(format!("messages[{i}]: a system part that is not text")),
+                },
+            )
             .collect(),
         Some(_) => refuse(format!("messages[{i}]: content is not a string or a list")),
     }
@@ -328,12 +332,16 @@ fn image_source(url: &str, i: usize) -> Result<Value, Refusal> {
             return Ok(json!({"type": "image", "source":
                 {"type": "base64", "media_type": media, "data": data}}));
         }
-        return refuse(format!("messages[{i}]: an image data URL that is not base64"));
+        return refuse(format!(
+            "messages[{i}]: an image data URL that is not base64"
+        ));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
     }
-    refuse(format!("messages[{i}]: an image URL that is not http(s) or data"))
+    refuse(format!(
+        "messages[{i}]: an image URL that is not http(s) or data"
+    ))
 }
 
 fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Refusal> {
@@ -341,12 +349,18 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Refusal> {
         Some(Value::Array(parts)) => {
             let mut v = Vec::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text"), p.get("refusal")) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text"),
+                    p.get("refusal"),
+                ) {
                     (Some("text"), Some(Value::String(t)), _)
                     | (Some("refusal"), _, Some(Value::String(t))) => {
                         v.push(json!({"type": "text", "text": t}))
                     }
-                    _ => return refuse(format!("messages[{i}]: an assistant part that is not text")),
+                    _ => {
+                        return refuse(format!("messages[{i}]: an assistant part that is not text"))
+                    }
                 }
             }
             v
@@ -365,10 +379,15 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Refusal> {
                 .and_then(|f| f.get("arguments"))
                 .and_then(Value::as_str)
                 .unwrap_or("{}");
-            let input: Value = match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => return refuse(format!("messages[{i}]: tool call arguments are not a JSON object")),
-            };
+            let input: Value =
+                match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        return refuse(format!(
+                            "messages[{i}]: tool call arguments are not a JSON object"
+                        ))
+                    }
+                };
             out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
     }
@@ -377,7 +396,9 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, Refusal> {
 
 fn tool_result(m: &Value, i: usize) -> Result<Value, Refusal> {
     let Some(id) = m.get("tool_call_id").and_then(Value::as_str) else {
-        return refuse(format!("messages[{i}]: a tool message without tool_call_id"));
+        return refuse(format!(
+            "messages[{i}]: a tool message without tool_call_id"
+        ));
     };
     let content = match m.get("content") {
         Some(Value::String(s)) => Value::String(s.clone()),
@@ -396,7 +417,10 @@ fn anthropic_tool(tool: &Value, i: usize) -> Result<Value, Refusal> {
     };
     let mut t = Map::new();
     t.insert("name".into(), Value::String(name.to_string()));
-    if let Some(d) = f.and_then(|f| f.get("description")).filter(|d| d.is_string()) {
+    if let Some(d) = f
+        .and_then(|f| f.get("description"))
+        .filter(|d| d.is_string())
+    {
         t.insert("description".into(), d.clone());
     }
     let schema = f
@@ -441,7 +465,8 @@ fn to_openai(o: Map<String, Value>, model: Option<&str>) -> Result<Translated, R
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => msgs.push(json!({"role": "system", "content": s})),
         Some(Value::Array(blocks)) => {
-            let text = join_text(blocks).ok_or_else(|| Refusal("system: a block that is not text".into()))?;
+            let text = join_text(blocks)
+                .ok_or_else(|| Refusal("system: a block that is not text".into()))?;
             msgs.push(json!({"role": "system", "content": text}));
         }
         Some(_) => return refuse("system is not a string or a list"),
@@ -467,7 +492,10 @@ fn to_openai(o: Map<String, Value>, model: Option<&str>) -> Result<Translated, R
     }
     if let Some(Value::Array(stops)) = o.get("stop_sequences") {
         if stops.len() > OPENAI_MAX_STOP {
-            return refuse(format!("{} stop sequences (OpenAI takes at most {OPENAI_MAX_STOP})", stops.len()));
+            return refuse(format!(
+                "{} stop sequences (OpenAI takes at most {OPENAI_MAX_STOP})",
+                stops.len()
+            ));
         }
         if !stops.is_empty() {
             out.insert("stop".into(), Value::Array(stops.clone()));
@@ -495,7 +523,9 @@ fn to_openai(o: Map<String, Value>, model: Option<&str>) -> Result<Translated, R
                 .and_then(Value::as_str)
                 .is_some_and(|ty| ty != "custom")
             {
-                return refuse(format!("tools[{i}]: a server tool (no OpenAI chat counterpart)"));
+                return refuse(format!(
+                    "tools[{i}]: a server tool (no OpenAI chat counterpart)"
+                ));
             }
             let Some(name) = tool.get("name").and_then(Value::as_str) else {
                 return refuse(format!("tools[{i}]: a tool without a name"));
@@ -584,7 +614,9 @@ fn user_messages(content: Option<&Value>, i: usize, msgs: &mut Vec<Value>) -> Re
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Array(c)) => join_text(c).ok_or_else(|| {
-                        Refusal(format!("messages[{i}]: a tool_result block that is not text"))
+                        Refusal(format!(
+                            "messages[{i}]: a tool_result block that is not text"
+                        ))
                     })?,
                     Some(_) => return refuse(format!("messages[{i}]: tool_result content")),
                 };
@@ -604,12 +636,23 @@ fn image_part(source: Option<&Value>, i: usize) -> Result<Value, Refusal> {
     let s = source.unwrap_or(&Value::Null);
     let url = match s.get("type").and_then(Value::as_str) {
         Some("base64") => {
-            let media = s.get("media_type").and_then(Value::as_str).unwrap_or("image/png");
+            let media = s
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("image/png");
             let data = s.get("data").and_then(Value::as_str).unwrap_or("");
             format!("data:{media};base64,{data}")
         }
-        Some("url") => s.get("url").and_then(Value::as_str).unwrap_or("").to_string(),
-        _ => return refuse(format!("messages[{i}]: an image source that is not base64 or url")),
+        Some("url") => s
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        _ => {
+            return refuse(format!(
+                "messages[{i}]: an image source that is not base64 or url"
+            ))
+        }
     };
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
@@ -632,7 +675,9 @@ fn assistant_message(content: Option<&Value>, i: usize) -> Result<Value, Refusal
                 ) else {
                     return refuse(format!("messages[{i}]: a tool_use without id or name"));
                 };
-                let args = b.get("input").map_or_else(|| "{}".to_string(), Value::to_string);
+                let args = b
+                    .get("input")
+                    .map_or_else(|| "{}".to_string(), Value::to_string);
                 calls.push(json!({"id": id, "type": "function",
                     "function": {"name": name, "arguments": args}}));
             }

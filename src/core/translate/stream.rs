@@ -135,7 +135,9 @@ fn named_event(out: &mut Vec<u8>, name: &str, v: &Value) {
 }
 
 fn parse(data: &[u8]) -> Option<Value> {
-    serde_json::from_slice::<Value>(data).ok().filter(Value::is_object)
+    serde_json::from_slice::<Value>(data)
+        .ok()
+        .filter(Value::is_object)
 }
 
 // --------------------------------------------- Anthropic events -> OpenAI chunks
@@ -221,9 +223,17 @@ impl ToOpenAi {
         match kind.as_str() {
             "message_start" => {
                 let m = v.get("message").unwrap_or(&Value::Null);
-                self.id = m.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+                self.id = m
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if self.model.is_empty() {
-                    self.model = m.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+                    self.model = m
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                 }
                 self.usage.merge(m.get("usage").unwrap_or(&Value::Null));
                 self.chunk(out, json!({"role": "assistant", "content": ""}), None);
@@ -240,7 +250,11 @@ impl ToOpenAi {
                         self.chunk(out, json!({"tool_calls": call}), None);
                     }
                     Some("text") => {
-                        if let Some(t) = b.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                        if let Some(t) = b
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .filter(|t| !t.is_empty())
+                        {
                             self.chunk(out, json!({"content": t}), None);
                         }
                     }
@@ -291,9 +305,15 @@ impl ToOpenAi {
             }
             "error" => {
                 let e = v.get("error").unwrap_or(&Value::Null);
-                let msg = e.get("message").and_then(Value::as_str).unwrap_or("provider error");
+                let msg = e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("provider error");
                 let ty = e.get("type").and_then(Value::as_str).unwrap_or("api_error");
-                data_line(out, &json!({"error": {"message": msg, "type": ty, "param": null, "code": null}}));
+                data_line(
+                    out,
+                    &json!({"error": {"message": msg, "type": ty, "param": null, "code": null}}),
+                );
                 self.done = true;
             }
             _ => {} // ping, unknown events
@@ -358,7 +378,11 @@ impl ToAnthropic {
 
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some((_, index)) = self.open.take() {
-            named_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            named_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
         }
     }
 
@@ -395,7 +419,10 @@ impl ToAnthropic {
         let index = match (known, tc.get("id").and_then(Value::as_str)) {
             (Some(b), _) => b,
             (None, Some(id)) if self.tools.len() < MAX_TOOLS => {
-                let name = f.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
+                let name = f
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let b = self.open_block(
                     Block::Tool(n),
                     json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
@@ -433,7 +460,10 @@ impl ToAnthropic {
             return;
         };
         if let Some(e) = v.get("error") {
-            let msg = e.get("message").and_then(Value::as_str).unwrap_or("provider error");
+            let msg = e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("provider error");
             named_event(
                 out,
                 "error",
@@ -446,7 +476,11 @@ impl ToAnthropic {
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = Usage::from_openai(u);
         }
-        let Some(choice) = v.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else {
+        let Some(choice) = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+        else {
             return;
         };
         let d = choice.get("delta").unwrap_or(&Value::Null);
@@ -455,7 +489,12 @@ impl ToAnthropic {
                 self.text(t, out);
             }
         }
-        for tc in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for tc in d
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             self.tool_call(tc, out);
         }
         if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {

@@ -9,8 +9,14 @@ use serde_json::{json, Value};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-const OA_TO_AN: Direction = Direction { client: Dialect::OpenAi, provider: Dialect::Anthropic };
-const AN_TO_OA: Direction = Direction { client: Dialect::Anthropic, provider: Dialect::OpenAi };
+const OA_TO_AN: Direction = Direction {
+    client: Dialect::OpenAi,
+    provider: Dialect::Anthropic,
+};
+const AN_TO_OA: Direction = Direction {
+    client: Dialect::Anthropic,
+    provider: Dialect::OpenAi,
+};
 
 fn req(dir: Direction, body: Value, model: Option<&str>) -> Value {
     let t = translate(dir, body.to_string().as_bytes(), model, 1000).unwrap();
@@ -18,7 +24,9 @@ fn req(dir: Direction, body: Value, model: Option<&str>) -> Value {
 }
 
 fn refused(dir: Direction, body: Value) -> String {
-    translate(dir, body.to_string().as_bytes(), None, 1000).unwrap_err().0
+    translate(dir, body.to_string().as_bytes(), None, 1000)
+        .unwrap_err()
+        .0
 }
 
 #[test]
@@ -90,11 +98,18 @@ fn openai_requests_become_anthropic_requests() {
         ),
     ];
     for (name, input, want) in cases {
-        assert_eq!(req(OA_TO_AN, input, Some("claude-sonnet-4")), want, "{name}");
+        assert_eq!(
+            req(OA_TO_AN, input, Some("claude-sonnet-4")),
+            want,
+            "{name}"
+        );
     }
     let t = translate(OA_TO_AN, br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"seed":3,"messages":[{"role":"user","content":"x"}]}"#, None, 9).unwrap();
     assert!(t.stream && t.include_usage);
-    assert_eq!(t.dropped, vec!["seed".to_string(), "stream_options".to_string()]);
+    assert_eq!(
+        t.dropped,
+        vec!["seed".to_string(), "stream_options".to_string()]
+    );
 }
 
 #[test]
@@ -160,24 +175,63 @@ fn anthropic_requests_become_openai_requests() {
 fn requests_whose_meaning_would_change_are_refused() {
     let m = json!([{"role": "user", "content": "x"}]);
     let cases: Vec<(Direction, Value, &str)> = vec![
-        (OA_TO_AN, json!({"n": 2, "messages": m}), "n > 1 (Anthropic answers one choice)"),
-        (OA_TO_AN, json!({"response_format": {"type": "json_schema"}, "messages": m}),
-            "response_format json_schema (no Anthropic counterpart)"),
-        (OA_TO_AN, json!({"modalities": ["text", "audio"], "messages": m}), "audio output (no Anthropic counterpart)"),
-        (OA_TO_AN, json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
-            "messages[0]: content part \"input_audio\""),
-        (OA_TO_AN, json!({"messages": [{"role": "function", "content": "x"}]}), "messages[0]: role \"function\""),
-        (OA_TO_AN, json!({"tools": [{"type": "custom", "custom": {}}], "messages": m}), "tools[0]: not a function tool"),
-        (OA_TO_AN, json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function":
-            {"name": "f", "arguments": "[1]"}}]}]}), "messages[0]: tool call arguments are not a JSON object"),
+        (
+            OA_TO_AN,
+            json!({"n": 2, "messages": m}),
+            "n > 1 (Anthropic answers one choice)",
+        ),
+        (
+            OA_TO_AN,
+            json!({"response_format": {"type": "json_schema"}, "messages": m}),
+            "response_format json_schema (no Anthropic counterpart)",
+        ),
+        (
+            OA_TO_AN,
+            json!({"modalities": ["text", "audio"], "messages": m}),
+            "audio output (no Anthropic counterpart)",
+        ),
+        (
+            OA_TO_AN,
+            json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            "messages[0]: content part \"input_audio\"",
+        ),
+        (
+            OA_TO_AN,
+            json!({"messages": [{"role": "function", "content": "x"}]}),
+            "messages[0]: role \"function\"",
+        ),
+        (
+            OA_TO_AN,
+            json!({"tools": [{"type": "custom", "custom": {}}], "messages": m}),
+            "tools[0]: not a function tool",
+        ),
+        (
+            OA_TO_AN,
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a", "function":
+            {"name": "f", "arguments": "[1]"}}]}]}),
+            "messages[0]: tool call arguments are not a JSON object",
+        ),
         (OA_TO_AN, json!({"messages": "x"}), "messages is not a list"),
-        (AN_TO_OA, json!({"max_tokens": 1, "stop_sequences": ["a", "b", "c", "d", "e"], "messages": m}),
-            "5 stop sequences (OpenAI takes at most 4)"),
-        (AN_TO_OA, json!({"max_tokens": 1, "tools": [{"type": "web_search_20250305", "name": "w"}], "messages": m}),
-            "tools[0]: a server tool (no OpenAI chat counterpart)"),
-        (AN_TO_OA, json!({"max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "document"}]}]}),
-            "messages[0]: content block \"document\""),
-        (AN_TO_OA, json!({"max_tokens": 1, "mcp_servers": [{}], "messages": m}), "mcp_servers (no OpenAI chat counterpart)"),
+        (
+            AN_TO_OA,
+            json!({"max_tokens": 1, "stop_sequences": ["a", "b", "c", "d", "e"], "messages": m}),
+            "5 stop sequences (OpenAI takes at most 4)",
+        ),
+        (
+            AN_TO_OA,
+            json!({"max_tokens": 1, "tools": [{"type": "web_search_20250305", "name": "w"}], "messages": m}),
+            "tools[0]: a server tool (no OpenAI chat counterpart)",
+        ),
+        (
+            AN_TO_OA,
+            json!({"max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "document"}]}]}),
+            "messages[0]: content block \"document\"",
+        ),
+        (
+            AN_TO_OA,
+            json!({"max_tokens": 1, "mcp_servers": [{}], "messages": m}),
+            "mcp_servers (no OpenAI chat counterpart)",
+        ),
     ];
     for (dir, body, want) in cases {
         assert_eq!(refused(dir, body), want);
@@ -186,11 +240,17 @@ fn requests_whose_meaning_would_change_are_refused() {
         translate(OA_TO_AN, b"{nope", None, 1).unwrap_err().0,
         "body is not JSON: key must be a string at line 1 column 2"
     );
-    assert_eq!(translate(AN_TO_OA, b"[1]", None, 1).unwrap_err().0, "body is not a JSON object");
+    assert_eq!(
+        translate(AN_TO_OA, b"[1]", None, 1).unwrap_err().0,
+        "body is not a JSON object"
+    );
 }
 
 fn json_answer(dir: Direction, v: Value, model: &str) -> Value {
-    serde_json::from_slice(&answer::json_answer(dir, v.to_string().as_bytes(), Some(model), 1700).unwrap()).unwrap()
+    serde_json::from_slice(
+        &answer::json_answer(dir, v.to_string().as_bytes(), Some(model), 1700).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -209,11 +269,23 @@ fn anthropic_answers_become_chat_completions() {
             "usage": {"prompt_tokens": 17, "completion_tokens": 4, "total_tokens": 21,
                 "prompt_tokens_details": {"cached_tokens": 5}}})
     );
-    for (stop, finish) in [("end_turn", "stop"), ("max_tokens", "length"), ("stop_sequence", "stop"), ("refusal", "content_filter")] {
+    for (stop, finish) in [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("refusal", "content_filter"),
+    ] {
         let a = json!({"type": "message", "content": [], "stop_reason": stop, "usage": {}});
-        assert_eq!(json_answer(OA_TO_AN, a, "m")["choices"][0]["finish_reason"], finish, "{stop}");
+        assert_eq!(
+            json_answer(OA_TO_AN, a, "m")["choices"][0]["finish_reason"],
+            finish,
+            "{stop}"
+        );
     }
-    assert_eq!(answer::json_answer(OA_TO_AN, b"{\"type\":\"error\"}", None, 0), None);
+    assert_eq!(
+        answer::json_answer(OA_TO_AN, b"{\"type\":\"error\"}", None, 0),
+        None
+    );
     assert_eq!(answer::json_answer(OA_TO_AN, b"nope", None, 0), None);
 }
 
@@ -230,17 +302,38 @@ fn chat_completions_become_anthropic_answers() {
             "stop_reason": "tool_use", "stop_sequence": null,
             "usage": {"input_tokens": 12, "output_tokens": 3, "cache_read_input_tokens": 8, "cache_creation_input_tokens": 0}})
     );
-    for (finish, stop) in [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal")] {
+    for (finish, stop) in [
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("content_filter", "refusal"),
+    ] {
         let o = json!({"choices": [{"finish_reason": finish, "message": {"content": ""}}]});
-        assert_eq!(json_answer(AN_TO_OA, o, "m")["stop_reason"], stop, "{finish}");
+        assert_eq!(
+            json_answer(AN_TO_OA, o, "m")["stop_reason"],
+            stop,
+            "{finish}"
+        );
     }
-    assert_eq!(answer::json_answer(AN_TO_OA, b"{\"choices\":[]}", None, 0), None);
+    assert_eq!(
+        answer::json_answer(AN_TO_OA, b"{\"choices\":[]}", None, 0),
+        None
+    );
 }
 
 #[test]
 fn usage_keeps_every_input_token_and_the_cached_ones() {
-    let u = Usage::from_anthropic(&json!({"input_tokens": 3, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 5, "output_tokens": 6}));
-    assert_eq!(u, Usage { input: 12, output: 6, cache_read: 4, cache_write: 5 });
+    let u = Usage::from_anthropic(
+        &json!({"input_tokens": 3, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 5, "output_tokens": 6}),
+    );
+    assert_eq!(
+        u,
+        Usage {
+            input: 12,
+            output: 6,
+            cache_read: 4,
+            cache_write: 5
+        }
+    );
     assert_eq!(Usage::from_anthropic(&u.anthropic()), u);
     let o = Usage::from_openai(&u.openai());
     assert_eq!((o.input, o.output, o.cache_read), (12, 6, 4));
@@ -250,13 +343,20 @@ fn usage_keeps_every_input_token_and_the_cached_ones() {
 fn errors_come_in_the_clients_dialect() {
     let an = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     let got: Value = serde_json::from_slice(&answer::error_body(OA_TO_AN, 529, an)).unwrap();
-    assert_eq!(got, json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": null}}));
+    assert_eq!(
+        got,
+        json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": null}})
+    );
     assert_eq!(answer::status(OA_TO_AN, 529), 503);
     assert_eq!(answer::status(AN_TO_OA, 429), 429);
     let oa = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
     let got: Value = serde_json::from_slice(&answer::error_body(AN_TO_OA, 429, oa)).unwrap();
-    assert_eq!(got, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}}));
-    let got: Value = serde_json::from_slice(&answer::error_body(OA_TO_AN, 429, b"not json")).unwrap();
+    assert_eq!(
+        got,
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}})
+    );
+    let got: Value =
+        serde_json::from_slice(&answer::error_body(OA_TO_AN, 429, b"not json")).unwrap();
     assert_eq!(got["error"]["message"], "upstream error 429");
     assert_eq!(got["error"]["code"], "rate_limit_exceeded");
 }
@@ -268,27 +368,54 @@ fn rate_limit_headers_come_in_the_clients_form() {
         ("anthropic-ratelimit-requests-limit", "50"),
         ("anthropic-ratelimit-requests-remaining", "0"),
         ("anthropic-ratelimit-requests-reset", "2026-12-07T02:41:30Z"),
-        ("anthropic-ratelimit-tokens-reset", "2026-12-07T02:40:00.250Z"),
+        (
+            "anthropic-ratelimit-tokens-reset",
+            "2026-12-07T02:40:00.250Z",
+        ),
         ("anthropic-ratelimit-input-tokens-limit", "9"),
         ("retry-after", "3"),
     ];
     let got = answer::rate_limit_headers(OA_TO_AN, h.iter().copied(), now);
-    let set: Vec<_> = got.iter().filter_map(|c| match c { HeaderChange::Set(k, v) => Some((k.as_str(), v.as_str())), _ => None }).collect();
-    assert_eq!(set, vec![
-        ("x-ratelimit-limit-requests", "50"),
-        ("x-ratelimit-remaining-requests", "0"),
-        ("x-ratelimit-reset-requests", "1m30s"),
-        ("x-ratelimit-reset-tokens", "250ms"),
-    ]);
-    assert_eq!(got.iter().filter(|c| matches!(c, HeaderChange::Remove(_))).count(), 5);
-    let h = [("x-ratelimit-remaining-tokens", "100"), ("x-ratelimit-reset-tokens", "1.5s"), ("retry-after-ms", "10")];
+    let set: Vec<_> = got
+        .iter()
+        .filter_map(|c| match c {
+            HeaderChange::Set(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        set,
+        vec![
+            ("x-ratelimit-limit-requests", "50"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1m30s"),
+            ("x-ratelimit-reset-tokens", "250ms"),
+        ]
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|c| matches!(c, HeaderChange::Remove(_)))
+            .count(),
+        5
+    );
+    let h = [
+        ("x-ratelimit-remaining-tokens", "100"),
+        ("x-ratelimit-reset-tokens", "1.5s"),
+        ("retry-after-ms", "10"),
+    ];
     let got = answer::rate_limit_headers(AN_TO_OA, h.iter().copied(), now);
-    assert_eq!(got, vec![
-        HeaderChange::Remove("x-ratelimit-remaining-tokens".into()),
-        HeaderChange::Set("anthropic-ratelimit-tokens-remaining".into(), "100".into()),
-        HeaderChange::Remove("x-ratelimit-reset-tokens".into()),
-        HeaderChange::Set("anthropic-ratelimit-tokens-reset".into(), "2026-12-07T02:40:02Z".into()),
-    ]);
+    assert_eq!(
+        got,
+        vec![
+            HeaderChange::Remove("x-ratelimit-remaining-tokens".into()),
+            HeaderChange::Set("anthropic-ratelimit-tokens-remaining".into(), "100".into()),
+            HeaderChange::Remove("x-ratelimit-reset-tokens".into()),
+            HeaderChange::Set(
+                "anthropic-ratelimit-tokens-reset".into(),
+                "2026-12-07T02:40:02Z".into()
+            ),
+        ]
+    );
     assert_eq!(answer::go_duration(61_500), "1m1.5s");
     assert_eq!(answer::rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(answer::rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
@@ -367,20 +494,38 @@ fn an_anthropic_stream_becomes_chat_completion_chunks() {
     assert!(t.complete());
     assert_eq!(t.malformed(), 0);
     let ev = events(&out);
-    let deltas: Vec<Value> = ev.iter().map(|(_, d)| d["choices"][0]["delta"].clone()).collect();
+    let deltas: Vec<Value> = ev
+        .iter()
+        .map(|(_, d)| d["choices"][0]["delta"].clone())
+        .collect();
     assert_eq!(deltas[0], json!({"role": "assistant", "content": ""}));
     assert_eq!(deltas[1], json!({"content": "Hel\u{e9}"}));
     assert_eq!(deltas[2], json!({"content": "lo"}));
-    assert_eq!(deltas[3], json!({"tool_calls": [{"index": 0, "id": "tu_1", "type": "function", "function": {"name": "get", "arguments": ""}}]}));
-    assert_eq!(deltas[4], json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}));
-    assert_eq!(deltas[5], json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}));
+    assert_eq!(
+        deltas[3],
+        json!({"tool_calls": [{"index": 0, "id": "tu_1", "type": "function", "function": {"name": "get", "arguments": ""}}]})
+    );
+    assert_eq!(
+        deltas[4],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]})
+    );
+    assert_eq!(
+        deltas[5],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]})
+    );
     assert_eq!(ev[6].1["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(ev[7].1["choices"], json!([]));
-    assert_eq!(ev[7].1["usage"], json!({"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 2}}));
+    assert_eq!(
+        ev[7].1["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 2}})
+    );
     assert_eq!(ev[8].1, Value::String("[DONE]".into()));
     assert_eq!(ev.len(), 9);
     for (_, d) in &ev[..8] {
-        assert_eq!((d["id"].as_str(), d["model"].as_str(), d["object"].as_str()), (Some("msg_1"), Some("served"), Some("chat.completion.chunk")));
+        assert_eq!(
+            (d["id"].as_str(), d["model"].as_str(), d["object"].as_str()),
+            (Some("msg_1"), Some("served"), Some("chat.completion.chunk"))
+        );
     }
     // Without include_usage: no usage chunk.
     let (out, _) = run(OA_TO_AN, &[ANTHROPIC_STREAM.as_bytes()], false);
@@ -393,17 +538,42 @@ fn an_openai_stream_becomes_anthropic_events() {
     assert!(t.complete());
     let ev = events(&out);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, vec!["message_start", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(
+        names,
+        vec![
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
     assert_eq!(ev[0].1["message"]["model"], "served");
     assert_eq!(ev[0].1["message"]["id"], "c1");
-    assert_eq!(ev[2].1["delta"], json!({"type": "text_delta", "text": "Hel\u{e9}"}));
-    assert_eq!(ev[5].1, json!({"type": "content_block_start", "index": 1,
-        "content_block": {"type": "tool_use", "id": "call_1", "name": "get", "input": {}}}));
-    assert_eq!(ev[7].1["delta"], json!({"type": "input_json_delta", "partial_json": "1}"}));
-    assert_eq!(ev[9].1, json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-        "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0}}));
+    assert_eq!(
+        ev[2].1["delta"],
+        json!({"type": "text_delta", "text": "Hel\u{e9}"})
+    );
+    assert_eq!(
+        ev[5].1,
+        json!({"type": "content_block_start", "index": 1,
+        "content_block": {"type": "tool_use", "id": "call_1", "name": "get", "input": {}}})
+    );
+    assert_eq!(
+        ev[7].1["delta"],
+        json!({"type": "input_json_delta", "partial_json": "1}"})
+    );
+    assert_eq!(
+        ev[9].1,
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+        "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0}})
+    );
 }
 
 #[test]
@@ -429,25 +599,58 @@ fn malformed_streams_end_with_an_error_event_and_never_panic() {
     let (out, t) = run(OA_TO_AN, &[cut.as_bytes()], true);
     assert!(t.complete());
     let last = events(&out).pop().unwrap().1;
-    assert_eq!(last, json!({"error": {"message": CUT_SHORT, "type": "server_error", "param": null, "code": null}}));
-    let cut = &OPENAI_STREAM[..OPENAI_STREAM.find("data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},").unwrap()];
+    assert_eq!(
+        last,
+        json!({"error": {"message": CUT_SHORT, "type": "server_error", "param": null, "code": null}})
+    );
+    let cut = &OPENAI_STREAM[..OPENAI_STREAM
+        .find("data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},")
+        .unwrap()];
     let (out, _) = run(AN_TO_OA, &[cut.as_bytes()], true);
     let (name, last) = events(&out).pop().unwrap();
-    assert_eq!((name.as_str(), last), ("error", json!({"type": "error", "error": {"type": "api_error", "message": CUT_SHORT}})));
+    assert_eq!(
+        (name.as_str(), last),
+        (
+            "error",
+            json!({"type": "error", "error": {"type": "api_error", "message": CUT_SHORT}})
+        )
+    );
     // Garbage in the middle is skipped and counted; the rest still translates.
-    let bad = ANTHROPIC_STREAM.replacen("event: ping\ndata: {\"type\":\"ping\"}", "data: {not json\n\ndata: [1,2]", 1);
+    let bad = ANTHROPIC_STREAM.replacen(
+        "event: ping\ndata: {\"type\":\"ping\"}",
+        "data: {not json\n\ndata: [1,2]",
+        1,
+    );
     let (out, t) = run(OA_TO_AN, &[bad.as_bytes()], false);
     assert_eq!(t.malformed(), 2);
-    assert_eq!(events(&out).last().unwrap().1, Value::String("[DONE]".into()));
+    assert_eq!(
+        events(&out).last().unwrap().1,
+        Value::String("[DONE]".into())
+    );
     // A provider's error event ends the stream in the client's dialect.
     let err = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
-    let (out, _) = run(OA_TO_AN, &[err.as_bytes(), ANTHROPIC_STREAM.as_bytes()], true);
-    assert_eq!(events(&out), vec![(String::new(), json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}}))]);
+    let (out, _) = run(
+        OA_TO_AN,
+        &[err.as_bytes(), ANTHROPIC_STREAM.as_bytes()],
+        true,
+    );
+    assert_eq!(
+        events(&out),
+        vec![(
+            String::new(),
+            json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}})
+        )]
+    );
     let err = "data: {\"error\":{\"message\":\"boom\"}}\n\n";
     let (out, _) = run(AN_TO_OA, &[err.as_bytes()], true);
     assert_eq!(events(&out)[0].1["error"]["message"], "boom");
     // Arbitrary bytes: no panic, a documented end.
-    for junk in [&b"\xff\xfe\x00data"[..], b"data: \n\n\n", b"event: message_start\ndata: {}\n\n", b"data: [DONE]\n\n"] {
+    for junk in [
+        &b"\xff\xfe\x00data"[..],
+        b"data: \n\n\n",
+        b"event: message_start\ndata: {}\n\n",
+        b"data: [DONE]\n\n",
+    ] {
         for dir in [OA_TO_AN, AN_TO_OA] {
             let (_, t) = run(dir, &[junk], true);
             assert!(t.complete());
@@ -458,7 +661,10 @@ fn malformed_streams_end_with_an_error_event_and_never_panic() {
 #[test]
 fn a_long_stream_keeps_memory_bounded() {
     let mut t = StreamTranslator::new(OA_TO_AN, None, true, 0);
-    let start = ANTHROPIC_STREAM.split("event: content_block_delta").next().unwrap();
+    let start = ANTHROPIC_STREAM
+        .split("event: content_block_delta")
+        .next()
+        .unwrap();
     t.feed(start.as_bytes());
     let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n";
     let mut total = 0;
@@ -469,7 +675,10 @@ fn a_long_stream_keeps_memory_bounded() {
     }
     assert!(total > 20_000 * 100);
     // An oversized event is dropped (counted), the stream goes on.
-    let huge = format!("data: {{\"type\":\"ping\",\"x\":\"{}\"}}\n\n", "a".repeat(300 * 1024));
+    let huge = format!(
+        "data: {{\"type\":\"ping\",\"x\":\"{}\"}}\n\n",
+        "a".repeat(300 * 1024)
+    );
     t.feed(huge.as_bytes());
     assert_eq!(t.malformed(), 1);
 }

@@ -108,20 +108,48 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
     };
     let input = input_tokens(body)?;
     let stream = opt_bool(body, "stream")?;
+    // A tool call instead of text, unless the last turn carries a tool result.
+    let last_is_result = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+    let has_tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let call = ctx
+        .tool_call
+        .clone()
+        .filter(|_| has_tools && !last_is_result);
+    let call_id = call.as_ref().map(|_| ctx.app.new_id("toolu_01", 22));
     let plan = Plan::new(ctx.requested_output, Some(max_tokens), 1)?;
     let snapshot = ctx
         .app
         .admit(&ctx.key, input.saturating_add(plan.allowance))?;
     let id = ctx.app.new_id("msg_01", 22);
     let out = plan.completion();
-    let stop = if plan.cut { "max_tokens" } else { "end_turn" };
+    let stop = match (&call, plan.cut) {
+        (Some(_), _) => "tool_use",
+        (None, true) => "max_tokens",
+        (None, false) => "end_turn",
+    };
     let broken = ctx.faults.broken_usage;
 
     if !stream {
         ctx.app.refund(&ctx.key, plan.refund());
         let v = json!({
             "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": tokens::output_text(out)}],
+            "content": match &call {
+                Some(name) => json!([{"type": "tool_use", "id": call_id, "name": name,
+                    "input": {"q": tokens::output_text(out)}}]),
+                None => json!([{"type": "text", "text": tokens::output_text(out)}]),
+            },
             "stop_reason": stop, "stop_sequence": null, "usage": usage(input, out, broken),
         });
         return Ok(Outcome {
@@ -148,7 +176,11 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                 ),
                 http::sse_event(
                     "content_block_start",
-                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    &match &call {
+                        Some(name) => json!({"type": "content_block_start", "index": 0,
+                            "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}}}),
+                        None => json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    },
                 ),
                 http::sse_event("ping", &json!({"type": "ping"})),
             ];
@@ -157,14 +189,29 @@ pub fn messages(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                     return false;
                 }
             }
-            for t in 0..out {
-                let b = http::sse_event(
+            let args = |a: &str| {
+                http::sse_event(
                     "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tokens::piece(t)}}),
-                );
+                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": a}}),
+                )
+            };
+            if call.is_some() && !s.frame(args("{\"q\":\"")).await {
+                return false;
+            }
+            for t in 0..out {
+                let b = match call {
+                    Some(_) => args(&tokens::piece(t)),
+                    None => http::sse_event(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tokens::piece(t)}}),
+                    ),
+                };
                 if !s.token(b).await {
                     return false;
                 }
+            }
+            if call.is_some() && !s.frame(args("\"}")).await {
+                return false;
             }
             let end = [
                 http::sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),

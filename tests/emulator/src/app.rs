@@ -22,6 +22,10 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 12;
 /// emulator produce unbounded output.
 pub const MAX_OUTPUT_TOKENS: u64 = 100_000;
 pub const OUTPUT_TOKENS_HEADER: &str = "x-emulator-output-tokens";
+/// Request header naming a tool the answer calls (when the request offers
+/// tools and its last turn is not a tool result): the call's arguments are
+/// `{"q": <the reply text>}`, so a tool call costs what the text would.
+pub const TOOL_CALL_HEADER: &str = "x-emulator-tool-call";
 
 /// Locks a mutex, recovering the data if a previous holder panicked: the
 /// state is plain counters, always consistent between statements.
@@ -251,6 +255,8 @@ pub struct Ctx<'a> {
     pub query: &'a str,
     /// Output length asked for via [`OUTPUT_TOKENS_HEADER`] (or the default).
     pub requested_output: u64,
+    /// The tool the answer calls ([`TOOL_CALL_HEADER`]).
+    pub tool_call: Option<String>,
     pub faults: Faults,
 }
 
@@ -802,11 +808,17 @@ async fn run(
             )));
         }
     };
+    let tool_call = headers
+        .get(TOOL_CALL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().chars().take(64).collect::<String>())
+        .filter(|s| !s.is_empty());
     let ctx = Ctx {
         app,
         key,
         query,
         requested_output,
+        tool_call,
         faults,
     };
     match route {

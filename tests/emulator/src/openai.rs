@@ -126,6 +126,19 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
 
     let prompt = tokens::openai_chat_prompt_tokens(messages, tools);
     let plan = Plan::new(ctx.requested_output, max_tokens, n)?;
+    // A tool call instead of text, unless the last turn is the tool's result.
+    let call = ctx.tool_call.clone().filter(|_| {
+        n == 1
+            && tools
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty())
+            && messages
+                .last()
+                .and_then(|m| m.get("role"))
+                .and_then(Value::as_str)
+                != Some("tool")
+    });
+    let call_id = call.as_ref().map(|_| ctx.app.new_id("call_", 24));
     let snapshot = ctx
         .app
         .admit(&ctx.key, prompt.saturating_add(plan.allowance))?;
@@ -136,16 +149,26 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
     if !stream {
         ctx.app.refund(&ctx.key, plan.refund());
         let text = tokens::output_text(plan.per_choice);
-        let choices: Vec<Value> = (0..n)
-            .map(|i| {
-                json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []},
-                    "logprobs": null,
-                    "finish_reason": finish(plan.cut),
+        let choices: Vec<Value> = match &call {
+            Some(name) => vec![json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                    "tool_calls": [{"id": call_id, "type": "function",
+                        "function": {"name": name, "arguments": json!({"q": text}).to_string()}}]},
+                "logprobs": null,
+                "finish_reason": "tool_calls",
+            })],
+            None => (0..n)
+                .map(|i| {
+                    json!({
+                        "index": i,
+                        "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []},
+                        "logprobs": null,
+                        "finish_reason": finish(plan.cut),
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         let v = json!({
             "id": id,
             "object": "chat.completion",
@@ -186,10 +209,22 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                     return false;
                 }
             }
+            if let Some(name) = &call {
+                let d = json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": "{\"q\":\""}}]}, "logprobs": null, "finish_reason": null}]);
+                if !s.frame(http::sse_data(&chunk(d))).await {
+                    return false;
+                }
+            }
+            let args = |a: String| json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]});
             for t in 0..plan.per_choice {
                 let piece = tokens::piece(t);
                 for i in 0..n {
-                    let d = json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]);
+                    let delta = match call {
+                        Some(_) => args(piece.clone()),
+                        None => json!({"content": piece}),
+                    };
+                    let d = json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}]);
                     let b = http::sse_data(&chunk(d));
                     let sent = if i == 0 { s.token(b).await } else { s.frame(b).await };
                     if !sent {
@@ -197,8 +232,15 @@ pub fn chat(ctx: &Ctx, body: &Value) -> Result<Outcome, ApiError> {
                     }
                 }
             }
+            if call.is_some() {
+                let d = json!([{"index": 0, "delta": args("\"}".to_string()), "logprobs": null, "finish_reason": null}]);
+                if !s.frame(http::sse_data(&chunk(d))).await {
+                    return false;
+                }
+            }
+            let reason = if call.is_some() { "tool_calls" } else { finish(plan.cut) };
             for i in 0..n {
-                let d = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish(plan.cut)}]);
+                let d = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}]);
                 if !s.frame(http::sse_data(&chunk(d))).await {
                     return false;
                 }
