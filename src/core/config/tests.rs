@@ -36,7 +36,7 @@ fn full_config_compiles_with_inheritance() {
         "defaults": {"max_request_bytes": 1000},
         "clusters": {"a": {"provider": "openai"}, "b": {"provider": "anthropic"}, "c": {}},
         "routes": {
-            "chat": {"clusters": ["a", "b"]},
+            "chat": {"clusters": [{"cluster": "a", "model": "gpt-4o"}, {"cluster": "b", "model": "claude-sonnet-4"}]},
             "small": {"max_request_bytes": 10.0, "clusters": ["c"]}
         },
         "telemetry": {"metrics": false}
