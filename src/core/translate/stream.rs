@@ -9,11 +9,15 @@
 //! stays bounded whatever the stream's length.
 //!
 //! Malformed input never panics: an event that is not JSON (or not an object)
-//! is skipped and counted ([`StreamTranslator::malformed`]). The documented end
-//! of a stream that stops before its own end (`message_stop`, or `[DONE]`
-//! and a finish reason) is an error event in the client's dialect (OpenAI:
-//! `data: {"error": ...}`, Anthropic: `event: error`), which both SDKs raise,
-//! rather than a stream that merely stops.
+//! is skipped and counted ([`StreamTranslator::malformed`]). A stream is whole
+//! once its finish and its final usage have arrived: Anthropic's `message_delta`
+//! with a `stop_reason` (then `message_stop`), OpenAI's `finish_reason` and
+//! usage chunk (then `[DONE]`); the last marker alone may be missing. The
+//! documented end of a stream that stops before that, or of an OpenAI stream
+//! whose `[DONE]` comes without a finish reason or usage, is an error event in the
+//! client's dialect (OpenAI: `data: {"error": ...}`, Anthropic: `event:
+//! error`) with the message [`CUT_SHORT`], which both SDKs raise, rather than a
+//! stream that merely stops (and a final usage the provider never sent).
 
 use super::answer::{finish_reason, stop_reason, Usage};
 use super::{Dialect, Direction};
@@ -191,6 +195,8 @@ struct ToOpenAi {
     /// Anthropic block index -> OpenAI tool call index.
     tools: Vec<(u64, u32)>,
     usage: RawUsage,
+    /// `message_delta` brought the stop reason (and the final usage).
+    stopped: bool,
     done: bool,
     malformed: u32,
 }
@@ -286,23 +292,12 @@ impl ToOpenAi {
                     .get("delta")
                     .and_then(|d| d.get("stop_reason"))
                     .and_then(Value::as_str);
-                if let Some(stop) = stop {
+                if let Some(stop) = stop.filter(|_| !self.stopped) {
+                    self.stopped = true;
                     self.chunk(out, json!({}), Some(finish_reason(stop)));
                 }
             }
-            "message_stop" => {
-                if self.include_usage {
-                    data_line(
-                        out,
-                        &json!({
-                            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                            "model": self.model, "choices": [], "usage": self.usage.usage().openai(),
-                        }),
-                    );
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
-            }
+            "message_stop" => self.stop(out),
             "error" => {
                 let e = v.get("error").unwrap_or(&Value::Null);
                 let msg = e
@@ -320,14 +315,36 @@ impl ToOpenAi {
         }
     }
 
-    fn end(&mut self, out: &mut Vec<u8>) {
-        if !self.done {
+    /// `message_stop`: the usage chunk (when asked for) and `[DONE]`.
+    fn stop(&mut self, out: &mut Vec<u8>) {
+        if self.include_usage {
             data_line(
                 out,
-                &json!({"error": {"message": CUT_SHORT, "type": "server_error", "param": null, "code": null}}),
+                &json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                    "model": self.model, "choices": [], "usage": self.usage.usage().openai(),
+                }),
             );
-            self.done = true;
         }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
+    }
+
+    /// The provider's stream ended: without `message_stop` but after the stop
+    /// reason and final usage, the normal end; before them, the cut-short error.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if self.stopped {
+            self.stop(out);
+            return;
+        }
+        data_line(
+            out,
+            &json!({"error": {"message": CUT_SHORT, "type": "server_error", "param": null, "code": null}}),
+        );
+        self.done = true;
     }
 }
 
@@ -350,6 +367,8 @@ struct ToAnthropic {
     tools: Vec<(u64, u32)>,
     finish: Option<String>,
     usage: Usage,
+    /// A usage chunk arrived (the translator always asks OpenAI for one).
+    usage_seen: bool,
     done: bool,
     malformed: u32,
 }
@@ -475,6 +494,7 @@ impl ToAnthropic {
         self.start(&v, out);
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = Usage::from_openai(u);
+            self.usage_seen = true;
         }
         let Some(choice) = v
             .get("choices")
@@ -503,14 +523,16 @@ impl ToAnthropic {
         }
     }
 
-    /// `[DONE]`, or the end of the stream: the message's end if it finished,
-    /// else the cut-short error.
+    /// `[DONE]` or the end of the provider's stream: the message's end once
+    /// the finish reason and the usage chunk have come, else the cut-short
+    /// error (a usage the provider never sent is not made up: the client's
+    /// count and ours would be wrong).
     fn end(&mut self, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
         self.done = true;
-        let Some(finish) = self.finish.take() else {
+        let Some(finish) = self.finish.take().filter(|_| self.usage_seen) else {
             named_event(
                 out,
                 "error",

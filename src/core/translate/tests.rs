@@ -682,3 +682,419 @@ fn a_long_stream_keeps_memory_bounded() {
     t.feed(huge.as_bytes());
     assert_eq!(t.malformed(), 1);
 }
+
+// ------------------------------------------------------- more shapes, both ways
+
+#[test]
+fn more_openai_request_shapes() {
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let an_tools = json!([{"name": "f", "input_schema": {"type": "object", "properties": {}}}]);
+    let cases: Vec<(&str, Value, Value)> = vec![
+        (
+            "legacy max_tokens; consecutive user turns merge; tool_choice auto and none",
+            json!({"model": "m", "max_tokens": 4, "tools": tools, "tool_choice": "none",
+                "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}]}]}),
+            json!({"model": "c", "max_tokens": 4, "tools": an_tools, "tool_choice": {"type": "none"},
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}),
+        ),
+        (
+            "assistant text with two calls; two tool results become one user turn",
+            json!({"model": "m", "tools": tools, "tool_choice": "auto", "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": "on it", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}},
+                    {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{\"k\":[1]}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r1"}]},
+                {"role": "tool", "tool_call_id": "c2", "content": "r2"}]}),
+            json!({"model": "c", "max_tokens": 1000, "tools": an_tools, "tool_choice": {"type": "auto"},
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "go"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "on it"},
+                        {"type": "tool_use", "id": "c1", "name": "f", "input": {}},
+                        {"type": "tool_use", "id": "c2", "name": "f", "input": {"k": [1]}}]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "c1", "content": [{"type": "text", "text": "r1"}]},
+                        {"type": "tool_result", "tool_use_id": "c2", "content": "r2"}]}]}),
+        ),
+        (
+            "an assistant refusal part is text; parallel calls off without a choice; a choice without tools goes",
+            json!({"model": "m", "parallel_tool_calls": false, "tools": tools, "messages": [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]}),
+            json!({"model": "c", "max_tokens": 1000, "tools": an_tools,
+                "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "no"}]}]}),
+        ),
+        (
+            "tool_choice without tools is dropped; an empty stop list; temperature below 0 clamps",
+            json!({"model": "m", "tool_choice": "required", "stop": [], "temperature": -1,
+                "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "c", "max_tokens": 1000, "temperature": 0.0,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}),
+        ),
+    ];
+    for (name, input, want) in cases {
+        assert_eq!(req(OA_TO_AN, input, Some("c")), want, "{name}");
+    }
+    // Without an entry model the client's stays; a zero cap becomes 1.
+    let got = req(
+        OA_TO_AN,
+        json!({"model": "keep", "max_tokens": 0, "messages": []}),
+        None,
+    );
+    assert_eq!(
+        got,
+        json!({"model": "keep", "max_tokens": 1, "messages": []})
+    );
+}
+
+#[test]
+fn more_anthropic_request_shapes() {
+    let cases: Vec<(&str, Value, Value)> = vec![
+        (
+            "two tool results in one turn are two tool messages, first; string and empty contents; choice none",
+            json!({"model": "c", "max_tokens": 2, "tools": [{"name": "f"}], "tool_choice": {"type": "none"},
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}},
+                        {"type": "tool_use", "id": "b", "name": "f"}]},
+                    {"role": "user", "content": [{"type": "text", "text": "see"},
+                        {"type": "tool_result", "tool_use_id": "a", "content": "ra"},
+                        {"type": "tool_result", "tool_use_id": "b"}]}]}),
+            json!({"model": "o", "max_completion_tokens": 2,
+                "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none",
+                "messages": [
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                        {"id": "b", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "a", "content": "ra"},
+                    {"role": "tool", "tool_call_id": "b", "content": ""},
+                    {"role": "user", "content": [{"type": "text", "text": "see"}]}]}),
+        ),
+        (
+            "tool_choice auto; an assistant string; dropped fields stay out; not streamed: no stream_options",
+            json!({"model": "c", "max_tokens": 2, "top_k": 3, "thinking": {"type": "enabled"},
+                "tools": [{"type": "custom", "name": "f", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "auto"},
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+            json!({"model": "o", "max_completion_tokens": 2,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                "tool_choice": "auto",
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        ),
+    ];
+    for (name, input, want) in cases {
+        assert_eq!(req(AN_TO_OA, input, Some("o")), want, "{name}");
+    }
+    let t = translate(
+        AN_TO_OA,
+        br#"{"max_tokens":1,"stream":true,"top_k":1,"cache_control":{},"messages":[]}"#,
+        None,
+        1,
+    )
+    .unwrap();
+    assert!(t.stream && t.include_usage);
+    assert_eq!(
+        t.dropped,
+        vec!["cache_control".to_string(), "top_k".to_string()]
+    );
+    let m = json!([{"role": "user", "content": "x"}]);
+    for (body, want) in [
+        (
+            json!({"messages": [{"role": "system", "content": "x"}]}),
+            "messages[0]: role Some(\"system\")",
+        ),
+        (
+            json!({"system": [{"type": "image"}], "messages": m}),
+            "system: a block that is not text",
+        ),
+        (
+            json!({"tool_choice": {"type": "tool"}, "messages": m}),
+            "tool_choice tool without a name",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}),
+            "messages[0]: a tool_result without tool_use_id",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]}),
+            "messages[0]: an image source that is not base64 or url",
+        ),
+    ] {
+        assert_eq!(refused(AN_TO_OA, body), want);
+    }
+    for (body, want) in [
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}),
+            "messages[0]: an image URL that is not http(s) or data",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,AAAA"}}]}]}),
+            "messages[0]: an image data URL that is not base64",
+        ),
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0]: a tool message without tool_call_id",
+        ),
+        (
+            json!({"tool_choice": {"type": "allowed_tools"}, "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool_choice without a function name",
+        ),
+        (
+            json!({"functions": [], "messages": []}),
+            "legacy functions (use tools)",
+        ),
+        (
+            json!({"web_search_options": {}, "messages": []}),
+            "web_search_options (no Anthropic counterpart)",
+        ),
+    ] {
+        assert_eq!(refused(OA_TO_AN, body), want);
+    }
+}
+
+#[test]
+fn more_answer_shapes() {
+    // Anthropic: tool calls only (content null), an unknown stop reason, no usage at all.
+    let a = json!({"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+        "stop_reason": "pause_turn"});
+    let got = json_answer(OA_TO_AN, a, "m");
+    assert_eq!(got["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(got["choices"][0]["finish_reason"], "stop");
+    assert_eq!(got["usage"]["total_tokens"], 0);
+    let a =
+        json!({"type": "message", "content": [], "stop_reason": "model_context_window_exceeded"});
+    assert_eq!(
+        json_answer(OA_TO_AN, a, "m")["choices"][0]["finish_reason"],
+        "length"
+    );
+    // OpenAI: a refusal is text, arguments that are not an object become {}, the legacy finish.
+    let o = json!({"choices": [{"finish_reason": "function_call", "message": {"content": null, "refusal": "no",
+        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1"}}]}}]});
+    let got = json_answer(AN_TO_OA, o, "m");
+    assert_eq!(
+        got["content"],
+        json!([{"type": "text", "text": "no"}, {"type": "tool_use", "id": "c", "name": "f", "input": {}}])
+    );
+    assert_eq!(got["stop_reason"], "tool_use");
+    // Not answers: errors go back as errors.
+    for body in [&b"{}"[..], b"{\"choices\":[{}]}", b"[]", b""] {
+        assert_eq!(answer::json_answer(AN_TO_OA, body, None, 0), None);
+    }
+}
+
+#[test]
+fn every_error_status_has_its_type_in_both_dialects() {
+    let cases = [
+        (400, "invalid_request_error", "invalid_request_error"),
+        (401, "authentication_error", "authentication_error"),
+        (403, "permission_error", "permission_error"),
+        (404, "invalid_request_error", "not_found_error"),
+        (413, "invalid_request_error", "request_too_large"),
+        (429, "rate_limit_error", "rate_limit_error"),
+        (500, "server_error", "api_error"),
+        (503, "server_error", "overloaded_error"),
+        (529, "server_error", "overloaded_error"),
+    ];
+    for (status, openai, anthropic) in cases {
+        let o: Value = serde_json::from_slice(&answer::error_body(OA_TO_AN, status, b"")).unwrap();
+        assert_eq!(o["error"]["type"], openai, "{status}");
+        assert_eq!(o["error"]["message"], format!("upstream error {status}"));
+        let a: Value = serde_json::from_slice(&answer::error_body(AN_TO_OA, status, b"")).unwrap();
+        assert_eq!(
+            (&a["type"], &a["error"]["type"]),
+            (&json!("error"), &json!(anthropic)),
+            "{status}"
+        );
+    }
+    assert_eq!(answer::status(AN_TO_OA, 529), 529);
+}
+
+/// Each event of a stream, with its blank line.
+fn split_events(s: &str) -> Vec<String> {
+    s.split_inclusive("\n\n").map(str::to_string).collect()
+}
+
+#[test]
+fn a_stream_cut_after_any_event_ends_once_and_as_documented() {
+    // Whole once the finish and the final usage have come (the last marker may be missing).
+    for (dir, stream, whole_from) in [
+        (OA_TO_AN, ANTHROPIC_STREAM, "event: message_delta"),
+        (
+            AN_TO_OA,
+            OPENAI_STREAM,
+            "data: {\"id\":\"c1\",\"choices\":[],\"usage\"",
+        ),
+    ] {
+        let evs = split_events(&stream.replace("\r\n\r\n", "\n\n"));
+        let whole_at = evs.iter().position(|e| e.starts_with(whole_from)).unwrap();
+        for n in 0..=evs.len() {
+            let cut: String = evs[..n].concat();
+            let (out, t) = run(dir, &[cut.as_bytes()], true);
+            assert!(t.complete(), "{n}");
+            let ev = events(&out);
+            let ends: Vec<&(String, Value)> = ev
+                .iter()
+                .filter(|(name, d)| {
+                    name == "message_stop"
+                        || name == "error"
+                        || d == &Value::String("[DONE]".into())
+                        || d.get("error").is_some()
+                })
+                .collect();
+            assert_eq!(ends.len(), 1, "cut after {n} events: {out}");
+            let cut_short = ends[0].1.to_string().contains(CUT_SHORT);
+            assert_eq!(cut_short, n <= whole_at, "cut after {n} events: {out}");
+            assert_eq!(ev.last().unwrap(), ends[0], "the end is last ({n})");
+        }
+    }
+}
+
+#[test]
+fn done_without_a_finish_or_usage_is_cut_short() {
+    let no_usage = OPENAI_STREAM.replace(
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7,\"total_tokens\":19,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n",
+        "",
+    );
+    let (out, _) = run(AN_TO_OA, &[no_usage.as_bytes()], true);
+    assert_eq!(
+        events(&out).pop().unwrap(),
+        (
+            "error".to_string(),
+            json!({"type": "error", "error": {"type": "api_error", "message": CUT_SHORT}})
+        )
+    );
+    // Events after the end are not translated.
+    let twice = format!("{OPENAI_STREAM}{OPENAI_STREAM}");
+    let (a, _) = run(AN_TO_OA, &[twice.as_bytes()], true);
+    let (b, _) = run(AN_TO_OA, &[OPENAI_STREAM.as_bytes()], true);
+    assert_eq!(a, b);
+    let twice = format!("{ANTHROPIC_STREAM}{ANTHROPIC_STREAM}");
+    let (a, _) = run(OA_TO_AN, &[twice.as_bytes()], true);
+    let (b, _) = run(OA_TO_AN, &[ANTHROPIC_STREAM.as_bytes()], true);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn parallel_tool_calls_and_skipped_blocks_in_streams() {
+    let an = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1}}}\n\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hm\"}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"s\"}}\n\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"a\",\"name\":\"f\"}}\n\n",
+        "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"b\",\"name\":\"g\"}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":9,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"x\"}}\n\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":3}}\n\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (out, t) = run(OA_TO_AN, &[an.as_bytes()], false);
+    assert_eq!(t.malformed(), 0);
+    let calls: Vec<Value> = events(&out)
+        .iter()
+        .filter_map(|(_, d)| d["choices"][0]["delta"].get("tool_calls").cloned())
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            json!([{"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}]),
+            json!([{"index": 1, "id": "b", "type": "function", "function": {"name": "g", "arguments": ""}}]),
+            json!([{"index": 1, "function": {"arguments": "{}"}}]),
+            json!([{"index": 0, "function": {"arguments": "{}"}}]),
+        ]
+    );
+    assert!(!out.contains("hm"), "thinking has no slot in OpenAI chat");
+
+    let oa = concat!(
+        "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"no\"}}]}\n\n",
+        "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{\"}},{\"index\":1,\"id\":\"b\",\"function\":{\"name\":\"g\"}}]}}]}\n\n",
+        "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"}\"}},{\"index\":7,\"function\":{\"arguments\":\"lost\"}}]}}]}\n\n",
+        "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+        "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let (out, _) = run(AN_TO_OA, &[oa.as_bytes()], true);
+    let ev = events(&out);
+    let shapes: Vec<(String, Value)> = ev
+        .iter()
+        .map(|(n, d)| {
+            let d = d.get("delta").or(d.get("content_block")).cloned();
+            (n.clone(), d.unwrap_or(Value::Null))
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        vec![
+            ("message_start".to_string(), Value::Null),
+            (
+                "content_block_start".into(),
+                json!({"type": "text", "text": ""})
+            ),
+            (
+                "content_block_delta".into(),
+                json!({"type": "text_delta", "text": "no"})
+            ),
+            ("content_block_stop".into(), Value::Null),
+            (
+                "content_block_start".into(),
+                json!({"type": "tool_use", "id": "a", "name": "f", "input": {}})
+            ),
+            (
+                "content_block_delta".into(),
+                json!({"type": "input_json_delta", "partial_json": "{"})
+            ),
+            ("content_block_stop".into(), Value::Null),
+            (
+                "content_block_start".into(),
+                json!({"type": "tool_use", "id": "b", "name": "g", "input": {}})
+            ),
+            // A later delta of an earlier call goes to that call's block.
+            (
+                "content_block_delta".into(),
+                json!({"type": "input_json_delta", "partial_json": "}"})
+            ),
+            ("content_block_stop".into(), Value::Null),
+            (
+                "message_delta".into(),
+                json!({"stop_reason": "max_tokens", "stop_sequence": null})
+            ),
+            ("message_stop".into(), Value::Null),
+        ]
+    );
+    assert_eq!(ev[8].1["index"], 1);
+    assert_eq!(
+        ev[10].1["usage"],
+        json!({"input_tokens": 4, "output_tokens": 2, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})
+    );
+}
+
+#[test]
+fn broken_streams_split_at_every_byte_boundary_translate_the_same() {
+    // What the emulator's broken_sse sends: a cut object, bytes that are not
+    // UTF-8, a line without a field name; then the stream goes on.
+    let junk = "data: {\"type\":\"content_blo\n\ndata: \u{0}\u{7f}\n\n: x\nnofield\n\n";
+    for (dir, stream, at) in [
+        (OA_TO_AN, ANTHROPIC_STREAM, "event: content_block_start"),
+        (
+            AN_TO_OA,
+            OPENAI_STREAM,
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel",
+        ),
+    ] {
+        let i = stream.find(at).unwrap();
+        let mut bytes = stream.as_bytes()[..i].to_vec();
+        bytes.extend_from_slice(junk.as_bytes());
+        bytes.extend_from_slice(b"data: \xff\xfe{}\n\n");
+        bytes.extend_from_slice(&stream.as_bytes()[i..]);
+        let (whole, t) = run(dir, &[&bytes], true);
+        assert!(t.malformed() >= 2, "{}", t.malformed());
+        let (clean, _) = run(dir, &[stream.as_bytes()], true);
+        assert_eq!(whole, clean, "malformed events leave no trace");
+        for k in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(k);
+            assert_eq!(run(dir, &[a, b], true).0, whole, "split at {k}");
+        }
+    }
+}
