@@ -86,6 +86,36 @@ pub(super) fn check_chain(
     Ok(())
 }
 
+/// A chain across providers is translated by the upstream instance, per
+/// attempt, from a body read before anything leaves: it needs both.
+pub(super) fn check_hosting(
+    routes: &BTreeMap<String, Rc<RoutePolicy>>,
+    upstream_filter: bool,
+    hold_headers: bool,
+) -> Result<(), ConfigError> {
+    let Some(name) = routes
+        .iter()
+        .find(|(_, r)| crosses_providers(&r.clusters))
+        .map(|(n, _)| n)
+    else {
+        return Ok(());
+    };
+    let path = format!("routes.{name}.clusters");
+    if !upstream_filter {
+        return Err(err(
+            &path,
+            "a chain across providers needs upstream_filter: true (the upstream instance translates each attempt)".to_string(),
+        ));
+    }
+    if !hold_headers {
+        return Err(err(
+            &path,
+            "a chain across providers needs hold_headers: true (failover routing reads the body first)".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +135,7 @@ mod tests {
             "clusters": {"o": {"provider": "openai"}, "a": {"provider": "anthropic"},
                          "g": {"provider": "gemini"}, "x": {}},
             "routes": {"chat": route},
+            "upstream_filter": true,
         })
     }
 
@@ -141,6 +172,26 @@ mod tests {
         for (route, want) in cases {
             assert_eq!(msg(with(route.clone())), want, "{route}");
         }
+        // Translated by the upstream instance, from a body read first.
+        let mut v =
+            with(json!({"api": "openai_chat", "clusters": ["o", {"cluster": "a", "model": "c"}]}));
+        v["upstream_filter"] = json!(false);
+        assert_eq!(
+            msg(v.clone()),
+            "invalid config at routes.chat.clusters: a chain across providers needs upstream_filter: true (the upstream instance translates each attempt)"
+        );
+        v["upstream_filter"] = json!(true);
+        v["hold_headers"] = json!(false);
+        assert_eq!(
+            msg(v),
+            "invalid config at routes.chat.clusters: a chain across providers needs hold_headers: true (failover routing reads the body first)"
+        );
+        assert_eq!(
+            msg(
+                json!({"clusters": {"o": {"provider": "openai"}}, "routes": {"r": {"clusters": ["o"]}}})
+            ),
+            "accepted"
+        );
         // From defaults too.
         let mut v = with(json!({"clusters": ["o", {"cluster": "a", "model": "c"}]}));
         v["defaults"] = json!({"api": "gemini"});

@@ -597,6 +597,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
         None => true,
         Some((v, p)) => boolean(v, &p)?,
     };
+    crossing::check_hosting(&routes, upstream_filter, hold_headers)?;
     let queue_hold = match top.take("queue_hold") {
         None => QueueHold::Vm,
         Some((v, p)) => match str_enum(v, &p, &["vm", "fault_filter"])? {

@@ -39,7 +39,8 @@ fn full_config_compiles_with_inheritance() {
             "chat": {"clusters": [{"cluster": "a", "model": "gpt-4o"}, {"cluster": "b", "model": "claude-sonnet-4"}]},
             "small": {"max_request_bytes": 10.0, "clusters": ["c"]}
         },
-        "telemetry": {"metrics": false}
+        "telemetry": {"metrics": false},
+        "upstream_filter": true
     }))
     .unwrap();
     assert_eq!(c.log_level, LogLevel::Debug);
