@@ -11,7 +11,7 @@ use serde::Serialize;
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
 pub const LABELS: &[&str] = &[
     "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "cluster",
-    "class", "state", "model", "result",
+    "class", "state", "model", "result", "direction",
 ];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";

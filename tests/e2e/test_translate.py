@@ -187,6 +187,8 @@ def test_openai_client_fails_over_to_anthropic(start_envoy, pair):
     n = sum(v for k, v in env.stats_json().items()
             if "direction=.=openai_to_anthropic;.;llmcap_translated_attempts_total" in k)
     assert n >= 7, n
+    prom = [l for l in env.stats_prometheus().splitlines() if l.startswith("llmcap_translated_attempts_total{")]
+    assert any('direction="openai_to_anthropic"' in l and f'cluster="{FALLBACK}"' in l for l in prom), prom
 
     # The fallback's connection drops mid-stream: Envoy resets the client's
     # stream too (the upstream instance never sees an end to translate), so the
