@@ -442,6 +442,7 @@ mod tests {
                     adaptive: true,
                 }),
                 model: None,
+                weight: 1,
             })
             .collect()
     }
