@@ -62,6 +62,16 @@ pub const CONTEXT_WINDOW_SKIPS_TOTAL: &str = "llmcap_context_window_skips_total"
 pub const UNKNOWN_MODELS_TOTAL: &str = "llmcap_unknown_models_total";
 /// Requests whose first attempt went to a cluster other than the route's primary.
 pub const FAILOVERS_TOTAL: &str = "llmcap_failovers_total";
+/// First attempts of a `weighted` or `lowest_latency` route that went where
+/// its strategy chose, by `route` and `cluster` (the route's strategy is its
+/// config's, so it needs no label of its own).
+pub const STRATEGY_CHOICES_TOTAL: &str = "llmcap_strategy_choices_total";
+/// Requests sent without retries because their route's retry budget was
+/// spent, and whose answer was a failure the router could have retried
+/// (5xx, 429, no answer), by `route`.
+pub const RETRIES_DENIED_TOTAL: &str = "llmcap_retries_denied_total";
+/// Retries counted against their route's retry budget, by `route`.
+pub const BUDGETED_RETRIES_TOTAL: &str = "llmcap_budgeted_retries_total";
 /// The provider's last reported remaining quota per `cluster` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";

@@ -18,6 +18,9 @@ pub enum Strategy {
         /// Share of first attempts sent to another healthy entry, so a cluster
         /// that got slow is measured again.
         exploration: f64,
+        /// Entries whose average is within this fraction of the best one's
+        /// count as equally fast and share the first attempts evenly.
+        tolerance: f64,
     },
 }
 
@@ -40,6 +43,16 @@ pub struct Routing {
     /// beyond it the router is told `x-envoy-max-retries: 0`.
     pub retry_budget_percent: u32,
     pub retry_budget_window_ms: u64,
+    /// `retry_budget_percent` was given: the budget also holds on a route
+    /// with a single cluster (a chain of two or more always has it).
+    pub retry_budget_explicit: bool,
+}
+
+impl Routing {
+    /// Whether the retry budget applies to a route with a chain of `chain` entries.
+    pub fn budgeted(&self, chain: usize) -> bool {
+        chain >= 2 || (chain == 1 && self.retry_budget_explicit)
+    }
 }
 
 impl Default for Routing {
@@ -48,14 +61,16 @@ impl Default for Routing {
             strategy: Strategy::Ordered,
             retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
             retry_budget_window_ms: DEFAULT_RETRY_BUDGET_WINDOW_MS,
+            retry_budget_explicit: false,
         }
     }
 }
 
 pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 10;
 pub const DEFAULT_RETRY_BUDGET_WINDOW_MS: u64 = 60_000;
-pub const DEFAULT_LATENCY_HALF_LIFE_MS: u64 = 30_000;
+pub const DEFAULT_LATENCY_HALF_LIFE_MS: u64 = 5_000;
 pub const DEFAULT_EXPLORATION: f64 = 0.05;
+pub const DEFAULT_LATENCY_TOLERANCE: f64 = 0.2;
 /// Largest `weight` of a chain entry.
 pub const MAX_WEIGHT: u64 = 10_000;
 
@@ -85,6 +100,7 @@ pub(super) fn routing(
         "lowest_latency" => {
             let mut half_life_ms = DEFAULT_LATENCY_HALF_LIFE_MS;
             let mut exploration = DEFAULT_EXPLORATION;
+            let mut tolerance = DEFAULT_LATENCY_TOLERANCE;
             if let Some((v, p)) = &ll {
                 let mut o = Obj::new(v, p)?;
                 if let Some((v, p)) = o.take("half_life_seconds") {
@@ -96,11 +112,18 @@ pub(super) fn routing(
                         _ => return Err(type_err(&p, "a number from 0 to 0.5", v)),
                     };
                 }
-                o.finish(&["exploration", "half_life_seconds"])?;
+                if let Some((v, p)) = o.take("tolerance") {
+                    tolerance = match number(v) {
+                        Some(f) if (0.0..=1.0).contains(&f) => f,
+                        _ => return Err(type_err(&p, "a number from 0 to 1", v)),
+                    };
+                }
+                o.finish(&["exploration", "half_life_seconds", "tolerance"])?;
             }
             Strategy::LowestLatency {
                 half_life_ms,
                 exploration,
+                tolerance,
             }
         }
         _ => Strategy::Ordered,
@@ -134,6 +157,7 @@ pub(super) fn routing(
             return Err(err(&p, format!("must be between 0 and 100, got {n}")));
         }
         out.retry_budget_percent = n as u32;
+        out.retry_budget_explicit = true;
     }
     if let Some((v, p)) = r.take("retry_budget_window_seconds") {
         out.retry_budget_window_ms = seconds(v, &p, 1.0, 3600.0)?;
