@@ -69,6 +69,16 @@ pub const TRANSLATED_ATTEMPTS_TOTAL: &str = "llmcap_translated_attempts_total";
 /// Chain entries skipped for a request that cannot be translated for their
 /// provider without changing its meaning, by `route` and `cluster`.
 pub const TRANSLATION_SKIPS_TOTAL: &str = "llmcap_translation_skips_total";
+/// First attempts of a `weighted` or `lowest_latency` route that went where
+/// its strategy chose, by `route` and `cluster` (the route's strategy is its
+/// config's, so it needs no label of its own).
+pub const STRATEGY_CHOICES_TOTAL: &str = "llmcap_strategy_choices_total";
+/// Requests sent without retries because their route's retry budget was
+/// spent, and whose answer was a failure the router could have retried
+/// (5xx, 429, no answer), by `route`.
+pub const RETRIES_DENIED_TOTAL: &str = "llmcap_retries_denied_total";
+/// Retries counted against their route's retry budget, by `route`.
+pub const BUDGETED_RETRIES_TOTAL: &str = "llmcap_budgeted_retries_total";
 /// The provider's last reported remaining quota per `cluster` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";

@@ -41,6 +41,8 @@ pub mod crossing;
 pub mod global;
 mod policy;
 mod read;
+mod routing;
+pub use routing::{Routing, Strategy};
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -143,6 +145,8 @@ pub struct Target {
     pub cluster: Rc<Cluster>,
     /// The model this cluster serves the route with; `None` keeps the client's.
     pub model: Option<String>,
+    /// Share of first attempts with `strategy: weighted` (default 1).
+    pub weight: u32,
 }
 
 /// What to do with a body the filter cannot read as its API's JSON.
@@ -380,6 +384,8 @@ pub struct RoutePolicy {
     /// Ordered failover chain; the first entry is the primary.
     pub clusters: Vec<Target>,
     pub policy: Policy,
+    /// The first attempt's strategy and the retry budget.
+    pub routing: Routing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,6 +527,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
             check_name(name, &p)?;
             let mut r = Obj::new(v, &p)?;
             let mut chain = Vec::new();
+            let mut weights = Vec::new();
             if let Some((v, p)) = r.take("clusters") {
                 let list = v
                     .as_array()
@@ -533,7 +540,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                 }
                 for (i, item) in list.iter().enumerate() {
                     let ip = format!("{p}[{i}]");
-                    let (cname, model) = chain_entry(item, &ip)?;
+                    let (cname, model, weight) = chain_entry(item, &ip)?;
                     let c = clusters.get(cname).ok_or_else(|| {
                         err(
                             &ip,
@@ -543,16 +550,20 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                     if chain.iter().any(|x: &Target| x.cluster.name == cname) {
                         return Err(err(&ip, format!("cluster \"{cname}\" appears twice")));
                     }
+                    weights.push(weight);
                     chain.push(Target {
                         cluster: Rc::clone(c),
                         model,
+                        weight: weight.unwrap_or(1),
                     });
                 }
             }
+            let routing = routing::routing(&mut r, &p, &weights)?;
             let policy = policy(&mut r, &defaults)?;
             crossing::check_chain(&p, &chain, policy.api)?;
             let mut known = vec!["clusters"];
             known.extend_from_slice(POLICY_FIELDS);
+            known.extend_from_slice(routing::ROUTE_FIELDS);
             known.sort_unstable();
             r.finish(&known)?;
             routes.insert(
@@ -561,6 +572,7 @@ pub fn compile(root: &Value) -> Result<Config, ConfigError> {
                     name: name.clone(),
                     clusters: chain,
                     policy,
+                    routing,
                 }),
             );
         }

@@ -329,7 +329,7 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
@@ -725,4 +725,98 @@ fn daily_quotas_are_refused_in_the_global_tier() {
         msg(json!({"routes": {"r": {"global": {"cluster": "rls", "fallback_limits": {"requests_per_day": 5}}}}})),
         "invalid config at routes.r.global.fallback_limits: requests_per_day and tokens_per_day do not apply here (only in limits and tenant_limits)"
     );
+}
+
+#[test]
+fn routing_fields_compile_and_name_their_errors() {
+    let two = |route: Value| {
+        let mut r = json!({"clusters": ["a", "b"]});
+        if let (Some(r), Some(extra)) = (r.as_object_mut(), route.as_object()) {
+            r.extend(extra.clone());
+        }
+        json!({
+            "clusters": {"a": {"provider": "openai"}, "b": {"provider": "openai"}},
+            "routes": {"r": r}
+        })
+    };
+    let c = compile(&two(json!({
+        "strategy": "weighted",
+        "clusters": [{"cluster": "a", "weight": 7}, "b"],
+        "retry_budget_percent": 25,
+        "retry_budget_window_seconds": 30
+    })))
+    .unwrap();
+    let r = &c.routes["r"];
+    assert_eq!(r.routing.strategy, Strategy::Weighted);
+    assert_eq!((r.clusters[0].weight, r.clusters[1].weight), (7, 1));
+    assert_eq!(
+        (
+            r.routing.retry_budget_percent,
+            r.routing.retry_budget_window_ms
+        ),
+        (25, 30_000)
+    );
+    let c = compile(&two(json!({"strategy": "lowest_latency"}))).unwrap();
+    assert_eq!(
+        c.routes["r"].routing.strategy,
+        Strategy::LowestLatency {
+            half_life_ms: 5_000,
+            exploration: 0.05,
+            tolerance: 0.2
+        }
+    );
+    assert_eq!(c.routes["r"].routing.retry_budget_percent, 10);
+    let cases = [
+        (
+            json!({"strategy": "fastest"}),
+            "invalid config at routes.r.strategy: expected one of ordered, weighted, lowest_latency, got \"fastest\"",
+        ),
+        (
+            json!({"clusters": [{"cluster": "a", "weight": 2}, "b"]}),
+            "invalid config at routes.r.clusters[0].weight: is only read with strategy: weighted",
+        ),
+        (
+            json!({"strategy": "weighted", "clusters": [{"cluster": "a", "weight": 10001}, "b"]}),
+            "invalid config at routes.r.clusters[0].weight: must be between 0 and 10000, got 10001",
+        ),
+        (
+            json!({"strategy": "weighted", "clusters": [{"cluster": "a", "weight": 0}, {"cluster": "b", "weight": 0}]}),
+            "invalid config at routes.r.clusters: every weight is 0",
+        ),
+        (
+            json!({"strategy": "weighted", "clusters": ["a"]}),
+            "invalid config at routes.r.strategy: weighted needs a chain of at least 2 clusters",
+        ),
+        (
+            json!({"lowest_latency": {"exploration": 0.1}}),
+            "invalid config at routes.r.lowest_latency: is only read with strategy: lowest_latency",
+        ),
+        (
+            json!({"strategy": "lowest_latency", "lowest_latency": {"exploration": 0.6}}),
+            "invalid config at routes.r.lowest_latency.exploration: expected a number from 0 to 0.5, got 0.6",
+        ),
+        (
+            json!({"strategy": "lowest_latency", "lowest_latency": {"tolerance": -1}}),
+            "invalid config at routes.r.lowest_latency.tolerance: expected a number from 0 to 1, got -1",
+        ),
+        (
+            json!({"strategy": "lowest_latency", "lowest_latency": {"half_life_seconds": 0}}),
+            "invalid config at routes.r.lowest_latency.half_life_seconds: expected a number of seconds from 0.1 to 3600, got 0",
+        ),
+        (
+            json!({"strategy": "lowest_latency", "lowest_latency": {"explore": 0.1}}),
+            "invalid config at routes.r.lowest_latency.explore: unknown field; expected one of: exploration, half_life_seconds, tolerance",
+        ),
+        (
+            json!({"retry_budget_percent": 101}),
+            "invalid config at routes.r.retry_budget_percent: must be between 0 and 100, got 101",
+        ),
+        (
+            json!({"retry_budget_window_seconds": 0.5}),
+            "invalid config at routes.r.retry_budget_window_seconds: expected a number of seconds from 1 to 3600, got 0.5",
+        ),
+    ];
+    for (route, want) in cases {
+        assert_eq!(msg(two(route)), want);
+    }
 }

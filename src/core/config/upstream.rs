@@ -2,13 +2,13 @@
 
 use super::*;
 
-/// A chain entry: `name`, or `{cluster: name, model: m}`.
+/// A chain entry: `name`, or `{cluster: name, model: m, weight: w}`.
 pub(super) fn chain_entry<'v>(
     item: &'v Value,
     path: &str,
-) -> Result<(&'v str, Option<String>), ConfigError> {
+) -> Result<(&'v str, Option<String>, Option<u32>), ConfigError> {
     if let Some(name) = item.as_str() {
-        return Ok((name, None));
+        return Ok((name, None, None));
     }
     let mut o = Obj::new(item, path)
         .map_err(|_| type_err(path, "a cluster name or {cluster, model}", item))?;
@@ -29,8 +29,12 @@ pub(super) fn chain_entry<'v>(
                 .to_string(),
         ),
     };
-    o.finish(&["cluster", "model"])?;
-    Ok((name, model))
+    let weight = match o.take("weight") {
+        None => None,
+        Some((v, p)) => Some(super::routing::weight(v, &p)?),
+    };
+    o.finish(&["cluster", "model", "weight"])?;
+    Ok((name, model, weight))
 }
 
 pub(super) fn circuit_config(v: &Value, path: &str) -> Result<CircuitConfig, ConfigError> {

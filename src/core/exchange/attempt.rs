@@ -15,10 +15,12 @@ use super::worker::{Unanswered, Worker};
 use super::xlate::{self, AttemptXlate};
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::host::{Buffer, Flow, Host, Map};
+use crate::core::telemetry::BUDGETED_RETRIES_TOTAL;
 use crate::core::tokens::request::Api;
 use crate::core::upstream::circuit;
 use crate::core::upstream::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
 use crate::core::upstream::provider_headers;
+use crate::core::upstream::routing::{self, Spend};
 use std::rc::Rc;
 
 /// How often a healthy cluster's quota headers feed the remaining gauges.
@@ -319,6 +321,15 @@ impl UpstreamAttempt {
         if retry {
             if let Some(flow) = self.gate_retry(h, &route, self.started_ms) {
                 return flow;
+            }
+            // Sent: it counts against the route's retry budget, now, so the
+            // requests planned from here on see it.
+            if route.routing.budgeted(route.clusters.len()) {
+                let now = self.started_ms;
+                routing::spend(&*h, &route.name, &route.routing, Spend::Retries(1), now);
+                if self.config.telemetry.metrics {
+                    h.count(&[("route", &route.name)], BUDGETED_RETRIES_TOTAL, 1);
+                }
             }
         }
         // Read now: Envoy 1.40 no longer shows the attempt's request headers

@@ -167,6 +167,11 @@ struct Report {
     global: Option<&'static str>,
     /// The largest context window the request was refused against.
     context_window: Option<u64>,
+    /// The first attempt went elsewhere than its route would have sent it
+    /// (see [`Exchange::route_upstream`]).
+    failover: bool,
+    /// The route's retry budget was spent: the router was told no retries.
+    retries_capped: bool,
 }
 
 /// One request's life. See the module documentation for its phases.
@@ -205,6 +210,8 @@ impl Exchange {
                 queue_wait_ms: None,
                 global: None,
                 context_window: None,
+                failover: false,
+                retries_capped: false,
             },
             xlate: xlate::Xlate::default(),
         }
@@ -722,7 +729,7 @@ impl Exchange {
                 state.cluster = Some(&t.cluster.name);
                 state.provider = provider_name(t.cluster.provider);
             }
-            state.failover = plan.slots.first().is_some_and(|&i| i > 0);
+            state.failover = self.report.failover;
             state.probe = plan.probe;
         }
         if let Some(s) = &self.response.settled {

@@ -3,7 +3,9 @@
 //! final answer as health data when there is no upstream instance.
 
 use super::*;
-use crate::core::config::Target;
+use crate::core::config::{Strategy, Target};
+use crate::core::telemetry::STRATEGY_CHOICES_TOTAL;
+use crate::core::upstream::routing::{self, Spend};
 
 impl Exchange {
     /// Plans the attempts over the route's cluster chain. `Err` is the local
@@ -26,21 +28,50 @@ impl Exchange {
         } else {
             policy.clusters.get(..1).unwrap_or_default()
         };
-        // Entries whose model cannot hold the request are left out of the plan.
-        let planned = match self.fitting(h, candidates)? {
-            None => failover::plan(&*h, candidates, now, tokens),
-            Some(fits) => {
-                let fitting: Vec<Target> = fits
-                    .iter()
-                    .filter_map(|&i| candidates.get(i).cloned())
-                    .collect();
-                failover::plan(&*h, &fitting, now, tokens).map(|mut p| {
-                    for s in &mut p.slots {
-                        *s = fits.get(*s).copied().unwrap_or(*s);
-                    }
-                    p
-                })
-            }
+        // Entries whose model cannot hold the request are left out of the plan;
+        // the route's strategy orders the rest (`base[order[k]]` is the k-th
+        // entry the planner gates).
+        let fits = self.fitting(h, candidates)?;
+        let strategy = policy.routing.strategy;
+        let steered = self.config.hold_headers && strategy != Strategy::Ordered;
+        let random = if steered { h.random_u64() } else { 0 };
+        let base: Vec<usize> = fits.unwrap_or_else(|| (0..candidates.len()).collect());
+        let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+        let (order, pick) = if steered {
+            let sub: Vec<Target> = base
+                .iter()
+                .filter_map(|&i| candidates.get(i).cloned())
+                .collect();
+            let model = |k: usize| -> &str {
+                sub.get(k)
+                    .and_then(|t| t.model.as_deref())
+                    .or(asked)
+                    .unwrap_or("")
+            };
+            routing::order(&*h, &sub, &strategy, &model, now, tokens, random)
+        } else {
+            ((0..base.len()).collect(), None)
+        };
+        let index: Vec<usize> = order.iter().filter_map(|&k| base.get(k).copied()).collect();
+        let pick = pick.and_then(|k| base.get(k).copied());
+        let planned = if index.iter().enumerate().all(|(a, &b)| a == b) {
+            failover::plan(
+                &*h,
+                candidates.get(..index.len()).unwrap_or_default(),
+                now,
+                tokens,
+            )
+        } else {
+            let ordered: Vec<Target> = index
+                .iter()
+                .filter_map(|&i| candidates.get(i).cloned())
+                .collect();
+            failover::plan(&*h, &ordered, now, tokens).map(|mut p| {
+                for s in &mut p.slots {
+                    *s = index.get(*s).copied().unwrap_or(*s);
+                }
+                p
+            })
         };
         let plan = match planned {
             Ok(p) => p,
@@ -84,12 +115,22 @@ impl Exchange {
             .head
             .client_timeout_ms
             .map(|t| t.saturating_sub(now.saturating_sub(self.head.started_ms)));
-        if let Some(n) = failover::max_retries(
+        let mut retries = failover::max_retries(
             &plan,
             chain,
             remaining,
             policy.policy.retry_min_remaining_ms,
-        ) {
+        );
+        // Retries (and hedges) stay within the route's share of its requests,
+        // counted across workers; Envoy's own retry_budget stays the outer guard.
+        if policy.routing.budgeted(chain)
+            && !routing::spend(&*h, &policy.name, &policy.routing, Spend::Request, now)
+            && retries != Some(0)
+        {
+            retries = Some(0);
+            self.report.retries_capped = true;
+        }
+        if let Some(n) = retries {
             let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
         }
         if let Some(&first) = plan.slots.first() {
@@ -110,12 +151,27 @@ impl Exchange {
                     }
                 }
             }
-            if first > 0 {
-                if let Some(t) = policy.clusters.get(first) {
+            // Ordered: a first attempt off the primary is a failover. With a
+            // strategy every entry takes first attempts: only one that is not
+            // the strategy's pick (nor a due probe) is.
+            self.report.failover = if steered {
+                !plan.probe && first != pick.unwrap_or(0)
+            } else {
+                first > 0
+            };
+            if let Some(t) = policy.clusters.get(first) {
+                if self.report.failover {
                     self.count(
                         h,
                         &[("route", &self.head.route), ("cluster", &t.cluster.name)],
                         FAILOVERS_TOTAL,
+                    );
+                }
+                if steered && pick == Some(first) {
+                    self.count(
+                        h,
+                        &[("route", &self.head.route), ("cluster", &t.cluster.name)],
+                        STRATEGY_CHOICES_TOTAL,
                     );
                 }
             }

@@ -8,11 +8,13 @@
 //! it is not streamed.
 
 use super::{Exchange, Phase};
-use crate::core::config::Slo;
+use crate::core::config::{Slo, Strategy};
 use crate::core::host::Host;
 use crate::core::telemetry::{
-    GOODPUT_TOTAL, IN_FLIGHT, REQUEST_DURATION_MS, TIME_PER_OUTPUT_TOKEN_US, TIME_TO_FIRST_TOKEN_MS,
+    BUDGETED_RETRIES_TOTAL, GOODPUT_TOTAL, IN_FLIGHT, REQUEST_DURATION_MS, RETRIES_DENIED_TOTAL,
+    TIME_PER_OUTPUT_TOKEN_US, TIME_TO_FIRST_TOKEN_MS,
 };
+use crate::core::upstream::routing::{self, Spend};
 
 /// Timestamps of one request's answer (milliseconds, the host's clock).
 #[derive(Debug, Default, Clone)]
@@ -189,6 +191,8 @@ impl Exchange {
         let slo = self.head.policy.as_ref().and_then(|p| p.policy.slo);
         self.response.measured = measured;
         self.response.goodput = slo.map(|s| goodput(&s, measured.as_ref()));
+        self.feed_latency(h, measured.as_ref());
+        self.count_retries(h);
         if !metrics {
             return;
         }
@@ -218,6 +222,75 @@ impl Exchange {
                 GOODPUT_TOTAL,
                 1,
             );
+        }
+    }
+}
+
+impl Exchange {
+    /// A `lowest_latency` route learns its clusters' time to first token from
+    /// every complete answer, per cluster and the model it was asked.
+    fn feed_latency(&self, h: &mut dyn Host, measured: Option<&Measured>) {
+        let (Some(m), Some(policy)) = (measured, self.head.policy.as_ref()) else {
+            return;
+        };
+        let Strategy::LowestLatency { half_life_ms, .. } = policy.routing.strategy else {
+            return;
+        };
+        let t = &self.response.timing;
+        let (Some(cluster), Some(end)) = (t.cluster.as_deref(), t.end_ms) else {
+            return;
+        };
+        // Only the chain's clusters have averages (the keys stay bounded).
+        let Some(entry) = policy.clusters.iter().find(|e| e.cluster.name == cluster) else {
+            return;
+        };
+        let asked = self.pre.as_ref().and_then(|p| p.model.as_deref());
+        let model = entry.model.as_deref().or(asked).unwrap_or("");
+        if let Err(e) = routing::record_latency(&*h, cluster, model, half_life_ms, m.ttft_ms, end) {
+            log::debug!("llm-capacity: latency average of {cluster} not updated ({e:?})");
+        }
+    }
+
+    /// The retry budget's side at the end: without an upstream instance, the
+    /// router's retries are counted here (else each was counted as it was
+    /// sent); a failure that could not be retried because the budget was
+    /// spent is counted as denied.
+    fn count_retries(&self, h: &mut dyn Host) {
+        let Some(policy) = self.head.policy.as_ref() else {
+            return;
+        };
+        if !policy.routing.budgeted(policy.clusters.len())
+            || !matches!(self.phase, Phase::Sent { .. })
+        {
+            return;
+        }
+        let route = [("route", self.head.route.as_str())];
+        if !self.config.upstream_filter {
+            let attempts = h
+                .property(&super::ATTEMPT_COUNT_PROPERTY)
+                .ok()
+                .flatten()
+                .and_then(|b| super::attempt_count(&b))
+                .unwrap_or(1);
+            let retries = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+            if retries > 0 {
+                let now = self.response.timing.end_ms.unwrap_or_else(|| h.now_ms());
+                routing::spend(
+                    &*h,
+                    &policy.name,
+                    &policy.routing,
+                    Spend::Retries(retries),
+                    now,
+                );
+                if self.config.telemetry.metrics {
+                    h.count(&route, BUDGETED_RETRIES_TOTAL, u64::from(retries));
+                }
+            }
+        }
+        let status = self.response.timing.status;
+        let failed = status == 0 || status == 429 || status >= 500;
+        if self.report.retries_capped && failed && self.config.telemetry.metrics {
+            h.count(&route, RETRIES_DENIED_TOTAL, 1);
         }
     }
 }

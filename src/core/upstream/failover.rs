@@ -377,7 +377,12 @@ pub fn served_by_headers<'a>(
     model: Option<&'a str>,
     asked: Option<&str>,
 ) -> [(&'static str, &'a str); 3] {
-    let primary = route.clusters.first().map(|t| t.cluster.name.as_str());
+    // With a strategy, every chain entry takes first attempts: none is the primary.
+    let primary = route
+        .clusters
+        .first()
+        .filter(|_| route.routing.strategy == crate::core::config::Strategy::Ordered)
+        .map(|t| t.cluster.name.as_str());
     let fallback = primary.is_some_and(|p| p != cluster) || (asked.is_some() && model != asked);
     [
         (SERVED_BY_HEADER, cluster),
@@ -442,6 +447,7 @@ mod tests {
                     adaptive: true,
                 }),
                 model: None,
+                weight: 1,
             })
             .collect()
     }

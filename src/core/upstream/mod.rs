@@ -5,3 +5,4 @@
 pub mod circuit;
 pub mod failover;
 pub mod provider_headers;
+pub mod routing;

@@ -13,6 +13,7 @@ mod global;
 mod input;
 mod latency;
 mod limits;
+mod routing;
 mod security;
 mod served;
 mod traffic;

@@ -1,0 +1,178 @@
+//! A route's routing: the strategy of its first attempt, and its retry budget.
+
+use super::*;
+
+/// How a route's first attempt picks its cluster among the healthy entries of
+/// its chain; the rest of the plan keeps chain order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Strategy {
+    /// The first healthy entry (the default).
+    Ordered,
+    /// Drawn by each entry's `weight`.
+    Weighted,
+    /// The entry with the lowest recent time to first token, except for an
+    /// `exploration` share drawn uniformly among the other healthy entries.
+    LowestLatency {
+        /// Half-life of the decaying average, in ms.
+        half_life_ms: u64,
+        /// Share of first attempts sent to another healthy entry, so a cluster
+        /// that got slow is measured again.
+        exploration: f64,
+        /// Entries whose average is within this fraction of the best one's
+        /// count as equally fast and share the first attempts evenly.
+        tolerance: f64,
+    },
+}
+
+impl Strategy {
+    /// The metric label of the strategy.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Ordered => "ordered",
+            Strategy::Weighted => "weighted",
+            Strategy::LowestLatency { .. } => "lowest_latency",
+        }
+    }
+}
+
+/// A route's routing settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub strategy: Strategy,
+    /// Retries share of the route's requests over the window, in percent;
+    /// beyond it the router is told `x-envoy-max-retries: 0`.
+    pub retry_budget_percent: u32,
+    pub retry_budget_window_ms: u64,
+    /// `retry_budget_percent` was given: the budget also holds on a route
+    /// with a single cluster (a chain of two or more always has it).
+    pub retry_budget_explicit: bool,
+}
+
+impl Routing {
+    /// Whether the retry budget applies to a route with a chain of `chain` entries.
+    pub fn budgeted(&self, chain: usize) -> bool {
+        chain >= 2 || (chain == 1 && self.retry_budget_explicit)
+    }
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            strategy: Strategy::Ordered,
+            retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            retry_budget_window_ms: DEFAULT_RETRY_BUDGET_WINDOW_MS,
+            retry_budget_explicit: false,
+        }
+    }
+}
+
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 10;
+pub const DEFAULT_RETRY_BUDGET_WINDOW_MS: u64 = 60_000;
+pub const DEFAULT_LATENCY_HALF_LIFE_MS: u64 = 5_000;
+pub const DEFAULT_EXPLORATION: f64 = 0.05;
+pub const DEFAULT_LATENCY_TOLERANCE: f64 = 0.2;
+/// Largest `weight` of a chain entry.
+pub const MAX_WEIGHT: u64 = 10_000;
+
+/// The route-level fields read here.
+pub(super) const ROUTE_FIELDS: &[&str] = &[
+    "lowest_latency",
+    "retry_budget_percent",
+    "retry_budget_window_seconds",
+    "strategy",
+];
+
+/// Reads a route's routing fields; `weights` are the chain entries' `weight`
+/// (`None` when not given), checked against the strategy.
+pub(super) fn routing(
+    r: &mut Obj<'_>,
+    route_path: &str,
+    weights: &[Option<u32>],
+) -> Result<Routing, ConfigError> {
+    let mut out = Routing::default();
+    let strategy = match r.take("strategy") {
+        None => "ordered",
+        Some((v, p)) => str_enum(v, &p, &["ordered", "weighted", "lowest_latency"])?,
+    };
+    let ll = r.take("lowest_latency");
+    out.strategy = match strategy {
+        "weighted" => Strategy::Weighted,
+        "lowest_latency" => {
+            let mut half_life_ms = DEFAULT_LATENCY_HALF_LIFE_MS;
+            let mut exploration = DEFAULT_EXPLORATION;
+            let mut tolerance = DEFAULT_LATENCY_TOLERANCE;
+            if let Some((v, p)) = &ll {
+                let mut o = Obj::new(v, p)?;
+                if let Some((v, p)) = o.take("half_life_seconds") {
+                    half_life_ms = seconds(v, &p, 0.1, 3600.0)?;
+                }
+                if let Some((v, p)) = o.take("exploration") {
+                    exploration = match number(v) {
+                        Some(f) if (0.0..=0.5).contains(&f) => f,
+                        _ => return Err(type_err(&p, "a number from 0 to 0.5", v)),
+                    };
+                }
+                if let Some((v, p)) = o.take("tolerance") {
+                    tolerance = match number(v) {
+                        Some(f) if (0.0..=1.0).contains(&f) => f,
+                        _ => return Err(type_err(&p, "a number from 0 to 1", v)),
+                    };
+                }
+                o.finish(&["exploration", "half_life_seconds", "tolerance"])?;
+            }
+            Strategy::LowestLatency {
+                half_life_ms,
+                exploration,
+                tolerance,
+            }
+        }
+        _ => Strategy::Ordered,
+    };
+    if let (Some((_, p)), false) = (&ll, strategy == "lowest_latency") {
+        return Err(err(
+            p,
+            "is only read with strategy: lowest_latency".to_string(),
+        ));
+    }
+    let clusters = join(route_path, "clusters");
+    if strategy == "weighted" {
+        if weights.len() < 2 {
+            return Err(err(
+                &join(route_path, "strategy"),
+                "weighted needs a chain of at least 2 clusters".to_string(),
+            ));
+        }
+        if weights.iter().all(|w| w.unwrap_or(1) == 0) {
+            return Err(err(&clusters, "every weight is 0".to_string()));
+        }
+    } else if let Some(i) = weights.iter().position(Option::is_some) {
+        return Err(err(
+            &format!("{clusters}[{i}].weight"),
+            "is only read with strategy: weighted".to_string(),
+        ));
+    }
+    if let Some((v, p)) = r.take("retry_budget_percent") {
+        let n = uint(v, &p, "a whole percentage")?;
+        if n > 100 {
+            return Err(err(&p, format!("must be between 0 and 100, got {n}")));
+        }
+        out.retry_budget_percent = n as u32;
+        out.retry_budget_explicit = true;
+    }
+    if let Some((v, p)) = r.take("retry_budget_window_seconds") {
+        out.retry_budget_window_ms = seconds(v, &p, 1.0, 3600.0)?;
+    }
+    Ok(out)
+}
+
+/// A chain entry's `weight`: a whole number from 0 to [`MAX_WEIGHT`].
+pub(super) fn weight(v: &Value, path: &str) -> Result<u32, ConfigError> {
+    let n = uint(v, path, "a whole number")?;
+    if n > MAX_WEIGHT {
+        return Err(err(
+            path,
+            format!("must be between 0 and {MAX_WEIGHT}, got {n}"),
+        ));
+    }
+    Ok(n as u32)
+}
