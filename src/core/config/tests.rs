@@ -328,7 +328,7 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
@@ -424,7 +424,7 @@ fn policy_field_errors_name_path_and_value() {
     );
     assert_eq!(
         msg(json!({"defaults": {"clusters": []}})),
-        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at defaults.clusters: unknown field; expected one of: api, cache, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
 }
 
