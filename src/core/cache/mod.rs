@@ -12,13 +12,13 @@ mod tests;
 
 /// Lookups by `result`: `hit`, `miss`, `bypass`.
 pub const CACHE_LOOKUPS_TOTAL: &str = "llmcap_cache_lookups_total";
-/// Answers stored, by `family`: `cache`, `idempotency`.
+/// Answers stored, by `kind`: `cache`, `idempotency`.
 pub const CACHE_STORES_TOTAL: &str = "llmcap_cache_stores_total";
-/// Answers not stored, by `reason`: `too_large`, `not_complete`, `slot_taken`, `error`.
+/// Answers not stored, by `result`: `too_large`, `not_complete`, `slot_taken`, `error`.
 pub const CACHE_NOT_STORED_TOTAL: &str = "llmcap_cache_not_stored_total";
 /// Entries emptied or replaced to make room.
 pub const CACHE_EVICTIONS_TOTAL: &str = "llmcap_cache_evictions_total";
-/// Bytes the route's cache holds in shared data, by `family` (the last store's accounting).
+/// Bytes the route's cache holds in shared data, by `kind` (`cache`, `idempotency`) (the last store's accounting).
 pub const CACHE_BYTES: &str = "llmcap_cache_bytes";
 /// Requests that waited for an identical one, by `result`: `hit` (answered
 /// from its answer), `alone` (it failed or the wait ran out: sent on their own).

@@ -351,6 +351,12 @@ impl Exchange {
         }
         if self.config.telemetry.metrics {
             let route = self.head.route.as_str();
+            // Settled from the store: usage of source `cached`, spend 0.
+            h.count(
+                &[("route", route), ("source", "cached")],
+                RECONCILIATIONS_TOTAL,
+                1,
+            );
             for (kind, n) in [("input", input), ("output", output)] {
                 h.count(
                     &[("route", route), ("kind", kind)],
@@ -498,7 +504,7 @@ impl Exchange {
     fn not_stored(&mut self, h: &mut dyn Host, reason: &'static str) {
         self.count(
             h,
-            &[("route", &self.head.route), ("reason", reason)],
+            &[("route", &self.head.route), ("result", reason)],
             CACHE_NOT_STORED_TOTAL,
         );
     }
@@ -569,11 +575,7 @@ impl Exchange {
                     self.end_flight(h, &c, &digest, true);
                     if self.config.telemetry.metrics {
                         let route = self.head.route.as_str();
-                        h.count(
-                            &[("route", route), ("family", label)],
-                            CACHE_STORES_TOTAL,
-                            1,
-                        );
+                        h.count(&[("route", route), ("kind", label)], CACHE_STORES_TOTAL, 1);
                         if st.evicted > 0 {
                             h.count(
                                 &[("route", route)],
@@ -582,7 +584,7 @@ impl Exchange {
                             );
                         }
                         h.set_gauge(
-                            &[("route", route), ("family", label)],
+                            &[("route", route), ("kind", label)],
                             CACHE_BYTES,
                             st.bytes_held,
                         );

@@ -211,6 +211,11 @@ impl Exchange {
         }
     }
 
+    /// The stream's context id.
+    pub fn context_id(&self) -> u32 {
+        self.context_id
+    }
+
     /// Where the request is now.
     pub fn phase(&self) -> &Phase {
         &self.phase
