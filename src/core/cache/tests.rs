@@ -320,3 +320,25 @@ fn flights_lead_join_and_end() {
     assert!(s.get("llmcap/cfl/r/5").is_ok());
     assert!(s.keys() <= 2);
 }
+
+#[test]
+fn a_number_respelled_is_the_same_key() {
+    // Found by the fuzzer before float_roundtrip: a long spelling and its
+    // shortest form must read as one value, and the canonical form must read
+    // back as itself.
+    let long = v(
+        r#"{"seed":1.5666666666656666666e3,"t":7.7777777777770000000000000000000000000000000000000000020496382304120000000777}"#,
+    );
+    let mut once = Vec::new();
+    assert!(canonical_json(&long, &mut once));
+    let mut twice = Vec::new();
+    assert!(canonical_json(
+        &serde_json::from_slice(&once).unwrap(),
+        &mut twice
+    ));
+    assert_eq!(once, twice);
+    assert_eq!(
+        request_digest("openai_chat", "/", &long),
+        request_digest("openai_chat", "/", &serde_json::from_slice(&once).unwrap())
+    );
+}

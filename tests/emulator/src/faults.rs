@@ -358,6 +358,13 @@ mod tests {
     }
 
     #[test]
+    fn dropped_requests_are_counted_down_from_what_was_set() {
+        let up = apply_update(&Faults::default(), &json!({"drop_requests": 2})).expect("valid");
+        assert_eq!(up.faults.drop_requests, 2);
+        assert!(apply_update(&Faults::default(), &json!({"drop_requests": -1})).is_err());
+    }
+
+    #[test]
     fn response_headers_are_validated() {
         let cur = Faults::default();
         let up = apply_update(
