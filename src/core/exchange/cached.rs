@@ -189,7 +189,9 @@ impl Exchange {
             Ok(Claim::InFlight(_)) => {
                 let joined = flights.join(&key, now, c.collapse_max_waiters);
                 if let Ok(Some(deadline)) = joined {
-                    if self.worker.collapse_wait(self.context_id) {
+                    if self.worker.collapse_reserve(body.len())
+                        && self.worker.collapse_wait(self.context_id)
+                    {
                         let client = self
                             .head
                             .client_timeout_ms
@@ -206,6 +208,7 @@ impl Exchange {
                         }
                         return Some(Flow::Pause);
                     }
+                    self.worker.collapse_release(body.len());
                 }
             }
             Ok(Claim::Busy) => {}
@@ -398,7 +401,7 @@ impl Exchange {
     /// or the wait ran out; else it waits on.
     pub fn on_cache_wake(&mut self, h: &mut dyn Host) {
         let (Some(c), Some(key)) = (self.cache_config(), self.cache.key) else {
-            self.cache.waiting = None;
+            self.stop_waiting();
             return;
         };
         let Some(deadline) = self.cache.waiting.as_ref().map(|w| w.deadline_ms) else {
@@ -407,7 +410,7 @@ impl Exchange {
         let now = h.now_ms();
         let spec = self.table(&*h, &c, Family::Cache);
         if let Ok(Some(e)) = spec.on(&*h, &self.head.route).lookup(&key, now) {
-            self.cache.waiting = None;
+            self.stop_waiting();
             self.count(
                 h,
                 &[("route", &self.head.route), ("result", "hit")],
@@ -428,7 +431,7 @@ impl Exchange {
         }
         // The first failed, or the wait ran out: this one goes on its own
         // (and leads the key's flight when it is free).
-        let Some(w) = self.cache.waiting.take() else {
+        let Some(w) = self.stop_waiting() else {
             return;
         };
         self.count(
@@ -455,6 +458,13 @@ impl Exchange {
         }
     }
 
+    /// Ends this request's wait (if it waits): its body copy leaves the VM's budget.
+    fn stop_waiting(&mut self) -> Option<Waiting> {
+        let w = self.cache.waiting.take()?;
+        self.worker.collapse_release(w.body.len());
+        Some(w)
+    }
+
     /// Whether this request waits for an identical one in flight.
     pub fn cache_waiting(&self) -> bool {
         self.cache.waiting.is_some()
@@ -462,8 +472,20 @@ impl Exchange {
 
     /// The answer's headers: what the cache did, and whether to copy the answer.
     pub(super) fn cache_on_headers(&mut self, h: &mut dyn Host, headers: Option<&HeaderList>) {
-        if let Some(r) = self.cache.result {
-            let _ = h.set_header(Map::ResponseHeaders, CACHE_HEADER, r);
+        if self.cache.scope.is_none() {
+            return; // no cache on this route: no host call
+        }
+        // Ours alone: a provider's copies never reach the client.
+        match self.cache.result {
+            Some(r) => {
+                let _ = h.set_header(Map::ResponseHeaders, CACHE_HEADER, r);
+            }
+            None => {
+                let _ = h.remove_header(Map::ResponseHeaders, CACHE_HEADER);
+            }
+        }
+        if headers.is_none_or(|l| l.get(REPLAY_HEADER).is_some()) {
+            let _ = h.remove_header(Map::ResponseHeaders, REPLAY_HEADER);
         }
         if self.cache.key.is_none() && self.cache.idem.is_none() {
             return;
@@ -617,7 +639,7 @@ impl Exchange {
     /// At the log: flights led and not stored end as failed (their waiters go
     /// on their own); a waiter whose client left is forgotten.
     pub(super) fn cache_on_log(&mut self, h: &mut dyn Host) {
-        self.cache.waiting = None;
+        self.stop_waiting();
         let Some(c) = self.cache_config() else { return };
         for d in self.cache.leads.clone() {
             self.end_flight(h, &c, &d, false);

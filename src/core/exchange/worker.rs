@@ -26,6 +26,9 @@ pub const MEMORY_REPORT_EVERY: u32 = 256;
 
 /// Requests waiting for an identical one per VM, at most.
 pub const MAX_COLLAPSED: usize = 4096;
+/// Body bytes the requests waiting for an identical one may hold per VM
+/// (each keeps its body to go on its own); past it a request is not collapsed.
+pub const MAX_COLLAPSED_BYTES: usize = 8 << 20;
 
 /// A shared-data read (value and CAS token, `None` if never written) and when it was made.
 type CachedRead = (Option<(Vec<u8>, u32)>, u64);
@@ -44,6 +47,7 @@ pub struct Worker {
     pub warned_not_held: Cell<bool>,
     /// Requests waiting for an identical one in flight (response cache), by context.
     pub collapsed: RefCell<Vec<u32>>,
+    collapsed_bytes: Cell<usize>,
     since_memory_report: Cell<u32>,
     calibration_reads: RefCell<HashMap<String, CachedRead>>,
     calibration_sampled: RefCell<HashMap<String, u64>>,
@@ -58,6 +62,7 @@ impl Default for Worker {
             queue_poll_ms: Cell::new(20),
             warned_not_held: Cell::new(false),
             collapsed: RefCell::default(),
+            collapsed_bytes: Cell::new(0),
             since_memory_report: Cell::new(0),
             calibration_reads: RefCell::default(),
             calibration_sampled: RefCell::default(),
@@ -92,6 +97,28 @@ impl Worker {
         }
         c.push(context_id);
         true
+    }
+
+    /// Takes `n` body bytes from the VM's collapse budget; `false` past
+    /// [`MAX_COLLAPSED_BYTES`] (the request goes on its own).
+    pub fn collapse_reserve(&self, n: usize) -> bool {
+        let held = self.collapsed_bytes.get();
+        if held.saturating_add(n) > MAX_COLLAPSED_BYTES {
+            return false;
+        }
+        self.collapsed_bytes.set(held + n);
+        true
+    }
+
+    /// Gives back what [`Worker::collapse_reserve`] took.
+    pub fn collapse_release(&self, n: usize) {
+        self.collapsed_bytes
+            .set(self.collapsed_bytes.get().saturating_sub(n));
+    }
+
+    /// Body bytes held by requests waiting for an identical one on this VM.
+    pub fn collapsed_bytes(&self) -> usize {
+        self.collapsed_bytes.get()
     }
 
     /// The requests to wake at this tick (each adds itself again to wait on).

@@ -334,6 +334,7 @@ fn identical_requests_wait_for_the_first_and_are_answered_from_its_answer() {
         waiters.push(w);
     }
     assert_eq!(env.host.tick_periods.last(), Some(&20));
+    assert_eq!(env.worker.collapsed_bytes(), 3 * DET.len());
     // Still in flight: they wait on.
     env.tick();
     for ctx in env.worker.take_collapsed() {
@@ -355,6 +356,11 @@ fn identical_requests_wait_for_the_first_and_are_answered_from_its_answer() {
     }
     assert_eq!(env.host.replies.len(), 3);
     assert!(env.host.replies.iter().all(|r| r.body == ANSWER.as_bytes()));
+    assert_eq!(
+        env.worker.collapsed_bytes(),
+        0,
+        "every body copy given back"
+    );
     assert_eq!(
         env.host.counter(
             CACHE_COLLAPSED_TOTAL,
@@ -542,4 +548,39 @@ fn a_router_retry_after_an_answer_or_without_a_key_goes() {
     );
     assert!(env.host.replies.is_empty());
     env.end(&mut x);
+}
+
+#[test]
+fn a_client_gone_while_waiting_gives_its_body_copy_back() {
+    let mut env = env();
+    let (_lead, _) = env.send("chat", &[KEY_A], Some(DET));
+    let (mut w, _) = env.send("chat", &[KEY_A], Some(DET));
+    assert!(w.cache_waiting());
+    env.end(&mut w);
+    assert_eq!(env.worker.collapsed_bytes(), 0);
+    assert!(!w.cache_waiting());
+}
+
+#[test]
+fn a_providers_cache_headers_never_reach_the_client() {
+    let mut env = env();
+    let (mut x, _) = env.send("chat", &[KEY_A], Some(WARM));
+    env.answer(
+        &mut x,
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("x-llm-capacity-cache", "hit"),
+            ("x-llm-capacity-idempotent-replay", "true"),
+        ],
+        &[ANSWER],
+    );
+    assert_eq!(
+        env.host.response_header("x-llm-capacity-cache"),
+        Some("bypass")
+    );
+    assert_eq!(
+        env.host.response_header("x-llm-capacity-idempotent-replay"),
+        None
+    );
 }
