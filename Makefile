@@ -148,7 +148,7 @@ test-rls:
 
 # Fuzzing (tests/fuzz): cargo-fuzz and libFuzzer on the stable toolchain, so no
 # sanitizer (that needs nightly); RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags.
-FUZZ_TARGETS := config request usage provider_headers rls_response translate_request translate_answer translate_stream
+FUZZ_TARGETS := config request usage provider_headers rls_response translate_request translate_answer translate_stream cache
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(abspath $(TOOLS))/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 FUZZ_SECONDS ?= 10

@@ -6,6 +6,7 @@
 //! through the small traits of [`host`] and [`env`] (clock, randomness, shared
 //! data), so the core runs natively and on wasm32 in tests.
 
+pub mod cache;
 pub mod config;
 pub mod env;
 pub mod exchange;

@@ -134,6 +134,10 @@ pub enum RequestOutcome {
     TooManyTurns,
     /// Refused locally: the request, priced before it leaves, is over `max_request_cost_usd`.
     CostExceeded,
+    /// Answered from the response cache (or an idempotent replay): nothing sent.
+    Cached,
+    /// Refused locally: an invalid, reused or busy `Idempotency-Key` (400, 422, 409).
+    IdempotencyRefused,
 }
 
 impl RequestOutcome {
@@ -152,6 +156,8 @@ impl RequestOutcome {
             RequestOutcome::ContextWindow => "rejected_context_window",
             RequestOutcome::TooManyTurns => "rejected_too_many_turns",
             RequestOutcome::CostExceeded => "rejected_request_cost",
+            RequestOutcome::Cached => "cached",
+            RequestOutcome::IdempotencyRefused => "rejected_idempotency",
         }
     }
 }
@@ -249,6 +255,12 @@ pub struct AccessLogState<'a> {
     pub scope: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow_limited: Option<&'static str>,
+    /// What the response cache did: `hit`, `miss`, `bypass`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    /// What the idempotency key did: `first`, `replay`, `reused`, `in_use`, `invalid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<&'static str>,
     /// The cluster the first attempt went to, and whether it was not the primary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<&'a str>,

@@ -147,12 +147,25 @@ fn on_configure(id: u32, _size: usize) -> bool {
 }
 
 fn on_tick(id: u32) {
-    with(id, (), |c| {
-        if let Context::Root(root) = c {
+    let wake = with(id, Vec::new(), |c| match c {
+        Context::Root(root) => {
             fault::on_tick();
             root.worker.on_tick(&mut root.host);
+            root.worker.take_collapsed()
         }
+        _ => Vec::new(),
     });
+    // Requests waiting for an identical one look at the cache again.
+    for ctx in wake {
+        if abi::set_effective_context(ctx).is_err() {
+            continue; // gone: its on_log forgot it
+        }
+        with(ctx, (), |c| {
+            if let Context::Stream(life, host) = c {
+                life.on_cache_wake(host);
+            }
+        });
+    }
 }
 
 fn on_request_headers(id: u32, _headers: usize, eos: bool) -> u32 {

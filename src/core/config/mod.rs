@@ -38,6 +38,7 @@ use std::rc::Rc;
 
 mod budgets;
 pub mod crossing;
+pub mod cache;
 pub mod global;
 mod policy;
 mod read;
@@ -48,6 +49,8 @@ mod tests;
 mod upstream;
 
 use budgets::*;
+use cache::cache;
+pub use cache::{CacheConfig, CacheWhen};
 pub use global::GlobalConfig;
 use policy::*;
 pub(crate) use read::uint;
@@ -211,6 +214,8 @@ pub struct Policy {
     pub max_request_cost: Option<u64>,
     /// What a good answer is (goodput): bounds on its latency.
     pub slo: Option<Slo>,
+    /// The exact response cache, request collapsing and idempotency keys.
+    pub cache: Option<Rc<CacheConfig>>,
 }
 
 /// A route's latency objective: an answer within every bound set is `met`.
@@ -350,12 +355,14 @@ impl Default for Policy {
             slo: None,
             max_messages: None,
             max_request_cost: None,
+            cache: None,
         }
     }
 }
 
 const POLICY_FIELDS: &[&str] = &[
     "api",
+    "cache",
     "calibrate",
     "default_max_tokens",
     "encoding",

@@ -214,6 +214,9 @@ pub(super) fn policy<'a>(o: &mut Obj<'a>, base: &Policy) -> Result<Policy, Confi
     if let Some((v, path)) = o.take("session_budget") {
         p.session_budget = Some(Rc::new(session_budget(v, &path)?));
     }
+    if let Some((v, path)) = o.take("cache") {
+        p.cache = Some(Rc::new(cache(v, &path)?));
+    }
     if let Some((v, path)) = o.take("slo") {
         p.slo = Some(slo(v, &path)?);
     }

@@ -329,7 +329,7 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
@@ -425,7 +425,7 @@ fn policy_field_errors_name_path_and_value() {
     );
     assert_eq!(
         msg(json!({"defaults": {"clusters": []}})),
-        "invalid config at defaults.clusters: unknown field; expected one of: api, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
+        "invalid config at defaults.clusters: unknown field; expected one of: api, cache, calibrate, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_min_remaining_seconds, session_budget, slo, tenant_budget, tenant_limits"
     );
 }
 
@@ -818,5 +818,55 @@ fn routing_fields_compile_and_name_their_errors() {
     ];
     for (route, want) in cases {
         assert_eq!(msg(two(route)), want);
+fn cache_compiles_with_defaults_and_names_its_errors() {
+    use super::{CacheConfig, CacheWhen};
+    let c = compile(&json!({"routes": {"r": {"cache": {}}}})).unwrap();
+    let cache: &CacheConfig = c.route("r").unwrap().policy.cache.as_deref().unwrap();
+    assert_eq!(
+        (
+            cache.ttl_ms,
+            cache.max_entries,
+            cache.max_entry_bytes,
+            cache.max_total_bytes
+        ),
+        (300_000, 1024, 65_536, 16 << 20)
+    );
+    assert_eq!(cache.when, CacheWhen::Deterministic);
+    assert!(!cache.shared && !cache.count_hits);
+    assert_eq!(
+        (
+            cache.idempotency_ttl_ms,
+            cache.collapse_wait_ms,
+            cache.collapse_max_waiters
+        ),
+        (86_400_000, 30_000, 256)
+    );
+    let c = compile(&json!({"routes": {"r": {"cache": {"when": "opt_in", "shared": true, "count_hits": true, "ttl_seconds": 1.5, "max_entries": 8, "max_entry_bytes": 100, "max_total_bytes": 400}}}})).unwrap();
+    let cache = c.route("r").unwrap().policy.cache.as_deref().unwrap();
+    assert_eq!(
+        (cache.when, cache.shared, cache.count_hits, cache.ttl_ms),
+        (CacheWhen::OptIn, true, true, 1_500)
+    );
+    assert_eq!(
+        (
+            cache.max_entries,
+            cache.max_entry_bytes,
+            cache.max_total_bytes
+        ),
+        (8, 100, 400)
+    );
+    for (cache, m) in [
+        (json!({"ttl_seconds": 0}), "invalid config at routes.r.cache.ttl_seconds: expected a number of seconds from 1 to 86400, got 0"),
+        (json!({"max_entries": 0}), "invalid config at routes.r.cache.max_entries: must be between 1 and 16384, got 0"),
+        (json!({"max_entries": 16385}), "invalid config at routes.r.cache.max_entries: must be between 1 and 16384, got 16385"),
+        (json!({"max_entry_bytes": 1048577}), "invalid config at routes.r.cache.max_entry_bytes: must be between 1 and 1048576, got 1048577"),
+        (json!({"max_entry_bytes": 1000, "max_total_bytes": 999}), "invalid config at routes.r.cache.max_total_bytes: must be at least max_entry_bytes (1000), got 999"),
+        (json!({"when": "always"}), "invalid config at routes.r.cache.when: expected one of deterministic, opt_in, got \"always\""),
+        (json!({"shared": "yes"}), "invalid config at routes.r.cache.shared: expected true or false, got \"yes\""),
+        (json!({"collapse_max_waiters": 0}), "invalid config at routes.r.cache.collapse_max_waiters: must be between 1 and 10000, got 0"),
+        (json!({"ttl": 5}), "invalid config at routes.r.cache.ttl: unknown field; expected one of: collapse_max_waiters, collapse_wait_seconds, count_hits, idempotency_ttl_seconds, max_entries, max_entry_bytes, max_total_bytes, shared, ttl_seconds, when"),
+        (json!(5), "invalid config at routes.r.cache: expected a map, got 5"),
+    ] {
+        assert_eq!(msg(json!({"routes": {"r": {"cache": cache}}})), m);
     }
 }

@@ -319,6 +319,12 @@ impl UpstreamAttempt {
             .stream
             .is_some_and(|s| self.worker.attempts.borrow().is_retry(s));
         if retry {
+            if let Some(flow) = plan
+                .stream
+                .and_then(|s| super::cached::refuse_unsafe_retry(h, &self.worker, &route.name, s))
+            {
+                return flow; // unplanned: it never left
+            }
             if let Some(flow) = self.gate_retry(h, &route, self.started_ms) {
                 return flow;
             }

@@ -21,6 +21,7 @@ mod admission;
 pub mod admit;
 pub mod attempt;
 pub mod budgets;
+pub mod cached;
 pub mod caps;
 pub mod decision;
 mod fit;
@@ -188,6 +189,8 @@ pub struct Exchange {
     response: Response,
     report: Report,
     xlate: xlate::Xlate,
+    /// The response cache and idempotency key (`cached.rs`).
+    cache: cached::CacheState,
 }
 
 impl Exchange {
@@ -214,7 +217,13 @@ impl Exchange {
                 retries_capped: false,
             },
             xlate: xlate::Xlate::default(),
+            cache: cached::CacheState::default(),
         }
+    }
+
+    /// The stream's context id.
+    pub fn context_id(&self) -> u32 {
+        self.context_id
     }
 
     /// Where the request is now.
@@ -276,6 +285,10 @@ impl Exchange {
             if let Some(tb) = &p.tenant_budget {
                 self.held.budgets.tenant =
                     Some(identity(h, &tb.source, &get).unwrap_or_else(|| "-".to_string()));
+            }
+            if p.cache.is_some() {
+                let hh: &dyn Host = &*h;
+                self.cache_read_head(&|n| header(hh, n));
             }
         }
         if let (Next::Continue, Some(name)) = (&d.verdict, missing_session) {
@@ -399,6 +412,9 @@ impl Exchange {
                     return self.reply(h, RequestOutcome::TooManyTurns, r);
                 }
                 self.check_translation(h, &policy, &body);
+                if let Some(flow) = self.cache_step(h, &body, body_size) {
+                    return flow;
+                }
                 self.dispatch(h, &policy, Some((body, body_size)))
             }
             Err(reply) => self.reply(h, RequestOutcome::InvalidBody, reply),
@@ -566,6 +582,7 @@ impl Exchange {
             }
             self.note_served(h, headers.as_ref());
             self.note_translated(headers.as_ref());
+            self.cache_on_headers(h, headers.as_ref());
             // Our view replaces the provider's: clients are limited by us first.
             for (name, value) in &self.report.rate_headers {
                 let _ = h.set_header(Map::ResponseHeaders, name, value);
@@ -585,6 +602,7 @@ impl Exchange {
             if end_of_stream {
                 self.response.progress = Progress::Ended;
                 self.settle(h);
+                self.cache_on_end(h);
             }
         }
         Flow::Continue
@@ -592,9 +610,36 @@ impl Exchange {
 
     /// A response body chunk (`chunk_size`: this chunk's bytes).
     pub fn on_response_body(&mut self, h: &mut dyn Host, chunk_size: usize, eos: bool) -> Flow {
+        // The cache copies the chunk the tracker reads: one read for both.
+        if self.cache_capturing() && chunk_size > 0 {
+            match h.body(Buffer::ResponseBody, 0, chunk_size) {
+                Ok(Some(chunk)) => {
+                    self.cache_copy(h, &chunk);
+                    self.track_chunk(h, Some(&chunk), chunk_size);
+                }
+                _ => self.track_chunk(h, Some(&[]), chunk_size),
+            }
+        } else {
+            self.track_chunk(h, None, chunk_size);
+        }
+        if eos && self.response.tracker.is_some() {
+            self.response.progress = Progress::Ended;
+            self.settle(h);
+            self.cache_on_end(h);
+        }
+        // Never hold a response back: every chunk goes to the client at once.
+        Flow::Continue
+    }
+
+    /// Usage and the first token from a chunk (`read`: the chunk, when read already).
+    fn track_chunk(&mut self, h: &mut dyn Host, read: Option<&[u8]>, chunk_size: usize) {
         if let Some(t) = &mut self.response.tracker {
             if t.wants_body() && chunk_size > 0 {
-                match h.body(Buffer::ResponseBody, 0, chunk_size) {
+                let got = match read {
+                    Some(c) => Ok(Some(c.to_vec())),
+                    None => h.body(Buffer::ResponseBody, 0, chunk_size),
+                };
+                match got {
                     Ok(Some(chunk)) => {
                         let before = t.output_seen();
                         t.on_chunk(&chunk);
@@ -611,13 +656,7 @@ impl Exchange {
                     }
                 }
             }
-            if eos {
-                self.response.progress = Progress::Ended;
-                self.settle(h);
-            }
         }
-        // Never hold a response back: every chunk goes to the client at once.
-        Flow::Continue
     }
 
     /// The stream's end (Envoy runs it before the access loggers).
@@ -630,6 +669,7 @@ impl Exchange {
         }
         // Streams that ended early (client gone, upstream reset) settle here.
         self.settle(h);
+        self.cache_on_log(h);
         self.report_timing(h);
         // Bodiless requests have no settlement; what they hold is settled here.
         self.give_back(h, false);
@@ -722,6 +762,15 @@ impl Exchange {
         }
         state.slo = self.response.goodput.map(timing::Goodput::as_str);
         state.context_window = r.context_window;
+        let (cache, idempotency, hit) = self.cache_report();
+        state.cache = cache;
+        state.idempotency = idempotency;
+        if let Some(hit) = hit {
+            state.usage_source = Some("cached");
+            state.input_tokens = Some(hit.input);
+            state.output_tokens = Some(hit.output);
+            state.cached_input_tokens = Some(hit.cached_input);
+        }
         state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
         state.translated = self.xlate.translated;
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {

@@ -24,6 +24,12 @@ pub const CALIBRATION_CACHE_ENTRIES: usize = 256;
 /// after (counted, so the report needs no clock read).
 pub const MEMORY_REPORT_EVERY: u32 = 256;
 
+/// Requests waiting for an identical one per VM, at most.
+pub const MAX_COLLAPSED: usize = 4096;
+/// Body bytes the requests waiting for an identical one may hold per VM
+/// (each keeps its body to go on its own); past it a request is not collapsed.
+pub const MAX_COLLAPSED_BYTES: usize = 8 << 20;
+
 /// A shared-data read (value and CAS token, `None` if never written) and when it was made.
 type CachedRead = (Option<(Vec<u8>, u32)>, u64);
 
@@ -39,6 +45,9 @@ pub struct Worker {
     pub queue_poll_ms: Cell<u32>,
     /// A queued request left before its time: said once per VM.
     pub warned_not_held: Cell<bool>,
+    /// Requests waiting for an identical one in flight (response cache), by context.
+    pub collapsed: RefCell<Vec<u32>>,
+    collapsed_bytes: Cell<usize>,
     since_memory_report: Cell<u32>,
     calibration_reads: RefCell<HashMap<String, CachedRead>>,
     calibration_sampled: RefCell<HashMap<String, u64>>,
@@ -52,6 +61,8 @@ impl Default for Worker {
             attempts: RefCell::default(),
             queue_poll_ms: Cell::new(20),
             warned_not_held: Cell::new(false),
+            collapsed: RefCell::default(),
+            collapsed_bytes: Cell::new(0),
             since_memory_report: Cell::new(0),
             calibration_reads: RefCell::default(),
             calibration_sampled: RefCell::default(),
@@ -64,7 +75,7 @@ impl Worker {
     /// the requests whose turn has come, and sets the next tick.
     pub fn on_tick(&self, h: &mut dyn Host) {
         let renewed = self.make_renewals(h);
-        let waiting = admit::on_tick(&self.queue, h);
+        let waiting = admit::on_tick(&self.queue, h) || !self.collapsed.borrow().is_empty();
         if !waiting {
             // Nobody waits: stop ticking until a stream enqueues again.
             let _ = h.set_tick_period(0);
@@ -72,6 +83,47 @@ impl Worker {
             // Back from the renewal's 1 ms tick to the queue's poll.
             let _ = h.set_tick_period(self.queue_poll_ms.get());
         }
+    }
+
+    /// Adds a request waiting for an identical one, for the next tick to wake;
+    /// `false` when [`MAX_COLLAPSED`] wait on this VM already (it goes on its own).
+    pub fn collapse_wait(&self, context_id: u32) -> bool {
+        let mut c = self.collapsed.borrow_mut();
+        if c.contains(&context_id) {
+            return true;
+        }
+        if c.len() >= MAX_COLLAPSED {
+            return false;
+        }
+        c.push(context_id);
+        true
+    }
+
+    /// Takes `n` body bytes from the VM's collapse budget; `false` past
+    /// [`MAX_COLLAPSED_BYTES`] (the request goes on its own).
+    pub fn collapse_reserve(&self, n: usize) -> bool {
+        let held = self.collapsed_bytes.get();
+        if held.saturating_add(n) > MAX_COLLAPSED_BYTES {
+            return false;
+        }
+        self.collapsed_bytes.set(held + n);
+        true
+    }
+
+    /// Gives back what [`Worker::collapse_reserve`] took.
+    pub fn collapse_release(&self, n: usize) {
+        self.collapsed_bytes
+            .set(self.collapsed_bytes.get().saturating_sub(n));
+    }
+
+    /// Body bytes held by requests waiting for an identical one on this VM.
+    pub fn collapsed_bytes(&self) -> usize {
+        self.collapsed_bytes.get()
+    }
+
+    /// The requests to wake at this tick (each adds itself again to wait on).
+    pub fn take_collapsed(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.collapsed.borrow_mut())
     }
 
     /// Whether this request reports the VM's memory (its first, then every

@@ -578,6 +578,14 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let faults = app.faults();
+    let dropped = {
+        let mut f = lock(&app.faults);
+        let take = f.drop_requests > 0;
+        if take {
+            f.drop_requests -= 1;
+        }
+        take
+    };
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
@@ -643,6 +651,10 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         ) {
             resp.headers_mut().insert(n, v);
         }
+    }
+    if dropped {
+        resp = http::text(StatusCode::BAD_GATEWAY, "dropped");
+        resp.extensions_mut().insert(crate::server::DropConnection);
     }
     let status = resp.status().as_u16();
     if app.verbose {

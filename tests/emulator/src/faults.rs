@@ -59,6 +59,9 @@ pub struct Faults {
     /// Extra headers on every API answer (lowercase names), e.g. to play a
     /// provider that sends a proxy's internal headers.
     pub response_headers: BTreeMap<String, String>,
+    /// The next this many API requests are read and counted, then their
+    /// connection is closed with no answer (a reset after the request was sent).
+    pub drop_requests: u64,
 }
 
 impl Default for Faults {
@@ -75,6 +78,7 @@ impl Default for Faults {
             broken_sse: false,
             broken_usage: false,
             response_headers: BTreeMap::new(),
+            drop_requests: 0,
         }
     }
 }
@@ -228,6 +232,7 @@ pub fn apply_update(current: &Faults, body: &Value) -> Result<FaultsUpdate, Stri
                 f.broken_usage = v.as_bool().ok_or("broken_usage must be a boolean")?
             }
             "response_headers" => f.response_headers = parse_headers(v)?,
+            "drop_requests" => f.drop_requests = as_u64(v, k)?,
             "rpm" => up.rpm = Some(as_u64(v, k)?),
             "tpm" => up.tpm = Some(as_u64(v, k)?),
             "seed" => up.seed = Some(as_u64(v, k)?),
@@ -350,6 +355,13 @@ mod tests {
         assert!(apply_update(&cur, &json!({"reset_after_events": "2"})).is_err());
         assert!(apply_update(&cur, &json!({"broken_sse": 1})).is_err());
         assert!(apply_update(&cur, &json!({"broken_usage": "yes"})).is_err());
+    }
+
+    #[test]
+    fn dropped_requests_are_counted_down_from_what_was_set() {
+        let up = apply_update(&Faults::default(), &json!({"drop_requests": 2})).expect("valid");
+        assert_eq!(up.faults.drop_requests, 2);
+        assert!(apply_update(&Faults::default(), &json!({"drop_requests": -1})).is_err());
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Listeners and connections. The API listener can be closed and re-bound at
 //! run time to emulate an outage (connection refused) and its recovery.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +31,18 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.listen(1024)
 }
 
+/// Marks an answer never sent: the connection is closed instead.
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the drop_requests fault")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
 /// Serves one connection until it ends, or until `outage` turns true, in which
 /// case the connection is dropped (closed) mid-flight.
 fn spawn_conn<F, Fut>(stream: TcpStream, handler: F, outage: Option<watch::Receiver<bool>>)
@@ -43,7 +54,15 @@ where
     tokio::spawn(async move {
         let svc = service_fn(move |req| {
             let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let resp = fut.await;
+                // A request the `drop_requests` fault takes: read and counted,
+                // then its connection is closed with no answer (a reset).
+                if resp.extensions().get::<DropConnection>().is_some() {
+                    return Err(DropConnection);
+                }
+                Ok(resp)
+            }
         });
         let builder = auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(TokioIo::new(stream), svc);

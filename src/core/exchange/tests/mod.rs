@@ -4,6 +4,7 @@
 //! filter did from its [`FakeHost`].
 
 mod budgets;
+mod cache;
 mod caps;
 mod daily;
 mod failover;
