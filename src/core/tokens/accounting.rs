@@ -155,7 +155,7 @@ pub fn preflight_encoded(
         (Some(m), Some(s), true) => calibrate::ratio(s, m, text_class),
         _ => 1.0,
     };
-    let input_estimate = (input_raw as f64 * ratio).ceil() as u64;
+    let input_estimate = calibrate::apply(input_raw, ratio);
 
     let generates = api.is_none_or(Api::generates);
     let (output_cap, rewrite_cap) = match (policy.enforce_max_tokens, facts.max_output) {
@@ -472,18 +472,23 @@ mod tests {
         let raw = preflight(&p, "/v1/chat/completions", &body, Some(&s))
             .unwrap()
             .input_raw;
-        calibrate::observe(
-            &s,
-            &ManualClock::at(1),
-            "gpt-4o",
-            TextClass::Prose,
-            raw,
-            raw * 2,
-        )
-        .unwrap();
+        // A provider that counts twice the estimate, answer after answer.
+        for _ in 0..40 {
+            calibrate::observe(
+                &s,
+                &ManualClock::at(1),
+                "gpt-4o",
+                TextClass::Prose,
+                raw,
+                raw * 2,
+            )
+            .unwrap();
+        }
         let pre = preflight(&p, "/v1/chat/completions", &body, Some(&s)).unwrap();
         assert_eq!(pre.input_raw, raw);
-        assert_eq!(pre.input_estimate, raw * 2);
+        let ratio = calibrate::ratio(&s, "gpt-4o", TextClass::Prose);
+        assert!((ratio - 2.0).abs() < 0.02, "{ratio}");
+        assert_eq!(pre.input_estimate, calibrate::apply(raw, ratio));
         let off = Policy {
             calibrate: false,
             ..Policy::default()

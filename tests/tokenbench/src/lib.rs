@@ -54,6 +54,11 @@ impl Sample {
     pub fn bytes(&self) -> usize {
         self.pieces.iter().map(String::len).sum()
     }
+
+    /// Characters over all pieces (the corpus calls a sample short under 600).
+    pub fn chars(&self) -> usize {
+        self.pieces.iter().map(|p| p.chars().count()).sum()
+    }
 }
 
 /// Loads `<dir>/<class>.jsonl` for every class.

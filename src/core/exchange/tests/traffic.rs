@@ -245,10 +245,13 @@ fn calibration_samples_each_kind_of_text_of_a_model_apart() {
     call_body(&mut env, ZH_BODY, zh.input_raw * 2);
     let store = &env.host.store;
     assert!((calibrate::ratio(store, "gpt-4o", TextClass::Prose) - 1.0).abs() < 1e-9);
-    assert!((calibrate::ratio(store, "gpt-4o", TextClass::Cjk) - 2.0).abs() < 1e-9);
-    // A kind not seen yet starts from the model's ratio (the mean of both).
+    // One sample is not taken at face value (calibrate's prior spread), but
+    // Chinese moves a good part of the way to its own 2.0.
+    let cjk = calibrate::ratio(store, "gpt-4o", TextClass::Cjk);
+    assert!(cjk > 1.4 && cjk <= 2.0, "{cjk}");
+    // A kind not seen yet starts from the model's ratio: between both.
     let k = calibrate::ratio(store, "gpt-4o", TextClass::Korean);
-    assert!((k - 1.5).abs() < 1e-9, "{k}");
+    assert!(k > 1.0 && k < cjk, "{k}");
     // A second English answer in the same window is not sampled.
     env.host.advance(10);
     let before = env.host.store.dump();
@@ -258,7 +261,8 @@ fn calibration_samples_each_kind_of_text_of_a_model_apart() {
     // own ratio and reserved with its own default margin (input_margin: auto).
     env.host.advance(CALIBRATION_CACHE_MS);
     let s = call_body(&mut env, ZH_BODY, zh.input_raw * 2);
-    let zh_est = zh.input_raw * 2;
+    let zh_est = calibrate::apply(zh.input_raw, cjk);
+    assert!(zh_est * 10 > zh.input_raw * 14, "{zh_est}");
     assert_eq!(s["input_estimate"], zh_est, "{s}");
     let margin = default_margin(TextClass::Cjk);
     assert_eq!(
