@@ -818,6 +818,10 @@ fn routing_fields_compile_and_name_their_errors() {
     ];
     for (route, want) in cases {
         assert_eq!(msg(two(route)), want);
+    }
+}
+
+#[test]
 fn cache_compiles_with_defaults_and_names_its_errors() {
     use super::{CacheConfig, CacheWhen};
     let c = compile(&json!({"routes": {"r": {"cache": {}}}})).unwrap();

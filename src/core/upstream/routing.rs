@@ -14,8 +14,10 @@ use crate::core::upstream::circuit;
 
 /// CAS attempts before an update is given up (fail open).
 const CAS_TRIES: usize = 4;
-/// Retries a window always allows, so a quiet route can still fail over.
-pub const RETRY_BUDGET_FLOOR: f64 = 3.0;
+/// Retries a window always allows, so a quiet route can still fail over (a
+/// circuit's first consecutive failures, and each failed probe, are retried
+/// elsewhere).
+pub const RETRY_BUDGET_FLOOR: f64 = 10.0;
 /// Latency averages kept per cluster (one per model, hashed).
 pub const LATENCY_SLOTS: u32 = 8;
 
@@ -682,7 +684,7 @@ mod tests {
         let s = MemStore::default();
         let r = routing(10);
         let mut sent = 0;
-        for _ in 0..5 {
+        for _ in 0..15 {
             if spend(&s, "q", &r, Spend::Request, 0) {
                 spend(&s, "q", &r, Spend::Retries(1), 0);
                 sent += 1;
@@ -695,21 +697,21 @@ mod tests {
     fn the_window_slides_and_a_request_learns_if_it_may_retry() {
         let s = MemStore::default();
         let r = routing(10);
-        for _ in 0..100 {
+        for _ in 0..200 {
             spend(&s, "w", &r, Spend::Request, 0);
         }
-        assert!(spend(&s, "w", &r, Spend::Retries(9), 0), "9 of 10 spent");
-        assert!(spend(&s, "w", &r, Spend::Retries(1), 0), "the 10th fits");
+        assert!(spend(&s, "w", &r, Spend::Retries(19), 0), "19 of 20 spent");
+        assert!(spend(&s, "w", &r, Spend::Retries(1), 0), "the 20th fits");
         assert!(
             !spend(&s, "w", &r, Spend::Retries(1), 0),
-            "the 11th was over"
+            "the 21st was over"
         );
         // Spent: the next request is told it may not retry.
         assert!(!spend(&s, "w", &r, Spend::Request, 1));
-        // Half the next window on, half the old counts remain (50.5 requests,
-        // 5.5 retries, plus this request): still spent...
+        // Half the next window on, half the old counts remain (100.5 requests,
+        // 10.5 retries, plus this request): still spent...
         assert!(!spend(&s, "w", &r, Spend::Request, 15_000));
-        // ...until new requests make room: 65.5 requests allow 6.55 retries.
+        // ...until new requests make room: 115.5 requests allow 11.55 retries.
         for _ in 0..13 {
             spend(&s, "w", &r, Spend::Request, 15_000);
         }
@@ -717,7 +719,7 @@ mod tests {
         let b = Budget::decode(&s.get(&budget_key("w")).unwrap().unwrap().0).unwrap();
         assert_eq!(
             (b.prev_requests, b.prev_retries, b.requests, b.retries),
-            (101, 11, 15, 0)
+            (201, 21, 15, 0)
         );
         // Two windows on, everything old is gone.
         let b = b.at(40_000, 10_000);
