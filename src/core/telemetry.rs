@@ -10,8 +10,20 @@ use serde::Serialize;
 
 /// Every label name the filter emits; the tag regexes in envoy/ and istio/ cover these.
 pub const LABELS: &[&str] = &[
-    "route", "outcome", "kind", "source", "scope", "limit", "version", "revision", "cluster",
-    "class", "state", "model", "result", "direction",
+    "route",
+    "outcome",
+    "kind",
+    "source",
+    "scope",
+    "limit",
+    "version",
+    "revision",
+    "cluster",
+    "class",
+    "state",
+    "model",
+    "result",
+    "direction",
 ];
 
 pub const REQUESTS_TOTAL: &str = "llmcap_requests_total";

@@ -37,8 +37,8 @@ use std::fmt;
 use std::rc::Rc;
 
 mod budgets;
-pub mod crossing;
 pub mod cache;
+pub mod crossing;
 pub mod global;
 mod policy;
 mod read;
