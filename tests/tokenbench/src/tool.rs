@@ -366,7 +366,7 @@ fn fit_margins(d: &Data, train: &[usize], coefficients: [&Coefficients; 2]) -> [
     let mut need: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     for (e, c) in coefficients.iter().enumerate() {
         let est = |i: usize| c.text_tokens(&d.samples[i].features()).ceil();
-        let s = streams(d, train, e, &est, FILTER);
+        let s = streams(d, train, e, &est, FILTER, CAL_WARMUP);
         for v in [&s.raw, &s.cal, &s.mixed] {
             for &(i, est, a) in v.iter() {
                 need[kind(i)].push(a / est.max(1.0) - 1.0);
@@ -453,11 +453,12 @@ impl EarlierRule {
 /// `calibrate::observe_with` after each request, `calibrate::apply` to scale)
 /// run over one model's stream of requests `(sample, raw estimate, actual)`:
 /// the calibrated `(sample, estimate, actual)` of the requests after each
-/// class's first [`CAL_WARMUP`], which only teach.
+/// class's first `warmup`, which only teach.
 fn calibrate_stream(
     d: &Data,
     stream: &[(usize, f64, f64)],
     learner: Learner,
+    warmup: usize,
 ) -> Vec<(usize, f64, f64)> {
     let store = MemStore::default();
     let clock = ManualClock::at(1);
@@ -473,7 +474,7 @@ fn calibrate_stream(
             Learner::Earlier => (raw * earlier.ratio(class)).ceil(),
         };
         let n = seen.entry(d.samples[i].class).or_default();
-        if *n >= CAL_WARMUP {
+        if *n >= warmup {
             out.push((i, estimate, actual));
         }
         *n += 1;
@@ -561,6 +562,7 @@ fn streams(
     e: usize,
     estimate: &dyn Fn(usize) -> f64,
     learner: Learner,
+    warmup: usize,
 ) -> Streams {
     let raw: Vec<(usize, f64, f64)> = idx
         .iter()
@@ -573,7 +575,7 @@ fn streams(
             .copied()
             .filter(|&(i, _, _)| d.samples[i].class == c)
             .collect();
-        cal.extend(calibrate_stream(d, &one, learner));
+        cal.extend(calibrate_stream(d, &one, learner, warmup));
     }
     // Interleave the classes, as a model with varied traffic sees them.
     let by_class: Vec<Vec<(usize, f64, f64)>> = REAL_CLASSES
@@ -594,7 +596,7 @@ fn streams(
             }
         }
     }
-    let mixed = calibrate_stream(d, &inter, learner);
+    let mixed = calibrate_stream(d, &inter, learner, warmup);
     Streams { raw, cal, mixed }
 }
 
@@ -612,7 +614,8 @@ fn of_class(v: &[(usize, f64, f64)], d: &Data, c: &str) -> Vec<(f64, f64)> {
 /// p90 against no calibration on the same requests, in how many of the 32
 /// (class, encoding, stream) cases it is worse and by how much at most, and the
 /// mean calibrated p90 where there is a bias to learn (the estimator counting
-/// `o200k_base` for a provider counting `cl100k_base`).
+/// `o200k_base` for a provider counting `cl100k_base`), over all requests from
+/// the first, so that how fast it learns counts.
 struct Judged {
     mean_change: f64,
     worse: usize,
@@ -623,7 +626,7 @@ struct Judged {
 fn judge(d: &Data, idx: &[usize], learner: Learner) -> Judged {
     let mut changes = Vec::new();
     for e in 0..EXACT.len() {
-        let st = streams(d, idx, e, &built_estimate(d, e), learner);
+        let st = streams(d, idx, e, &built_estimate(d, e), learner, CAL_WARMUP);
         for c in REAL_CLASSES {
             let same = stats(&of_class(&same_requests(&st.raw, &st.cal), d, c)).p90;
             for v in [&st.cal, &st.mixed] {
@@ -631,7 +634,8 @@ fn judge(d: &Data, idx: &[usize], learner: Learner) -> Judged {
             }
         }
     }
-    let st = streams(d, idx, 1, &built_estimate(d, 0), learner);
+    // From the first request on: how fast it learns counts too.
+    let st = streams(d, idx, 1, &built_estimate(d, 0), learner, 0);
     let foreign: Vec<f64> = REAL_CLASSES
         .iter()
         .flat_map(|c| {
@@ -663,7 +667,7 @@ const JUDGED_HEADER: &str = "| rule | p90 change, mean | worse than uncalibrated
 
 /// `llm-tokenbench sweep [train|test]`: the calibration rule's parameters over
 /// a grid, judged on one half (the training half unless told) by the core's own
-/// code; the best first (fewest and smallest worsenings, then the mean change).
+/// code; the best first.
 fn sweep(half: &str) -> Result<(), String> {
     let d = load()?;
     let (train, test) = split(&d);
@@ -673,21 +677,31 @@ fn sweep(half: &str) -> Result<(), String> {
         for half_weight_tokens in [0.0, 30.0, 100.0, 300.0] {
             for noise in [1.0, 2.0, 4.0, 8.0, 16.0] {
                 for (prior_var, prior_weight) in [(0.0, 0.0), (0.01, 2.0), (0.02, 4.0)] {
-                    let rule = calibrate::Rule {
-                        memory,
-                        half_weight_tokens,
-                        noise,
-                        prior_var,
-                        prior_weight,
-                    };
-                    rows.push((rule, judge(&d, idx, Learner::Filter(rule))));
+                    for kind_toward_model in [true, false] {
+                        let rule = calibrate::Rule {
+                            memory,
+                            half_weight_tokens,
+                            noise,
+                            prior_var,
+                            prior_weight,
+                            kind_toward_model,
+                        };
+                        rows.push((rule, judge(&d, idx, Learner::Filter(rule))));
+                    }
                 }
             }
         }
     }
+    // A rule qualifies if it is worse than no calibration in at most one of the
+    // 32 cases and by at most 0.1 point (the rounding of a request or two);
+    // among those the best where there is a bias to learn comes first.
+    let key = |j: &Judged| {
+        let qualifies = j.worse <= 1 && j.max_worse <= 0.001 + 1e-9;
+        (if qualifies { 0.0 } else { 1.0 }, j.foreign)
+    };
     rows.sort_by(|a, b| {
-        (a.1.max_worse, a.1.worse, a.1.mean_change)
-            .partial_cmp(&(b.1.max_worse, b.1.worse, b.1.mean_change))
+        key(&a.1)
+            .partial_cmp(&key(&b.1))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     println!("{JUDGED_HEADER}");
@@ -698,8 +712,13 @@ fn sweep(half: &str) -> Result<(), String> {
     println!("{}", judged_row("filter's rule", &judge(&d, idx, FILTER)));
     for (r, j) in rows {
         let name = format!(
-            "memory {} half {} noise {} prior {}/{}",
-            r.memory, r.half_weight_tokens, r.noise, r.prior_var, r.prior_weight
+            "memory {} half {} noise {} prior {}/{} toward {}",
+            r.memory,
+            r.half_weight_tokens,
+            r.noise,
+            r.prior_var,
+            r.prior_weight,
+            if r.kind_toward_model { "model" } else { "1" }
         );
         println!("{}", judged_row(&name, &j));
     }
@@ -777,7 +796,7 @@ fn accuracy_report() -> Result<String, String> {
     let mut totals = [(0.0, 0.0, 0.0, 0.0); 2];
     let mut floors = String::new();
     for (e, &enc) in EXACT.iter().enumerate() {
-        let st = streams(&d, &test, e, &built_estimate(&d, e), FILTER);
+        let st = streams(&d, &test, e, &built_estimate(&d, e), FILTER, CAL_WARMUP);
         for &(i, est, a) in &st.raw {
             worst.push((est / a, i, enc, est, a));
         }
@@ -961,7 +980,7 @@ fn accuracy_report() -> Result<String, String> {
          | class | n | bias | uncal. p90 | cal. p90 | cal. p90 mixed | floor p90 |\n\
          |---|---:|---:|---:|---:|---:|---:|"
     );
-    let st = streams(&d, &test, 1, &built_estimate(&d, 0), FILTER);
+    let st = streams(&d, &test, 1, &built_estimate(&d, 0), FILTER, CAL_WARMUP);
     for c in REAL_CLASSES {
         let same = of_class(&same_requests(&st.raw, &st.cal), &d, c);
         let bias = same.iter().map(|(e, a)| (e - a) / a).sum::<f64>() / same.len().max(1) as f64;
