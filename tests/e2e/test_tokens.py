@@ -137,9 +137,11 @@ def test_calibration_learns_per_kind_of_text(emulator, start_envoy):
     # English one borrows the model's ratio, learned from Chinese, and is high.
     assert zh[0] < -0.2, zh
     assert en[0] > 0.2, en
-    # Each kind then learns its own ratio: both errors fall, to within 3%,
-    # where one ratio per model (their mean) would leave both off by >10%.
-    assert abs(zh[-1]) <= 0.03 and abs(en[-1]) <= 0.03, (zh, en)
+    # Each kind then learns its own ratio: both errors fall, to within 6%,
+    # where one ratio per model (their mean) would leave both off by >10%. The
+    # rule does not chase a deviation within one request's noise (a couple of
+    # tokens on a 41-token sentence), so English may keep its own few percent.
+    assert abs(zh[-1]) <= 0.06 and abs(en[-1]) <= 0.06, (zh, en)
     assert abs(zh[-1]) < abs(zh[0]) and abs(en[-1]) < abs(en[0]), (zh, en)
 
 

@@ -1,5 +1,5 @@
 //! The exact response cache, request collapsing and idempotency keys (see
-//! docs/caching.md): what makes two requests the same ([`canon`]) and where
+//! docs/cache.md): what makes two requests the same ([`canon`]) and where
 //! answers are kept in Envoy shared data ([`store`]). The request's life uses
 //! them in `exchange::cached`; nothing here knows the host beyond
 //! [`SharedStore`](crate::core::env::SharedStore).

@@ -1,5 +1,5 @@
 //! The response cache, request collapsing and idempotency keys in the request's
-//! life (see docs/caching.md). Before dispatch: an idempotency key's stored
+//! life (see docs/cache.md). Before dispatch: an idempotency key's stored
 //! answer, its reuse or its request in flight; then the cache's lookup, or a
 //! wait for an identical request in flight. On the answer: a copy of each chunk
 //! as it passes (never held back), stored at the end when the answer is
