@@ -73,6 +73,17 @@ pub struct Direction {
 }
 
 impl Direction {
+    /// An OpenAI client's request sent to Anthropic.
+    pub const OPENAI_TO_ANTHROPIC: Direction = Direction {
+        client: Dialect::OpenAi,
+        provider: Dialect::Anthropic,
+    };
+    /// An Anthropic client's request sent to OpenAI.
+    pub const ANTHROPIC_TO_OPENAI: Direction = Direction {
+        client: Dialect::Anthropic,
+        provider: Dialect::OpenAi,
+    };
+
     /// `openai_to_anthropic` or `anthropic_to_openai`: the request's direction
     /// (the answer goes back the other way). A bounded metric label.
     pub fn label(self) -> &'static str {

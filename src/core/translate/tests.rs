@@ -4,19 +4,13 @@
 use super::answer::{self, HeaderChange, Usage};
 use super::request::translate;
 use super::stream::{StreamTranslator, CUT_SHORT};
-use super::{Dialect, Direction};
+use super::Direction;
 use serde_json::{json, Value};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-const OA_TO_AN: Direction = Direction {
-    client: Dialect::OpenAi,
-    provider: Dialect::Anthropic,
-};
-const AN_TO_OA: Direction = Direction {
-    client: Dialect::Anthropic,
-    provider: Dialect::OpenAi,
-};
+const OA_TO_AN: Direction = Direction::OPENAI_TO_ANTHROPIC;
+const AN_TO_OA: Direction = Direction::ANTHROPIC_TO_OPENAI;
 
 fn req(dir: Direction, body: Value, model: Option<&str>) -> Value {
     let t = translate(dir, body.to_string().as_bytes(), model, 1000).unwrap();

@@ -4,7 +4,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use llm_capacity::core::translate::answer::{self, HeaderChange};
-use llm_capacity::core::translate::{Dialect, Direction};
+use llm_capacity::core::translate::Direction;
 use serde_json::Value;
 
 const NAMES: [&str; 8] = [
@@ -23,15 +23,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = if sel & 1 == 0 {
-        Direction {
-            client: Dialect::OpenAi,
-            provider: Dialect::Anthropic,
-        }
+        Direction::OPENAI_TO_ANTHROPIC
     } else {
-        Direction {
-            client: Dialect::Anthropic,
-            provider: Dialect::OpenAi,
-        }
+        Direction::ANTHROPIC_TO_OPENAI
     };
     let now_ms = 1_796_611_200_000u64;
     if let Some(out) = answer::json_answer(dir, body, (sel & 2 != 0).then_some("m"), now_ms / 1000)

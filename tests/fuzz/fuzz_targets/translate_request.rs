@@ -12,15 +12,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = if sel & 1 == 0 {
-        Direction {
-            client: Dialect::OpenAi,
-            provider: Dialect::Anthropic,
-        }
+        Direction::OPENAI_TO_ANTHROPIC
     } else {
-        Direction {
-            client: Dialect::Anthropic,
-            provider: Dialect::OpenAi,
-        }
+        Direction::ANTHROPIC_TO_OPENAI
     };
     let model = (sel & 2 != 0).then_some("entry-model");
     let allowance = u64::from(sel >> 2);

@@ -4,7 +4,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use llm_capacity::core::translate::stream::StreamTranslator;
-use llm_capacity::core::translate::{Dialect, Direction};
+use llm_capacity::core::translate::Direction;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,15 +12,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let dir = if sel & 1 == 0 {
-        Direction {
-            client: Dialect::OpenAi,
-            provider: Dialect::Anthropic,
-        }
+        Direction::OPENAI_TO_ANTHROPIC
     } else {
-        Direction {
-            client: Dialect::Anthropic,
-            provider: Dialect::OpenAi,
-        }
+        Direction::ANTHROPIC_TO_OPENAI
     };
     let mut t = StreamTranslator::new(dir, (sel & 2 != 0).then_some("m"), sel & 4 != 0, 1700);
     let mut out = Vec::new();

@@ -9,19 +9,13 @@ use llm_capacity::core::tokens::usage::{Dialect as UsageDialect, SseUsageParser}
 use llm_capacity::core::translate::answer::json_answer;
 use llm_capacity::core::translate::request::translate;
 use llm_capacity::core::translate::stream::StreamTranslator;
-use llm_capacity::core::translate::{Dialect, Direction};
+use llm_capacity::core::translate::Direction;
 use serde_json::{json, Value};
 use std::hint::black_box;
 use std::time::Instant;
 
-const OA_TO_AN: Direction = Direction {
-    client: Dialect::OpenAi,
-    provider: Dialect::Anthropic,
-};
-const AN_TO_OA: Direction = Direction {
-    client: Dialect::Anthropic,
-    provider: Dialect::OpenAi,
-};
+const OA_TO_AN: Direction = Direction::OPENAI_TO_ANTHROPIC;
+const AN_TO_OA: Direction = Direction::ANTHROPIC_TO_OPENAI;
 
 /// Nanoseconds per call: the median of 5 rounds of at least 100 ms each, after a warm-up
 /// (so a wasm engine runs its optimised code, as a long-lived Envoy worker does).
