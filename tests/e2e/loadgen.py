@@ -105,6 +105,12 @@ class Run:
     def max_lag(self) -> float:
         return max((r.t_send - r.t_sched for r in self.results), default=0.0)
 
+    def lag_share_over(self, seconds: float) -> float:
+        """The share of sends that left more than `seconds` after their schedule."""
+        if not self.results:
+            return 0.0
+        return sum(1 for r in self.results if r.t_send - r.t_sched > seconds) / len(self.results)
+
     # ---- summary ----------------------------------------------------------
     def summary(self) -> dict:
         by_status: dict[str, int] = {}

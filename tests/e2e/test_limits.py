@@ -179,8 +179,12 @@ def sequential(env, n: int, **kw) -> loadgen.Run:
 def assert_generator_kept_up(run: loadgen.Run):
     s = run.summary()
     assert not s["transport_errors"] and s["dropped"] == 0, s
-    # Otherwise the offered load was not what the test claims.
-    assert run.max_lag() < 0.25, f"load generator fell behind: {s}"
+    # Otherwise the offered load was not what the test claims. A 2-core CI
+    # machine running Envoy's workers beside the generator stalls now and then
+    # (312 ms once, in CI); the bounds below count actual send times, so one
+    # short stall leaves them valid, a generator that is behind all along not.
+    assert run.max_lag() < 1.0, f"load generator stalled: {s}"
+    assert run.lag_share_over(0.1) < 0.02, f"load generator fell behind: {run.lag_share_over(0.1):.1%} late: {s}"
 
 
 # ---------------------------------------------------------------------------

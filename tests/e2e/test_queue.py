@@ -170,15 +170,16 @@ def test_client_leaving_during_the_fault_filter_hold_gives_its_place_and_slot_ba
 
 @HOLDS
 def test_queue_size_bounds_requests_held_per_worker(emulator, start_envoy, hold):
-    # One worker, at most 2 waiting. 60 rpm with 1 s of burst: two go at
-    # once (the second into a debt of one), each later one waits 1 s more. The
-    # provider takes 3 s, so requests that left the queue are still in flight
-    # when the next one comes.
+    # One worker, at most 2 waiting. 20 rpm with 3 s of burst: two go at
+    # once (the second into a debt of one), each later one waits 3 s more (at
+    # 1 s apart a CI stall let the first waiting one leave before the overflow
+    # came). The provider takes 4 s, so requests that left the queue are still
+    # in flight when the next one comes.
     env = start_envoy(plugin=plugin_with({
-        "limits": {"requests_per_minute": 60, "burst_seconds": 1},
+        "limits": {"requests_per_minute": 20, "burst_seconds": 3},
         "queue": {"max_wait_seconds": 10, "max_size": 2},
     }, hold), concurrency=1)
-    emulator.faults(latency_ms=3000)
+    emulator.faults(latency_ms=4000)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         first = [pool.submit(raw_call, env) for _ in range(2)]
         harness.wait_for(lambda: env.stat("cluster.emulator.upstream_rq_total") == 2, 5, "the first two at the provider")
@@ -189,7 +190,7 @@ def test_queue_size_bounds_requests_held_per_worker(emulator, start_envoy, hold)
         assert [s for s, _ in over] == [429, 429] and all(t < 0.5 for _, t in over), over
         # Once the two have left the queue (still at the provider), their
         # places are free again: the next one waits its turn, not refused.
-        harness.wait_for(lambda: env.stat("cluster.emulator.upstream_rq_total") == 4, 5, "the two waiting ones sent")
+        harness.wait_for(lambda: env.stat("cluster.emulator.upstream_rq_total") == 4, 10, "the two waiting ones sent")
         late = raw_call(env)
         results = [f.result() for f in first + waiting]
     assert [s for s, _ in results] == [200] * 4, results
