@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tiktoken_rs::CoreBPE;
 
+mod explore;
+
 const CORPUS: &str = "tests/corpus";
 const ESTIMATE_RS: &str = "src/core/tokens/estimate.rs";
 const ACCURACY_MD: &str = "tests/tokenbench/results/accuracy.md";
@@ -35,8 +37,12 @@ pub fn main() -> i32 {
         Some("fit") => fit(args.iter().any(|a| a == "--write")),
         Some("accuracy") => accuracy(),
         Some("speed") => speed(),
-        Some("diag") => diag(),
+        Some("diag") => diag(args.get(1).map_or("test", String::as_str)),
         Some("dump") => dump(),
+        Some("explore") => explore::explore(
+            args.get(1).map_or("", String::as_str),
+            args.get(2).and_then(|r| r.parse().ok()).unwrap_or(0.05),
+        ),
         Some("sweep") => sweep(args.get(1).map_or("train", String::as_str)),
         Some("count") => {
             // Exact counts and estimates of one text (for hand-checked tests).
@@ -1059,9 +1065,10 @@ fn dump() -> Result<(), String> {
 }
 
 /// Held-out error by language and size, to see where the model is weak.
-fn diag() -> Result<(), String> {
+fn diag(half: &str) -> Result<(), String> {
     let d = load()?;
-    let (_, test) = split(&d);
+    let (train, test) = split(&d);
+    let test = if half == "train" { train } else { test };
     for (e, &enc) in EXACT.iter().enumerate() {
         let mut groups: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         for &i in &test {
