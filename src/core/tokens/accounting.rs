@@ -177,7 +177,7 @@ pub fn preflight_encoded(
     };
     let margin = policy
         .input_margin
-        .unwrap_or_else(|| estimate::default_margin(text_class));
+        .unwrap_or_else(|| estimate::default_margin(text_class, encoding));
     let reserved_input = ((input_estimate as f64) * (1.0 + margin)).ceil() as u64;
     let reserved = reserved_input.saturating_add(output_allowance);
 

@@ -43,6 +43,7 @@ pub fn main() -> i32 {
             args.get(1).map_or("", String::as_str),
             args.get(2).and_then(|r| r.parse().ok()).unwrap_or(0.05),
         ),
+        Some("margins") => margins_cmd(),
         Some("sweep") => sweep(args.get(1).map_or("train", String::as_str)),
         Some("count") => {
             // Exact counts and estimates of one text (for hand-checked tests).
@@ -60,7 +61,7 @@ pub fn main() -> i32 {
             Ok(())
         }
         _ => Err(
-            "usage: llm-tokenbench fit [--write] | accuracy | speed | diag | dump | sweep [train|test] | count TEXT"
+            "usage: llm-tokenbench fit [--write] | margins | explore GROUPS [RIDGE] | accuracy | speed | diag | dump | sweep [train|test] | count TEXT"
                 .to_string(),
         ),
     };
@@ -331,12 +332,14 @@ fn fit(write: bool) -> Result<(), String> {
     let (train, _) = split(&d);
     let o = fit_encoding(&d, &train, &chats, 0);
     let c = fit_encoding(&d, &train, &chats, 1);
-    let margins = fit_margins(&d, &train, [&o, &c]);
+    let margins = fit_margins(&d, &train, &chats, MARGIN_POOL_UNDER);
+    let row = |m: [f64; 7]| m.map(|x| format!("{x:.2}")).join(", ");
     let block = format!(
-        "{}\n{}/// Default margins, in [`TextClass::ALL`] order (fitted).\npub const DEFAULT_MARGINS: [f64; 7] = [{}];\n",
+        "{}\n{}/// Default margins: o200k, cl100k, each in [`TextClass::ALL`] order (fitted).\npub const DEFAULT_MARGINS: [[f64; 7]; 2] = [\n    [{}],\n    [{}],\n];\n",
         render("O200K", "`o200k_base` (fitted).", &o),
         render("CL100K", "`cl100k_base` (fitted).", &c),
-        margins.map(|m| format!("{m:.2}")).join(", ")
+        row(margins[0]),
+        row(margins[1]),
     );
     if write {
         let src = std::fs::read_to_string(ESTIMATE_RS).map_err(|e| e.to_string())?;
@@ -354,41 +357,186 @@ fn fit(write: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Share of a kind's training samples left underestimated by its margin: below
+/// Share of each class's training samples left underestimated by the margins
+/// (out of fold, before calibration, after it and in the mixed stream): below
 /// `UNDER_TARGET`, for slack, as every class of the held-out half must meet it.
+/// Chosen by `llm-tokenbench margins`: the largest target whose margins, fitted
+/// on one half of the training samples, keep every class of the other half at
+/// most `UNDER_TARGET` under (both ways round, both encodings).
 const MARGIN_POOL_UNDER: f64 = 0.025;
 
-/// Default margins per kind of text ([`TextClass::ALL`] order), on the
-/// training half: for each kind the margin that leaves `MARGIN_POOL_UNDER` of
-/// the samples the estimator tells as that kind underestimated (all classes,
-/// both encodings, before calibration, after it and in the mixed stream),
-/// rounded up to whole percent.
-fn fit_margins(d: &Data, train: &[usize], coefficients: [&Coefficients; 2]) -> [f64; 7] {
-    let kinds = TextClass::ALL;
-    let kind = |i: usize| {
-        let c = d.samples[i].stats().class();
-        kinds.iter().position(|k| *k == c).unwrap_or(0)
-    };
-    let mut need: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    for (e, c) in coefficients.iter().enumerate() {
-        let est = |i: usize| c.text_tokens(&d.samples[i].features()).ceil();
-        let s = streams(d, train, e, &est, FILTER, CAL_WARMUP);
-        for v in [&s.raw, &s.cal, &s.mixed] {
-            for &(i, est, a) in v.iter() {
-                need[kind(i)].push(a / est.max(1.0) - 1.0);
+/// Folds of the training half for out-of-fold estimates.
+const MARGIN_FOLDS: usize = 4;
+
+/// The fold of each training sample: its position within its class and
+/// language, modulo `k` (every fold sees every language).
+fn folds_of(d: &Data, idx: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    let mut out = vec![Vec::new(); k];
+    for &i in idx {
+        let s = &d.samples[i];
+        let n = seen.entry((s.class, s.lang.as_str())).or_default();
+        out[*n % k].push(i);
+        *n += 1;
+    }
+    out
+}
+
+/// Out-of-fold estimates of the training samples for encoding `e`: each
+/// estimated by coefficients fitted on the other folds, so their errors are
+/// those of text the estimator was not fitted to (in-sample errors are smaller,
+/// and margins fitted to them come out too small on new text).
+fn out_of_fold(d: &Data, train: &[usize], chats: &Data, e: usize) -> Vec<f64> {
+    let mut est = vec![f64::NAN; d.samples.len()];
+    let folds = folds_of(d, train, MARGIN_FOLDS);
+    for (f, fold) in folds.iter().enumerate() {
+        let rest: Vec<usize> = folds
+            .iter()
+            .enumerate()
+            .filter(|&(g, _)| g != f)
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        let c = fit_encoding(d, &rest, chats, e);
+        for &i in fold {
+            est[i] = c.text_tokens(&d.samples[i].features()).ceil();
+        }
+    }
+    est
+}
+
+fn kind_index(d: &Data, i: usize) -> usize {
+    let c = d.samples[i].stats().class();
+    TextClass::ALL.iter().position(|k| *k == c).unwrap_or(0)
+}
+
+/// The worst share of a class's requests reserved below their actual count
+/// with `margins` (whole percent per kind), over the streams, and for each
+/// kind the margin that would lift that class's least short request of the
+/// kind (`u32::MAX` if none of the kind is short).
+fn worst_under(d: &Data, streams: &[&[(usize, f64, f64)]], margins: &[u32; 7]) -> (f64, [u32; 7]) {
+    let mut worst = (0.0, [u32::MAX; 7]);
+    for v in streams {
+        for c in REAL_CLASSES {
+            let (mut n, mut miss, mut fix) = (0usize, 0usize, [u32::MAX; 7]);
+            for &(i, est, a) in v.iter().filter(|r| d.samples[r.0].class == c) {
+                n += 1;
+                let k = kind_index(d, i);
+                if (est * (1.0 + f64::from(margins[k]) / 100.0)).ceil() < a {
+                    miss += 1;
+                    let mut m = margins[k] + 1;
+                    while m < 1000 && (est * (1.0 + f64::from(m) / 100.0)).ceil() < a {
+                        m += 1;
+                    }
+                    fix[k] = fix[k].min(m);
+                }
+            }
+            let share = miss as f64 / n.max(1) as f64;
+            if share > worst.0 {
+                worst = (share, fix);
             }
         }
     }
-    let mut m = [0.0; 7];
-    for (k, v) in need.iter_mut().enumerate() {
-        let q = quantile(v, 1.0 - MARGIN_POOL_UNDER);
-        m[k] = if q.is_finite() {
-            (q.max(0.0) * 100.0 - 1e-9).ceil() / 100.0
-        } else {
-            0.15
-        };
+    worst
+}
+
+/// The smallest whole-percent margins per kind that leave at most `target` of
+/// every class's requests under, in every stream: while a class has too many,
+/// the kind whose margin lifts one more of its requests at the least cost
+/// (the raise times the tokens estimated for that kind) is raised.
+fn margins_for(d: &Data, streams: &[&[(usize, f64, f64)]], target: f64) -> [u32; 7] {
+    let mut tokens = [0.0; 7];
+    for v in streams {
+        for &(i, est, _) in v.iter() {
+            tokens[kind_index(d, i)] += est;
+        }
     }
-    m
+    let mut m = [0u32; 7];
+    loop {
+        let (share, fix) = worst_under(d, streams, &m);
+        if share <= target + 1e-12 {
+            return m;
+        }
+        let cost = |k: usize| f64::from(fix[k].saturating_sub(m[k])) * tokens[k];
+        let Some(k) = (0..7)
+            .filter(|&k| fix[k] != u32::MAX)
+            .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        else {
+            return m;
+        };
+        m[k] = fix[k];
+    }
+}
+
+/// The three streams of `idx` (raw, calibrated per class, mixed) for encoding
+/// `e` with estimates `est`.
+fn all_streams(d: &Data, idx: &[usize], e: usize, est: &dyn Fn(usize) -> f64) -> Streams {
+    streams(d, idx, e, est, FILTER, CAL_WARMUP)
+}
+
+/// Default margins per encoding (o200k, cl100k) and kind of text
+/// ([`TextClass::ALL`] order), on the training half's out-of-fold estimates:
+/// the smallest whole-percent margins that leave at most `target` of every
+/// class underestimated, before calibration, after it and in the mixed stream.
+fn fit_margins(d: &Data, train: &[usize], chats: &Data, target: f64) -> [[f64; 7]; 2] {
+    let mut out = [[0.0; 7]; 2];
+    for (e, row) in out.iter_mut().enumerate() {
+        let oof = out_of_fold(d, train, chats, e);
+        let s = all_streams(d, train, e, &|i| oof[i]);
+        let m = margins_for(d, &[&s.raw, &s.cal, &s.mixed], target);
+        *row = m.map(|x| f64::from(x) / 100.0);
+    }
+    out
+}
+
+/// `llm-tokenbench margins`: the choice of the training target. For each
+/// target, margins fitted on one half of the training samples' out-of-fold
+/// estimates are judged on the other half (the worst class's share under,
+/// both ways round); then, for information only (nothing is chosen on it), the
+/// held-out half's worst share and the cost of the margins fitted on the
+/// whole training half.
+fn margins_cmd() -> Result<(), String> {
+    let d = load()?;
+    let chats = load_chats()?;
+    let (train, test) = split(&d);
+    let halves = folds_of(&d, &train, 2);
+    let oof: Vec<Vec<f64>> = (0..2).map(|e| out_of_fold(&d, &train, &chats, e)).collect();
+    println!("| training target | enc | cross-validated worst class under | margins (whole training half) | held-out worst under | held-out unused, raw |");
+    println!("|---:|---|---:|---|---:|---:|");
+    for target in [0.05, 0.04, 0.035, 0.03, 0.025, 0.02, 0.015, 0.01] {
+        for (e, &enc) in EXACT.iter().enumerate() {
+            let est = |i: usize| oof[e][i];
+            let st: Vec<Streams> = halves.iter().map(|h| all_streams(&d, h, e, &est)).collect();
+            let mut cv: f64 = 0.0;
+            for (a, b) in [(0, 1), (1, 0)] {
+                let m = margins_for(&d, &[&st[a].raw, &st[a].cal, &st[a].mixed], target);
+                cv = cv.max(worst_under(&d, &[&st[b].raw, &st[b].cal, &st[b].mixed], &m).0);
+            }
+            let whole = all_streams(&d, &train, e, &est);
+            let m = margins_for(&d, &[&whole.raw, &whole.cal, &whole.mixed], target);
+            let held = all_streams(&d, &test, e, &built_estimate(&d, e));
+            let worst = worst_under(&d, &[&held.raw, &held.cal, &held.mixed], &m).0;
+            let reserved: Vec<(f64, f64)> = held
+                .raw
+                .iter()
+                .map(|&(i, est, a)| {
+                    (
+                        (est * (1.0 + f64::from(m[kind_index(&d, i)]) / 100.0)).ceil(),
+                        a,
+                    )
+                })
+                .collect();
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                pct(target),
+                enc.as_str(),
+                pct(cv),
+                m.map(|x| x.to_string()).join(" "),
+                pct(worst),
+                pct(unused(&reserved)),
+            );
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ accuracy
@@ -743,17 +891,24 @@ fn accuracy_report() -> Result<String, String> {
     let d = load()?;
     let (_, test) = split(&d);
     // The default margin of each sample's kind of text (`input_margin: auto`).
-    let margin_of = |i: usize| default_margin(d.samples[i].stats().class());
-    let with_margin = |v: &[(usize, f64, f64)]| -> Vec<(usize, f64, f64)> {
+    let margin_of = |i: usize, enc: Encoding| default_margin(d.samples[i].stats().class(), enc);
+    let with_margin = |v: &[(usize, f64, f64)], enc: Encoding| -> Vec<(usize, f64, f64)> {
         v.iter()
-            .map(|&(i, e, a)| (i, (e * (1.0 + margin_of(i))).ceil(), a))
+            .map(|&(i, e, a)| (i, (e * (1.0 + margin_of(i, enc))).ceil(), a))
             .collect()
     };
-    let margins = TextClass::ALL
+    let margins = EXACT
         .iter()
-        .map(|k| format!("{} {}", k.as_str(), pct(default_margin(*k))))
+        .map(|&enc| {
+            let m = TextClass::ALL
+                .iter()
+                .map(|k| format!("{} {}", k.as_str(), pct(default_margin(*k, enc))))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{}: {m}", enc.as_str())
+        })
         .collect::<Vec<_>>()
-        .join(", ");
+        .join("; ");
 
     let mut md = String::new();
     let _ = writeln!(md, "# Token estimator accuracy on real text\n");
@@ -819,10 +974,10 @@ fn accuracy_report() -> Result<String, String> {
                 v.iter().filter(|&&(e, a)| e < a).count() as f64 / v.len().max(1) as f64
             };
             let (raw_m, cal_m) = (
-                of_class(&with_margin(&st.raw), &d, c),
-                of_class(&with_margin(&st.cal), &d, c),
+                of_class(&with_margin(&st.raw, enc), &d, c),
+                of_class(&with_margin(&st.cal, enc), &d, c),
             );
-            let mixed_m = of_class(&with_margin(&st.mixed), &d, c);
+            let mixed_m = of_class(&with_margin(&st.mixed, enc), &d, c);
             let (ur, uc, um) = (under(&raw_m), under(&cal_m), under(&mixed_m));
             let bytes: usize = st
                 .raw
@@ -924,10 +1079,15 @@ fn accuracy_report() -> Result<String, String> {
     let _ = writeln!(
         md,
         "\nDefault margins (`input_margin: auto`, by the kind of text the estimator tells): \
-         {margins}; fitted on the training half by `llm-tokenbench fit`: for each kind, the margin \
-         that leaves 2.5% of the training samples told as that kind underestimated (both encodings, \
-         before calibration, after it and in the mixed stream; 2.5% rather than 5% for slack, as \
-         every class of the held-out half must meet 5%). Their cost, tokens \
+         {margins}; fitted on the training half by `llm-tokenbench fit`, per encoding: the \
+         smallest whole-percent margins per kind that leave at most 2.5% of every class's \
+         training samples underestimated, before calibration, after it and in the mixed stream, \
+         on out-of-fold estimates (each training sample estimated by coefficients fitted on the \
+         other three quarters of the training half, so its error is that of text the estimator \
+         was not fitted to: in-sample errors are smaller, and margins fitted to them came out too \
+         small on the held-out half); 2.5% rather than 5% for slack, as every class of the \
+         held-out half must meet 5% (`llm-tokenbench margins` compares training targets). Their \
+         cost, tokens \
          reserved beyond those used over all classes: o200k {} before calibration and {} after; \
          cl100k {} and {}. (The output allowance, `max_tokens`, is reserved on top and usually \
          costs far more.)\n",

@@ -13,7 +13,13 @@ fn extras(text: &str, groups: &str) -> Vec<f64> {
     if groups.contains("wlen") {
         // letters beyond position k of a Latin / Cyrillic word
         for script in 0..2 {
-            let inw = |c: char| if script == 0 { is_lat(c) } else { ('\u{400}'..='\u{52F}').contains(&c) };
+            let inw = |c: char| {
+                if script == 0 {
+                    is_lat(c)
+                } else {
+                    ('\u{400}'..='\u{52F}').contains(&c)
+                }
+            };
             let mut f = [0.0; 4];
             let mut run = 0;
             for &c in &chars {
@@ -66,7 +72,7 @@ fn extras(text: &str, groups: &str) -> Vec<f64> {
         for &c in &chars {
             let u = c as u32;
             if (0xAC00..0xD7A4).contains(&u) {
-                f[usize::from((u - 0xAC00) % 28 != 0)] += 1.0;
+                f[usize::from(!(u - 0xAC00).is_multiple_of(28))] += 1.0;
             }
         }
         v.extend(f);
@@ -143,7 +149,14 @@ pub fn explore(groups: &str, ridge: f64) -> Result<(), String> {
             .map(|&i| (x[i].clone(), d.exact[i][e] as f64))
             .collect();
         let w = nnls(&rows, &prior, ridge);
-        let est = |i: usize| x[i].iter().zip(&w).map(|(a, b)| a * b).sum::<f64>().ceil().max(1.0);
+        let est = |i: usize| {
+            x[i].iter()
+                .zip(&w)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                .ceil()
+                .max(1.0)
+        };
         let mut line = format!("{:6} {groups:12}", enc.as_str());
         let mut tot = (0.0, 0.0);
         for c in REAL_CLASSES {
@@ -159,9 +172,20 @@ pub fn explore(groups: &str, ridge: f64) -> Result<(), String> {
             let s = stats(&te).p90;
             tot.0 += s;
             tot.1 += fl;
-            let _ = write!(line, " {c}:{:.1}/{:.1}/{:.1}", stats(&tr).p90 * 100.0, s * 100.0, fl * 100.0);
+            let _ = write!(
+                line,
+                " {c}:{:.1}/{:.1}/{:.1}",
+                stats(&tr).p90 * 100.0,
+                s * 100.0,
+                fl * 100.0
+            );
         }
-        let _ = write!(line, " | mean test p90 {:.2} floor {:.2}", tot.0 / 8.0 * 100.0, tot.1 / 8.0 * 100.0);
+        let _ = write!(
+            line,
+            " | mean test p90 {:.2} floor {:.2}",
+            tot.0 / 8.0 * 100.0,
+            tot.1 / 8.0 * 100.0
+        );
         println!("{line}");
     }
     Ok(())
