@@ -8,6 +8,8 @@ fn is_lat(c: char) -> bool {
 }
 
 fn extras(text: &str, groups: &str) -> Vec<f64> {
+    let groups: Vec<&str> = groups.split(',').collect();
+    let groups = Group(&groups);
     let mut v = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     if groups.contains("wlen") {
@@ -57,11 +59,127 @@ fn extras(text: &str, groups: &str) -> Vec<f64> {
         }
         v.extend(f);
     }
+    if groups.contains("cyr3") {
+        // what the fast pass could tell with one more continuation class:
+        // capitals (U+0400..U+042F), capitals after capitals, letters beyond
+        // Russian's lower case (U+0450..U+052F)
+        let mut f = [0.0; 3];
+        let mut prev_cap = false;
+        for &c in &chars {
+            let u = c as u32;
+            let cap = (0x400..0x430).contains(&u);
+            if cap {
+                f[0] += 1.0;
+                if prev_cap {
+                    f[1] += 1.0;
+                }
+            }
+            if (0x450..0x530).contains(&u) {
+                f[2] += 1.0;
+            }
+            prev_cap = cap;
+        }
+        v.extend(f);
+    }
+    if groups.contains("han6") {
+        // Han by UTF-8 lead byte (U+4000..U+9FFF in six 4096 blocks): what the
+        // fast pass could tell with five more byte classes
+        let mut f = [0.0; 6];
+        for &c in &chars {
+            let u = c as u32;
+            if (0x4000..0xA000).contains(&u) {
+                f[((u - 0x4000) >> 12) as usize] += 1.0;
+            }
+        }
+        v.extend(f);
+    }
     if groups.contains("uni") {
         let mut f = [0.0; 26];
         for &c in &chars {
             if c.is_ascii_alphabetic() {
                 f[(c.to_ascii_lowercase() as u8 - b'a') as usize] += 1.0;
+            }
+        }
+        v.extend(f);
+    }
+    if groups.contains("digits") {
+        // digit runs: tokenizers cut them in groups of up to three
+        let mut f = [0.0; 3];
+        for run in runs(&chars, |c| c.is_ascii_digit()) {
+            f[0] += run.div_ceil(3) as f64;
+            f[1] += f64::from(u8::from(run >= 4));
+            f[2] += run.saturating_sub(6) as f64;
+        }
+        v.extend(f);
+    }
+    if groups.contains("ws") {
+        // long runs of spaces (indentation, alignment): merged into few tokens
+        let mut f = [0.0; 5];
+        for run in runs(&chars, |c| c == ' ') {
+            for (j, k) in [2usize, 4, 8, 16].iter().enumerate() {
+                if run >= *k {
+                    f[j] += 1.0;
+                }
+            }
+            f[4] += run.saturating_sub(16) as f64;
+        }
+        v.extend(f);
+    }
+    if groups.contains("path") {
+        // path- and URL-like words: a run of non-space with / or \ or ://
+        let mut f = [0.0; 3];
+        for w in text.split_whitespace() {
+            if w.contains('/') || w.contains('\\') {
+                f[0] += 1.0;
+                f[1] += w.matches(['/', '\\']).count() as f64;
+                f[2] += f64::from(u8::from(w.contains("://")));
+            }
+        }
+        v.extend(f);
+    }
+    if groups.contains("b64") {
+        // base64- or hex-like runs: 16+ of [A-Za-z0-9+/=_-] mixing digits and letters
+        let mut f = [0.0; 2];
+        let is = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+        let mut start = 0;
+        for (k, &c) in chars.iter().chain(std::iter::once(&' ')).enumerate() {
+            if !is(c) {
+                let w = &chars[start..k.min(chars.len())];
+                if w.len() >= 16
+                    && w.iter().any(char::is_ascii_digit)
+                    && w.iter().any(char::is_ascii_alphabetic)
+                {
+                    f[0] += 1.0;
+                    f[1] += w.len() as f64;
+                }
+                start = k + 1;
+            }
+        }
+        v.extend(f);
+    }
+    if groups.contains("kana") {
+        // hiragana, katakana and CJK punctuation apart (one feature today)
+        let mut f = [0.0; 3];
+        for &c in &chars {
+            match c as u32 {
+                0x3040..=0x309F => f[0] += 1.0,
+                0x30A0..=0x30FF => f[1] += 1.0,
+                0x3000..=0x303F => f[2] += 1.0,
+                _ => {}
+            }
+        }
+        v.extend(f);
+    }
+    if groups.contains("rare") {
+        // rare Latin letters (j k q v w x y z) and Han outside the commonest
+        // block (U+4E00..U+7FFF holds most everyday characters)
+        let mut f = [0.0; 2];
+        for &c in &chars {
+            if "jkqvwxyzJKQVWXYZ".contains(c) {
+                f[0] += 1.0;
+            }
+            if (0x8000..0xA000).contains(&(c as u32)) {
+                f[1] += 1.0;
             }
         }
         v.extend(f);
@@ -78,6 +196,33 @@ fn extras(text: &str, groups: &str) -> Vec<f64> {
         v.extend(f);
     }
     v
+}
+
+/// The groups asked for, by exact name.
+struct Group<'a>(&'a [&'a str]);
+
+impl Group<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
+}
+
+/// Lengths of the maximal runs of characters with `p`.
+fn runs(chars: &[char], p: impl Fn(char) -> bool) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for &c in chars {
+        if p(c) {
+            n += 1;
+        } else if n > 0 {
+            out.push(n);
+            n = 0;
+        }
+    }
+    if n > 0 {
+        out.push(n);
+    }
+    out
 }
 
 fn nnls(rows: &[(Vec<f64>, f64)], prior: &[f64], ridge: f64) -> Vec<f64> {
@@ -118,7 +263,90 @@ fn nnls(rows: &[(Vec<f64>, f64)], prior: &[f64], ridge: f64) -> Vec<f64> {
     }
 }
 
+/// The candidate groups `explore all` compares, with what each adds.
+const CANDIDATES: [(&str, &str); 14] = [
+    ("", "nothing: the estimator's features"),
+    (
+        "wlen",
+        "Latin and Cyrillic letters beyond the 3rd, 6th, 9th, 12th of their word",
+    ),
+    (
+        "digits",
+        "digit runs in groups of three, runs of 4+, digits beyond 6",
+    ),
+    ("ws", "space runs of 2+, 4+, 8+, 16+ and spaces beyond 16"),
+    ("path", "path- and URL-like words, their slashes, `://`"),
+    (
+        "b64",
+        "base64- or hex-like runs (16+ of [A-Za-z0-9+/=_-] with digits and letters)",
+    ),
+    ("kana", "hiragana, katakana, CJK punctuation apart"),
+    ("rare", "rare Latin letters (jkqvwxyz), Han beyond U+7FFF"),
+    (
+        "hang",
+        "Hangul syllables with and without a final consonant",
+    ),
+    ("han", "Han in 24 blocks of 1024 code points"),
+    ("han6", "Han by UTF-8 lead byte (6 blocks)"),
+    ("cyr", "Cyrillic in 10 blocks of 32 code points"),
+    (
+        "cyr3",
+        "Cyrillic capitals, capitals after capitals, letters beyond Russian's",
+    ),
+    ("uni", "each Latin letter a-z"),
+];
+
+const EXPLORE_MD: &str = "tests/tokenbench/results/explore.md";
+
+/// `explore all`: every candidate group alone and all of them together,
+/// written to results/explore.md.
+pub fn explore_all(ridge: f64) -> Result<(), String> {
+    let all = CANDIDATES
+        .iter()
+        .map(|c| c.0)
+        .filter(|g| !g.is_empty() && *g != "han" && *g != "cyr")
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut md = String::from(
+        "# Candidate features\n\n\
+         Generated by `cargo run --release -p llm-tokenbench -- explore all`. Each candidate group \
+         of per-sample counts (computed at character level, not in the fast pass) is added to the \
+         estimator's features; coefficients for both are refitted on the training half (the same \
+         non-negative weighted least squares as `fit`), and the held-out half is estimated with \
+         them. Each cell: uncalibrated p90 / calibrated p90 (the filter's calibration, one model \
+         per class, the first 20 samples only teach), in percent; the last column their means \
+         over the eight classes. A group that does not lower the spread materially (a point or \
+         more of the mean, or a class's p90 well below its target) is not worth a place in the \
+         one-pass estimator.\n\n\
+         | added | enc | english | code | json | latin | cyrillic | cjk | korean | other | mean |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (g, _) in CANDIDATES.iter().copied().chain([(all.as_str(), "")]) {
+        md.push_str(&explore_rows(g, ridge)?);
+    }
+    md.push_str("\nGroups:\n\n");
+    for (g, what) in CANDIDATES.iter().filter(|c| !c.0.is_empty()) {
+        md.push_str(&format!("- `{g}`: {what}\n"));
+    }
+    md.push_str(&format!(
+        "- `{all}`: all of them but the block-wise `han` and `cyr`\n"
+    ));
+    std::fs::write(EXPLORE_MD, &md).map_err(|e| format!("{EXPLORE_MD}: {e}"))?;
+    print!("{md}");
+    Ok(())
+}
+
 pub fn explore(groups: &str, ridge: f64) -> Result<(), String> {
+    if groups == "all" {
+        return explore_all(ridge);
+    }
+    print!("{}", explore_rows(groups, ridge)?);
+    Ok(())
+}
+
+/// The table rows (one per encoding) of one candidate group.
+fn explore_rows(groups: &str, ridge: f64) -> Result<String, String> {
+    let mut out = String::new();
     let d = load()?;
     let (train, test) = split(&d);
     let x: Vec<Vec<f64>> = d
@@ -157,36 +385,30 @@ pub fn explore(groups: &str, ridge: f64) -> Result<(), String> {
                 .ceil()
                 .max(1.0)
         };
-        let mut line = format!("{:6} {groups:12}", enc.as_str());
+        let st = streams(&d, &test, e, &est, FILTER, CAL_WARMUP);
+        let mut line = format!(
+            "| {} | {} |",
+            if groups.is_empty() { "(none)" } else { groups },
+            enc.as_str()
+        );
         let mut tot = (0.0, 0.0);
         for c in REAL_CLASSES {
-            let p = |idx: &[usize]| -> Vec<(f64, f64)> {
-                idx.iter()
-                    .filter(|&&i| d.samples[i].class == c)
-                    .map(|&i| (est(i), d.exact[i][e] as f64))
-                    .collect()
-            };
-            let te = p(&test);
-            let tr = p(&train);
-            let (fl, _) = floor(&te);
-            let s = stats(&te).p90;
-            tot.0 += s;
-            tot.1 += fl;
-            let _ = write!(
-                line,
-                " {c}:{:.1}/{:.1}/{:.1}",
-                stats(&tr).p90 * 100.0,
-                s * 100.0,
-                fl * 100.0
+            let (u, k) = (
+                stats(&of_class(&st.raw, &d, c)).p90,
+                stats(&of_class(&st.cal, &d, c)).p90,
             );
+            tot.0 += u;
+            tot.1 += k;
+            let _ = write!(line, " {:.1} / {:.1} |", u * 100.0, k * 100.0);
         }
         let _ = write!(
             line,
-            " | mean test p90 {:.2} floor {:.2}",
+            " {:.2} / {:.2} |",
             tot.0 / 8.0 * 100.0,
             tot.1 / 8.0 * 100.0
         );
-        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
     }
-    Ok(())
+    Ok(out)
 }
