@@ -7,6 +7,12 @@ use crate::core::config::{Strategy, Target};
 use crate::core::telemetry::STRATEGY_CHOICES_TOTAL;
 use crate::core::upstream::routing::{self, Spend};
 
+/// The router's per-try timeout for this request, in ms.
+pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+/// Tells the router a per-try timeout sends the next attempt without
+/// resetting the first (its hedge policy, per request).
+pub const HEDGE_HEADER: &str = "x-envoy-hedge-on-per-try-timeout";
+
 impl Exchange {
     /// Plans the attempts over the route's cluster chain. `Err` is the local
     /// answer when no cluster can take the request now.
@@ -132,6 +138,22 @@ impl Exchange {
         }
         if let Some(n) = retries {
             let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
+        }
+        // Hedging: the router's per-try timeout, soft (the attempt is not
+        // reset), sends the plan's next attempt while the first keeps running.
+        // Only with a further healthy slot and a retry left for it, within the
+        // route's share (taken now, given back at the end if it never fired).
+        if let Some(hg) = &policy.routing.hedge {
+            let room = retries.is_some_and(|n| n >= 1) && plan.slots.len() >= 2;
+            if room && routing::hedge_arm(&*h, &policy.name, hg.max_share, now) {
+                let _ = h.set_header(
+                    Map::RequestHeaders,
+                    PER_TRY_TIMEOUT_HEADER,
+                    &hg.after_ms.to_string(),
+                );
+                let _ = h.set_header(Map::RequestHeaders, HEDGE_HEADER, "true");
+                self.report.hedge_armed = true;
+            }
         }
         if let Some(&first) = plan.slots.first() {
             if plan.probe {
