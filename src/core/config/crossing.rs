@@ -114,6 +114,18 @@ pub(super) fn check_hosting(
             ));
         }
     }
+    for (name, r) in routes {
+        let Some(hg) = &r.routing.hedge else { continue };
+        if r.clusters.iter().any(|t| t.cluster.name == hg.cluster) {
+            return Err(err(
+                &format!("routes.{name}.hedge.cluster"),
+                format!(
+                    "must name the composite cluster over the chain, not a cluster of it, got {}",
+                    hg.cluster
+                ),
+            ));
+        }
+    }
     let Some(name) = routes
         .iter()
         .find(|(_, r)| crosses_providers(&r.clusters))

@@ -53,7 +53,13 @@ pub struct Routing {
 /// A route's hedging: when an attempt has no response headers after
 /// `after_ms`, the router sends the next attempt of the plan while the first
 /// keeps running; the first answer wins and the other is reset.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// In Envoy 1.40 a hedged request's attempts all go to the cluster its first
+/// attempt went to (the router does not re-run the cluster specifier while
+/// hedging), so the first attempt goes to `cluster`: an Envoy composite
+/// cluster (`envoy.clusters.composite`) listing the route's chain in order,
+/// which sends attempt n to its n-th cluster.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hedge {
     /// The attempt's wait for response headers before the hedge is sent, in ms
     /// (the router's per-try timeout, soft: the attempt is not reset).
@@ -61,6 +67,8 @@ pub struct Hedge {
     /// Share of the route's requests that may be hedged over a sliding minute,
     /// counted across workers (armed hedges that never fired are given back).
     pub max_share: f64,
+    /// The Envoy composite cluster over the route's chain (see above).
+    pub cluster: String,
 }
 
 impl Routing {
@@ -212,7 +220,17 @@ fn hedge(v: &Value, path: &str, chain: usize) -> Result<Hedge, ConfigError> {
         },
         None => DEFAULT_HEDGE_MAX_SHARE,
     };
-    o.finish(&["after_ms", "max_share"])?;
+    let cluster = match o.take("cluster") {
+        Some((Value::String(c), _)) if !c.is_empty() => c.clone(),
+        Some((v, p)) => return Err(type_err(&p, "a cluster name", v)),
+        None => {
+            return Err(err(
+                path,
+                "needs cluster (the Envoy composite cluster over the route's chain)".to_string(),
+            ))
+        }
+    };
+    o.finish(&["after_ms", "cluster", "max_share"])?;
     if chain < 2 {
         return Err(err(
             path,
@@ -223,6 +241,7 @@ fn hedge(v: &Value, path: &str, chain: usize) -> Result<Hedge, ConfigError> {
     Ok(Hedge {
         after_ms,
         max_share,
+        cluster,
     })
 }
 

@@ -329,14 +329,29 @@ impl UpstreamAttempt {
         self.cluster = h
             .property_text(&["xds", "cluster_name"])
             .unwrap_or_default();
+        let attempt = |h: &dyn Host| {
+            h.header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+        };
+        // A hedged request's attempts all go to the route's composite cluster,
+        // which sends attempt n to the chain's n-th cluster: this attempt is
+        // that cluster's.
+        if route
+            .routing
+            .hedge
+            .as_ref()
+            .is_some_and(|hg| hg.cluster == self.cluster)
+        {
+            let n = attempt(&*h);
+            if let Some(t) = route.clusters.get(n.saturating_sub(1)) {
+                self.cluster = t.cluster.name.clone();
+            }
+        }
         self.stream = plan.stream;
         self.streamed = plan.streamed;
         // Only a planned probe needs to know which attempt this is.
-        self.probe = plan.probe_cluster == Some(self.cluster.as_str())
-            && h.header(Map::RequestHeaders, "x-envoy-attempt-count")
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(1)
-                <= 1;
+        self.probe = plan.probe_cluster == Some(self.cluster.as_str()) && attempt(&*h) <= 1;
         self.started_ms = h.now_ms();
         self.retry_by_ms = plan.retry_by_ms;
         let retry = plan
