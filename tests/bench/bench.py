@@ -64,8 +64,11 @@ HOSTCALLS_WASM = ROOT / "target" / "hostcalls" / "wasm32-wasip1" / "release" / "
 ROUTE = "openai-chat"
 PATH = "/v1/chat/completions"
 VARIANTS = ["passthrough", "wasm-floor", "filter", "filter-ds"]
-# The filter with one feature off each: where its cost goes (1 KB, not streamed).
-ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain", "filter-nohold"]
+# The filter with one feature off each: where its cost goes (1 KB, not streamed);
+# and with one opt-in routing feature on: lowest_latency, hedging armed on every
+# request but never firing (the mock answers long before after_ms).
+ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain", "filter-nohold",
+            "filter-lowlat", "filter-hedge"]
 PEERS = ["litellm", "portkey"]
 SIZES = {"1k": 1024, "10k": 10 * 1024, "100k": 100 * 1024}
 LOAD_CONNS = 32
@@ -194,6 +197,11 @@ def proxy_config(variant: str, upstream_port: int, wasm: Path | None = None) -> 
     if variant == "filter-nohold":
         plugin["hold_headers"] = False
         plugin["queue_hold"] = "vm"  # the fault filter's delay needs held headers
+    if variant == "filter-lowlat":
+        plugin["routes"][ROUTE]["strategy"] = "lowest_latency"
+    if variant == "filter-hedge":
+        plugin["routes"][ROUTE]["hedge"] = {"after_ms": 60000, "max_share": 1.0, "cluster": "emulator-hedged"}
+        plugin["routes"][ROUTE]["retry_budget_percent"] = 100
     if variant == "filter-nochain":
         plugin["routes"][ROUTE]["clusters"] = ["emulator"]
         _plain_route(hcm)
@@ -432,7 +440,7 @@ def report(res: dict, meta: dict, extra: dict, args) -> str:
     L.append("")
     for case, rs in res.items():
         title = (f"## {case.replace(' stream', '')} body, streamed (SSE, 26 events)" if "stream" in case else
-                 "## Where the filter's cost goes: one feature off at a time (1 KB body)" if "ablation" in case else
+                 "## Where the filter's cost goes: one feature off at a time, and the opt-in routing features on (1 KB body)" if "ablation" in case else
                  f"## {case} body")
         L += [title, "",
               "| target | req/s (32 conns) | vs passthrough | CPU µs/req | CPU vs passthrough | p50 one conn | added p50 | p99 one conn | added p99 | p50 at 32 | p99 at 32 | errors |",

@@ -131,3 +131,23 @@ def test_a_started_stream_is_never_duplicated(start_envoy, pair):
     assert (primary.stats()["requests_total"], fb.stats()["requests_total"]) == (1, 1)
     harness.wait_for(lambda: hedges(env, "won") >= 1, 10, "hedge won")
     assert (hedges(env, "sent"), hedges(env, "won")) == (1, 1)
+
+
+def test_when_the_first_attempt_answers_first_the_hedge_is_cancelled(start_envoy, pair):
+    primary, fb = pair
+    primary.faults(latency_ms=600, rpm=100_000_000, tpm=1_000_000_000)
+    fb.faults(latency_ms=3000, rpm=100_000_000, tpm=1_000_000_000)
+    env = start(start_envoy, pair, {"after_ms": 200, "max_share": 1.0}, retry_budget_percent=100)
+    body = loadgen.chat_body(model="gpt-4o", max_tokens=5)
+    for _ in range(4):
+        status, headers, _ = harness.raw_request(env.port, "POST", CHAT, body, HEADERS)
+        assert status == 200 and headers.get(SERVED_BY) == PRIMARY, headers
+    harness.wait_for(lambda: hedges(env, "cancelled") >= 4 and fb.stats()["cancelled_total"] >= 4, 10,
+                     "cancelled hedges")
+    assert (hedges(env, "sent"), hedges(env, "won"), hedges(env, "cancelled")) == (4, 0, 4)
+    assert (primary.stats()["requests_total"], fb.stats()["requests_total"]) == (4, 0)
+    states = [json.loads(e["llm_capacity"]) for e in env.access_entries(4) if e.get("route") == "openai-chat"]
+    assert [(s["hedged"], s["winner"]) for s in states] == [(True, "first")] * 4
+    # The winner's answers feed its circuit; the reset hedges count for no one.
+    assert harness.metric(env, "llmcap_upstream_attempts_total", cluster=PRIMARY, **{"class": "ok"}) == 4
+    assert harness.metric(env, "llmcap_upstream_attempts_total", cluster=FALLBACK) is None

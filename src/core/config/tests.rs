@@ -885,9 +885,17 @@ fn hedge_compiles_and_names_its_errors() {
         })
     };
     let ab = json!(["a", "b"]);
-    let c = compile(&cfg(json!({"after_ms": 300, "cluster": "ab"}), ab.clone(), true)).unwrap();
+    let c = compile(&cfg(
+        json!({"after_ms": 300, "cluster": "ab"}),
+        ab.clone(),
+        true,
+    ))
+    .unwrap();
     let hg = c.route("r").unwrap().routing.hedge.clone().unwrap();
-    assert_eq!((hg.after_ms, hg.max_share, hg.cluster.as_str()), (300, 0.05, "ab"));
+    assert_eq!(
+        (hg.after_ms, hg.max_share, hg.cluster.as_str()),
+        (300, 0.05, "ab")
+    );
     let cases = [
         (
             cfg(json!({"cluster": "ab"}), ab.clone(), true),

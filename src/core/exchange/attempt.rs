@@ -377,7 +377,11 @@ impl UpstreamAttempt {
             // first attempt waits (a retriable status with no retry left):
             // the first one's answer is still the client's.
             if hedge && self.config.telemetry.metrics {
-                h.count(&[("route", &route.name), ("result", "sent")], HEDGES_TOTAL, 1);
+                h.count(
+                    &[("route", &route.name), ("result", "sent")],
+                    HEDGES_TOTAL,
+                    1,
+                );
             }
             // Sent: it counts against the route's retry budget, now, so the
             // requests planned from here on see it (hedges included).

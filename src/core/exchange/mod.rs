@@ -837,8 +837,8 @@ impl Exchange {
         if !self.report.hedge_armed {
             return;
         }
-        let fired = self.report.hedge.is_some()
-            || self.worker.attempts.borrow().hedged(self.context_id);
+        let fired =
+            self.report.hedge.is_some() || self.worker.attempts.borrow().hedged(self.context_id);
         if !fired {
             let now = h.now_ms();
             routing::hedge_refund(&*h, &self.head.route, now);
@@ -962,7 +962,11 @@ impl Exchange {
         if let Some((_, Some(m))) = &self.response.served {
             self.held.budgets.price_as(&self.config, m);
         }
-        let loser = if self.report.hedge.is_some() { s.input } else { 0 };
+        let loser = if self.report.hedge.is_some() {
+            s.input
+        } else {
+            0
+        };
         let spend = self.held.budgets.settle(
             &*h,
             &*h,

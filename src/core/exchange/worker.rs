@@ -312,7 +312,13 @@ impl Ledger {
 
     /// Notes that an attempt of `stream` went to `cluster` at `at_ms`; returns
     /// its id.
-    pub(super) fn attempt_sent(&mut self, stream: u32, at_ms: u64, cluster: &str, hedge: bool) -> u64 {
+    pub(super) fn attempt_sent(
+        &mut self,
+        stream: u32,
+        at_ms: u64,
+        cluster: &str,
+        hedge: bool,
+    ) -> u64 {
         if self.sent.len() >= SENT_ATTEMPTS {
             self.sent.pop_front();
         }

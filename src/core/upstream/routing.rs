@@ -438,7 +438,9 @@ pub fn hedge_refund(store: &dyn SharedStore, route: &str, now_ms: u64) {
         let Ok(Some((v, cas))) = store.get(&key) else {
             return;
         };
-        let mut b = Budget::decode(&v).unwrap_or_default().at(now_ms, HEDGE_WINDOW_MS);
+        let mut b = Budget::decode(&v)
+            .unwrap_or_default()
+            .at(now_ms, HEDGE_WINDOW_MS);
         if b.retries > 0 {
             b.retries -= 1;
         } else if b.prev_retries > 0 {
@@ -828,7 +830,9 @@ mod tests {
         assert_eq!(again, 11);
         // A minute later the old window still overlaps, two later it is gone.
         assert!(!hedge_arm(&s, "r", 0.05, 60_000));
-        let fresh = (0..100).filter(|_| hedge_arm(&s, "r", 0.05, 180_000)).count();
+        let fresh = (0..100)
+            .filter(|_| hedge_arm(&s, "r", 0.05, 180_000))
+            .count();
         assert_eq!(fresh, 5);
         // A refund with nothing armed changes nothing; one key per route.
         let t = MemStore::default();
