@@ -327,12 +327,14 @@ def filter_checks(env: harness.Envoy, variant: str) -> list[str]:
 # host calls per request (the hostcall-count build)
 # ---------------------------------------------------------------------------
 
-def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: int = 200) -> dict:
-    """Host calls per request by kind, and per-call costs, from the counting build."""
+def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: int = 200,
+               variant: str = "filter") -> dict:
+    """Host calls per request by kind, and (for `filter`) per-call costs, from the counting build."""
     if not HOSTCALLS_WASM.exists():
         return {}
     out: dict = {"per_request": {}, "call_ns": {}}
-    env = harness.Envoy(tmp, proxy_config("filter", upstream_port, HOSTCALLS_WASM), name="hostcalls", concurrency=1)
+    env = harness.Envoy(tmp, proxy_config(variant, upstream_port, HOSTCALLS_WASM), name=f"hostcalls-{variant}",
+                        concurrency=1)
     try:
         before: dict[str, float] = {}
         for size, stream in cases:
@@ -352,6 +354,8 @@ def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: 
             per = {k: (v - before.get(k, 0)) / n for k, v in now.items() if v - before.get(k, 0) > 0}
             out["per_request"][f"{size}{' stream' if stream else ''}"] = per
             before = now
+        if variant != "filter":
+            return out
         harness.raw_request(env.port, "POST", PATH, request_body("1k"), {"content-type": "application/json",
                                                                           "x-llmcap-time-calls": "1"})
         for line in env.log.read_text().splitlines():
@@ -630,6 +634,11 @@ def main(argv=None) -> int:
         envs.clear()
         if not args.smoke:
             extra["host_calls"] = host_calls(tmp, upstream.port, cases)
+            # What the opt-in routing features add per request, deterministically.
+            for v in ("filter-lowlat", "filter-hedge"):
+                if v in ablation and extra["host_calls"]:
+                    per = host_calls(tmp, upstream.port, [("1k", False)], variant=v)["per_request"]["1k"]
+                    extra["host_calls"]["per_request"][f"1k, {v}"] = per
         meta = machine()
         if peers:
             import peers as peer_mod
