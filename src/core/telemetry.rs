@@ -91,6 +91,10 @@ pub const STRATEGY_CHOICES_TOTAL: &str = "llmcap_strategy_choices_total";
 pub const RETRIES_DENIED_TOTAL: &str = "llmcap_retries_denied_total";
 /// Retries counted against their route's retry budget, by `route`.
 pub const BUDGETED_RETRIES_TOTAL: &str = "llmcap_budgeted_retries_total";
+/// Hedges, by `route` and `result`: `sent` (a second attempt while the first
+/// waited), `won` (the hedge's answer was the client's), `cancelled` (the
+/// first attempt answered first, the hedge was reset).
+pub const HEDGES_TOTAL: &str = "llmcap_hedges_total";
 /// The provider's last reported remaining quota per `cluster` and `limit`
 /// (requests, tokens).
 pub const PROVIDER_REMAINING: &str = "llmcap_provider_remaining";
@@ -290,6 +294,12 @@ pub struct AccessLogState<'a> {
     /// `anthropic_to_openai` (the request's way; the answer came back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub translated: Option<&'a str>,
+    /// A hedge was sent for the request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedged: bool,
+    /// Of a hedged request, whose answer the client got: `first` or `hedge`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<&'static str>,
     /// Time spent waiting in the queue, milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,

@@ -64,8 +64,11 @@ HOSTCALLS_WASM = ROOT / "target" / "hostcalls" / "wasm32-wasip1" / "release" / "
 ROUTE = "openai-chat"
 PATH = "/v1/chat/completions"
 VARIANTS = ["passthrough", "wasm-floor", "filter", "filter-ds"]
-# The filter with one feature off each: where its cost goes (1 KB, not streamed).
-ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain", "filter-nohold"]
+# The filter with one feature off each: where its cost goes (1 KB, not streamed);
+# and with one opt-in routing feature on: lowest_latency, hedging armed on every
+# request but never firing (the mock answers long before after_ms).
+ABLATION = ["filter-nometrics", "filter-nostate", "filter-nolimits", "filter-nochain", "filter-nohold",
+            "filter-lowlat", "filter-hedge"]
 PEERS = ["litellm", "portkey"]
 SIZES = {"1k": 1024, "10k": 10 * 1024, "100k": 100 * 1024}
 LOAD_CONNS = 32
@@ -194,6 +197,11 @@ def proxy_config(variant: str, upstream_port: int, wasm: Path | None = None) -> 
     if variant == "filter-nohold":
         plugin["hold_headers"] = False
         plugin["queue_hold"] = "vm"  # the fault filter's delay needs held headers
+    if variant == "filter-lowlat":
+        plugin["routes"][ROUTE]["strategy"] = "lowest_latency"
+    if variant == "filter-hedge":
+        plugin["routes"][ROUTE]["hedge"] = {"after_ms": 60000, "max_share": 1.0, "cluster": "emulator-hedged"}
+        plugin["routes"][ROUTE]["retry_budget_percent"] = 100
     if variant == "filter-nochain":
         plugin["routes"][ROUTE]["clusters"] = ["emulator"]
         _plain_route(hcm)
@@ -319,12 +327,14 @@ def filter_checks(env: harness.Envoy, variant: str) -> list[str]:
 # host calls per request (the hostcall-count build)
 # ---------------------------------------------------------------------------
 
-def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: int = 200) -> dict:
-    """Host calls per request by kind, and per-call costs, from the counting build."""
+def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: int = 200,
+               variant: str = "filter") -> dict:
+    """Host calls per request by kind, and (for `filter`) per-call costs, from the counting build."""
     if not HOSTCALLS_WASM.exists():
         return {}
     out: dict = {"per_request": {}, "call_ns": {}}
-    env = harness.Envoy(tmp, proxy_config("filter", upstream_port, HOSTCALLS_WASM), name="hostcalls", concurrency=1)
+    env = harness.Envoy(tmp, proxy_config(variant, upstream_port, HOSTCALLS_WASM), name=f"hostcalls-{variant}",
+                        concurrency=1)
     try:
         before: dict[str, float] = {}
         for size, stream in cases:
@@ -344,6 +354,8 @@ def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: 
             per = {k: (v - before.get(k, 0)) / n for k, v in now.items() if v - before.get(k, 0) > 0}
             out["per_request"][f"{size}{' stream' if stream else ''}"] = per
             before = now
+        if variant != "filter":
+            return out
         harness.raw_request(env.port, "POST", PATH, request_body("1k"), {"content-type": "application/json",
                                                                           "x-llmcap-time-calls": "1"})
         for line in env.log.read_text().splitlines():
@@ -432,7 +444,7 @@ def report(res: dict, meta: dict, extra: dict, args) -> str:
     L.append("")
     for case, rs in res.items():
         title = (f"## {case.replace(' stream', '')} body, streamed (SSE, 26 events)" if "stream" in case else
-                 "## Where the filter's cost goes: one feature off at a time (1 KB body)" if "ablation" in case else
+                 "## Where the filter's cost goes: one feature off at a time, and the opt-in routing features on (1 KB body)" if "ablation" in case else
                  f"## {case} body")
         L += [title, "",
               "| target | req/s (32 conns) | vs passthrough | CPU µs/req | CPU vs passthrough | p50 one conn | added p50 | p99 one conn | added p99 | p50 at 32 | p99 at 32 | errors |",
@@ -622,6 +634,11 @@ def main(argv=None) -> int:
         envs.clear()
         if not args.smoke:
             extra["host_calls"] = host_calls(tmp, upstream.port, cases)
+            # What the opt-in routing features add per request, deterministically.
+            for v in ("filter-lowlat", "filter-hedge"):
+                if v in ablation and extra["host_calls"]:
+                    per = host_calls(tmp, upstream.port, [("1k", False)], variant=v)["per_request"]["1k"]
+                    extra["host_calls"]["per_request"][f"1k, {v}"] = per
         meta = machine()
         if peers:
             import peers as peer_mod

@@ -171,7 +171,7 @@ def localize(cfg: dict, upstream_port: int, ports: dict[str, int] | None = None)
     for lst in cfg["static_resources"]["listeners"]:
         lst["address"]["socket_address"]["port_value"] = 0
     for cl in cfg["static_resources"]["clusters"]:
-        for ep in cl["load_assignment"]["endpoints"]:
+        for ep in cl.get("load_assignment", {}).get("endpoints", []):
             for lb in ep["lb_endpoints"]:
                 lb["endpoint"]["address"]["socket_address"]["port_value"] = (ports or {}).get(cl["name"], upstream_port)
     for f in (wasm_filter(cfg), upstream_wasm_filter(cfg)):

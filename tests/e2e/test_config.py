@@ -70,7 +70,7 @@ BAD = [
     (
         lambda c: c["routes"]["openai-chat"].update({"max_request_byte": 5}),
         "llm-capacity: invalid config at routes.openai-chat.max_request_byte: unknown field; "
-        "expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits",
+        "expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, hedge, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits",
     ),
     (
         lambda c: c["routes"]["openai-chat"].update({"global": {"cluster": "ratelimit", "lease": {"tokens": -5}}}),

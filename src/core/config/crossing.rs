@@ -87,12 +87,45 @@ pub(super) fn check_chain(
 }
 
 /// A chain across providers is translated by the upstream instance, per
-/// attempt, from a body read before anything leaves: it needs both.
+/// attempt, from a body read before anything leaves: it needs both. So does
+/// hedging: its headers are set once the body is read, and only the upstream
+/// instance sees which attempt is a hedge.
 pub(super) fn check_hosting(
     routes: &BTreeMap<String, Rc<RoutePolicy>>,
     upstream_filter: bool,
     hold_headers: bool,
 ) -> Result<(), ConfigError> {
+    if let Some(name) = routes
+        .iter()
+        .find(|(_, r)| r.routing.hedge.is_some())
+        .map(|(n, _)| n)
+    {
+        let path = format!("routes.{name}.hedge");
+        if !upstream_filter {
+            return Err(err(
+                &path,
+                "hedging needs upstream_filter: true (the upstream instance tells a hedge from a retry)".to_string(),
+            ));
+        }
+        if !hold_headers {
+            return Err(err(
+                &path,
+                "hedging needs hold_headers: true (the hedge's headers are set after the body is read)".to_string(),
+            ));
+        }
+    }
+    for (name, r) in routes {
+        let Some(hg) = &r.routing.hedge else { continue };
+        if r.clusters.iter().any(|t| t.cluster.name == hg.cluster) {
+            return Err(err(
+                &format!("routes.{name}.hedge.cluster"),
+                format!(
+                    "must name the composite cluster over the chain, not a cluster of it, got {}",
+                    hg.cluster
+                ),
+            ));
+        }
+    }
     let Some(name) = routes
         .iter()
         .find(|(_, r)| crosses_providers(&r.clusters))

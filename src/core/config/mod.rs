@@ -43,7 +43,7 @@ pub mod global;
 mod policy;
 mod read;
 mod routing;
-pub use routing::{Routing, Strategy};
+pub use routing::{Hedge, Routing, Strategy};
 #[cfg(test)]
 mod tests;
 mod upstream;

@@ -46,6 +46,29 @@ pub struct Routing {
     /// `retry_budget_percent` was given: the budget also holds on a route
     /// with a single cluster (a chain of two or more always has it).
     pub retry_budget_explicit: bool,
+    /// Hedging: a second attempt when the first has no response headers in time.
+    pub hedge: Option<Hedge>,
+}
+
+/// A route's hedging: when an attempt has no response headers after
+/// `after_ms`, the router sends the next attempt of the plan while the first
+/// keeps running; the first answer wins and the other is reset.
+///
+/// In Envoy 1.40 a hedged request's attempts all go to the cluster its first
+/// attempt went to (the router does not re-run the cluster specifier while
+/// hedging), so the first attempt goes to `cluster`: an Envoy composite
+/// cluster (`envoy.clusters.composite`) listing the route's chain in order,
+/// which sends attempt n to its n-th cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hedge {
+    /// The attempt's wait for response headers before the hedge is sent, in ms
+    /// (the router's per-try timeout, soft: the attempt is not reset).
+    pub after_ms: u64,
+    /// Share of the route's requests that may be hedged over a sliding minute,
+    /// counted across workers (armed hedges that never fired are given back).
+    pub max_share: f64,
+    /// The Envoy composite cluster over the route's chain (see above).
+    pub cluster: String,
 }
 
 impl Routing {
@@ -62,6 +85,7 @@ impl Default for Routing {
             retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
             retry_budget_window_ms: DEFAULT_RETRY_BUDGET_WINDOW_MS,
             retry_budget_explicit: false,
+            hedge: None,
         }
     }
 }
@@ -73,9 +97,14 @@ pub const DEFAULT_EXPLORATION: f64 = 0.05;
 pub const DEFAULT_LATENCY_TOLERANCE: f64 = 0.2;
 /// Largest `weight` of a chain entry.
 pub const MAX_WEIGHT: u64 = 10_000;
+/// Default `hedge.max_share`: 5% of the route's requests.
+pub const DEFAULT_HEDGE_MAX_SHARE: f64 = 0.05;
+/// Largest `hedge.after_ms` (ten minutes: longer is the route's timeout's job).
+pub const MAX_HEDGE_AFTER_MS: u64 = 600_000;
 
 /// The route-level fields read here.
 pub(super) const ROUTE_FIELDS: &[&str] = &[
+    "hedge",
     "lowest_latency",
     "retry_budget_percent",
     "retry_budget_window_seconds",
@@ -162,7 +191,58 @@ pub(super) fn routing(
     if let Some((v, p)) = r.take("retry_budget_window_seconds") {
         out.retry_budget_window_ms = seconds(v, &p, 1.0, 3600.0)?;
     }
+    if let Some((v, p)) = r.take("hedge") {
+        out.hedge = Some(hedge(v, &p, weights.len())?);
+    }
     Ok(out)
+}
+
+/// A route's `hedge`: `after_ms` (required) and `max_share`.
+fn hedge(v: &Value, path: &str, chain: usize) -> Result<Hedge, ConfigError> {
+    let mut o = Obj::new(v, path)?;
+    let after_ms = match o.take("after_ms") {
+        Some((v, p)) => {
+            let n = uint(v, &p, "a whole number of milliseconds")?;
+            if n == 0 || n > MAX_HEDGE_AFTER_MS {
+                return Err(err(
+                    &p,
+                    format!("must be between 1 and {MAX_HEDGE_AFTER_MS}, got {n}"),
+                ));
+            }
+            n
+        }
+        None => return Err(err(path, "needs after_ms".to_string())),
+    };
+    let max_share = match o.take("max_share") {
+        Some((v, p)) => match number(v) {
+            Some(f) if f > 0.0 && f <= 1.0 => f,
+            _ => return Err(type_err(&p, "a number above 0, at most 1", v)),
+        },
+        None => DEFAULT_HEDGE_MAX_SHARE,
+    };
+    let cluster = match o.take("cluster") {
+        Some((Value::String(c), _)) if !c.is_empty() => c.clone(),
+        Some((v, p)) => return Err(type_err(&p, "a cluster name", v)),
+        None => {
+            return Err(err(
+                path,
+                "needs cluster (the Envoy composite cluster over the route's chain)".to_string(),
+            ))
+        }
+    };
+    o.finish(&["after_ms", "cluster", "max_share"])?;
+    if chain < 2 {
+        return Err(err(
+            path,
+            "hedging needs a chain of at least 2 clusters (the hedge goes to the next one)"
+                .to_string(),
+        ));
+    }
+    Ok(Hedge {
+        after_ms,
+        max_share,
+        cluster,
+    })
 }
 
 /// A chain entry's `weight`: a whole number from 0 to [`MAX_WEIGHT`].

@@ -329,7 +329,7 @@ fn failover_errors_name_their_path() {
 fn misspelled_field_names_its_path() {
     assert_eq!(
         msg(json!({"routes": {"chat": {"max_request_byte": 5}}})),
-        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits"
+        "invalid config at routes.chat.max_request_byte: unknown field; expected one of: api, cache, calibrate, clusters, default_max_tokens, encoding, enforce_max_tokens, global, hedge, include_usage, input_margin, invalid_body, limits, lowest_latency, max_messages, max_request_bytes, max_request_cost_usd, priority, queue, rate_limit_headers, retry_budget_percent, retry_budget_window_seconds, retry_min_remaining_seconds, session_budget, slo, strategy, tenant_budget, tenant_limits"
     );
     assert_eq!(
         msg(json!({"route": {}})),
@@ -872,5 +872,65 @@ fn cache_compiles_with_defaults_and_names_its_errors() {
         (json!(5), "invalid config at routes.r.cache: expected a map, got 5"),
     ] {
         assert_eq!(msg(json!({"routes": {"r": {"cache": cache}}})), m);
+    }
+}
+
+#[test]
+fn hedge_compiles_and_names_its_errors() {
+    let cfg = |hedge: Value, chain: Value, upstream_filter: bool| {
+        json!({
+            "upstream_filter": upstream_filter,
+            "clusters": {"a": {"provider": "openai"}, "b": {"provider": "openai"}},
+            "routes": {"r": {"clusters": chain, "hedge": hedge}}
+        })
+    };
+    let ab = json!(["a", "b"]);
+    let c = compile(&cfg(
+        json!({"after_ms": 300, "cluster": "ab"}),
+        ab.clone(),
+        true,
+    ))
+    .unwrap();
+    let hg = c.route("r").unwrap().routing.hedge.clone().unwrap();
+    assert_eq!(
+        (hg.after_ms, hg.max_share, hg.cluster.as_str()),
+        (300, 0.05, "ab")
+    );
+    let cases = [
+        (
+            cfg(json!({"cluster": "ab"}), ab.clone(), true),
+            "invalid config at routes.r.hedge: needs after_ms",
+        ),
+        (
+            cfg(json!({"after_ms": 0, "cluster": "ab"}), ab.clone(), true),
+            "invalid config at routes.r.hedge.after_ms: must be between 1 and 600000, got 0",
+        ),
+        (
+            cfg(json!({"after_ms": 300}), ab.clone(), true),
+            "invalid config at routes.r.hedge: needs cluster (the Envoy composite cluster over the route's chain)",
+        ),
+        (
+            cfg(json!({"after_ms": 300, "cluster": "ab", "max_share": 0}), ab.clone(), true),
+            "invalid config at routes.r.hedge.max_share: expected a number above 0, at most 1, got 0",
+        ),
+        (
+            cfg(json!({"after_ms": 300, "cluster": "ab", "share": 0.1}), ab.clone(), true),
+            "invalid config at routes.r.hedge.share: unknown field; expected one of: after_ms, cluster, max_share",
+        ),
+        (
+            cfg(json!({"after_ms": 300, "cluster": "ab"}), json!(["a"]), true),
+            "invalid config at routes.r.hedge: hedging needs a chain of at least 2 clusters (the hedge goes to the next one)",
+        ),
+        (
+            cfg(json!({"after_ms": 300, "cluster": "b"}), ab.clone(), true),
+            "invalid config at routes.r.hedge.cluster: must name the composite cluster over the chain, not a cluster of it, got b",
+        ),
+        (
+            cfg(json!({"after_ms": 300, "cluster": "ab"}), ab.clone(), false),
+            "invalid config at routes.r.hedge: hedging needs upstream_filter: true (the upstream instance tells a hedge from a retry)",
+        ),
+    ];
+    for (v, want) in cases {
+        assert_eq!(msg(v), want);
     }
 }

@@ -11,11 +11,13 @@
 
 use super::health::{self, Observation};
 use super::plan::{carry_model_in_path, set_request_body};
+#[cfg(doc)]
+use super::worker::Answering;
 use super::worker::{Unanswered, Worker};
 use super::xlate::{self, AttemptXlate};
 use crate::core::config::{Config, RoutePolicy};
 use crate::core::host::{Buffer, Flow, Host, Map};
-use crate::core::telemetry::BUDGETED_RETRIES_TOTAL;
+use crate::core::telemetry::{BUDGETED_RETRIES_TOTAL, HEDGES_TOTAL};
 use crate::core::tokens::request::Api;
 use crate::core::upstream::circuit;
 use crate::core::upstream::failover::{self, Class, PLAN_PROPERTY, RETRY_AFTER_HEADER};
@@ -36,9 +38,19 @@ const UNANSWERED_TTL_MS: u64 = 60_000;
 const ENDED_STREAMS: usize = 256;
 
 /// An unanswered attempt whose stream's fate is known: a reset if the client
-/// was answered, else nothing (its probe claim given back).
-fn settle_one(config: &Config, h: &mut dyn Host, a: &Unanswered, client_answered: bool, now: u64) {
-    if client_answered {
+/// was answered, else nothing (its probe claim given back). An attempt that
+/// ended after the answer the client got (`winner`) was cancelled by the
+/// router, a hedge's loser: that says nothing about its cluster either.
+fn settle_one(
+    config: &Config,
+    h: &mut dyn Host,
+    a: &Unanswered,
+    client_answered: bool,
+    winner: Option<u64>,
+    now: u64,
+) {
+    let cancelled = winner.is_some_and(|w| a.ended_seq > w);
+    if client_answered && !cancelled {
         record_reset(config, h, a, now);
     } else if a.probe {
         if let Some(c) = config.clusters.get(&a.cluster) {
@@ -66,14 +78,16 @@ fn record_reset(config: &Config, h: &mut dyn Host, a: &Unanswered, now: u64) {
 
 /// Called when downstream stream `stream` ends: its attempts that got no answer
 /// count as resets if the client was answered, and are dropped (their probe
-/// claims released) if the client had gone: a cancelled call says nothing
-/// about the provider.
+/// claims released) if the client had gone, or if they ended after the
+/// answering attempt's answer (`winner`, see [`Answering::winner_seq`]): a
+/// cancelled call says nothing about the provider.
 pub fn settle_unanswered(
     config: &Config,
     worker: &Worker,
     h: &mut dyn Host,
     stream: u32,
     client_answered: bool,
+    winner: Option<u64>,
 ) {
     let waiting = {
         let mut l = worker.attempts.borrow_mut();
@@ -81,7 +95,7 @@ pub fn settle_unanswered(
         if l.ended.len() >= ENDED_STREAMS {
             l.ended.pop_front();
         }
-        l.ended.push_back((stream, client_answered));
+        l.ended.push_back((stream, client_answered, winner));
         !l.unanswered.is_empty()
     };
     if !waiting {
@@ -99,7 +113,8 @@ pub fn settle_unanswered(
     };
     for a in mine {
         let answered = client_answered && a.stream == stream;
-        settle_one(config, h, &a, answered, now);
+        let w = winner.filter(|_| a.stream == stream);
+        settle_one(config, h, &a, answered, w, now);
     }
 }
 
@@ -151,6 +166,8 @@ pub struct UpstreamAttempt {
     asked_model: Option<String>,
     /// Going to a cluster of another API than the client's: the translation.
     xlate: Option<Box<AttemptXlate>>,
+    /// This attempt's id in the VM's ledger, once sent.
+    id: Option<u64>,
 }
 
 impl UpstreamAttempt {
@@ -172,6 +189,7 @@ impl UpstreamAttempt {
             served_model: None,
             asked_model: None,
             xlate: None,
+            id: None,
         }
     }
 
@@ -257,6 +275,11 @@ impl UpstreamAttempt {
         let timed_out = self
             .timeout_ms
             .is_some_and(|t| t > 0 && latency_ms.saturating_add(TIMEOUT_SLACK_MS) >= t);
+        let ended_seq = self
+            .worker
+            .attempts
+            .borrow_mut()
+            .attempt_ended(self.stream, self.id);
         let a = Unanswered {
             stream: self.stream.unwrap_or(0),
             at_ms: now,
@@ -264,13 +287,14 @@ impl UpstreamAttempt {
             probe: self.probe,
             latency_ms,
             timed_out,
+            ended_seq,
         };
         let ended = self
             .stream
             .and_then(|s| self.worker.attempts.borrow().stream_ended(s));
-        if let Some(answered) = ended {
+        if let Some((answered, winner)) = ended {
             // The downstream stream ended first: its verdict is known.
-            settle_one(&self.config, h, &a, answered, now);
+            settle_one(&self.config, h, &a, answered, winner, now);
             return;
         }
         let deferred = self.stream.is_some() && {
@@ -305,19 +329,40 @@ impl UpstreamAttempt {
         self.cluster = h
             .property_text(&["xds", "cluster_name"])
             .unwrap_or_default();
+        let attempt = |h: &dyn Host| {
+            h.header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+        };
+        // A hedged request's attempts all go to the route's composite cluster,
+        // which sends attempt n to the chain's n-th cluster: this attempt is
+        // that cluster's.
+        if route
+            .routing
+            .hedge
+            .as_ref()
+            .is_some_and(|hg| hg.cluster == self.cluster)
+        {
+            let n = attempt(&*h);
+            if let Some(t) = route.clusters.get(n.saturating_sub(1)) {
+                self.cluster = t.cluster.name.clone();
+            }
+        }
         self.stream = plan.stream;
         self.streamed = plan.streamed;
         // Only a planned probe needs to know which attempt this is.
-        self.probe = plan.probe_cluster == Some(self.cluster.as_str())
-            && h.header(Map::RequestHeaders, "x-envoy-attempt-count")
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(1)
-                <= 1;
+        self.probe = plan.probe_cluster == Some(self.cluster.as_str()) && attempt(&*h) <= 1;
         self.started_ms = h.now_ms();
         self.retry_by_ms = plan.retry_by_ms;
         let retry = plan
             .stream
             .is_some_and(|s| self.worker.attempts.borrow().is_retry(s));
+        // Sent while an earlier attempt still waits: the router's hedge (its
+        // per-try timeout fired with `x-envoy-hedge-on-per-try-timeout`).
+        let hedge = retry
+            && plan
+                .stream
+                .is_some_and(|s| self.worker.attempts.borrow().is_hedge(s));
         if retry {
             if let Some(flow) = plan
                 .stream
@@ -328,8 +373,18 @@ impl UpstreamAttempt {
             if let Some(flow) = self.gate_retry(h, &route, self.started_ms) {
                 return flow;
             }
+            // A hedge the gate answered is dropped by the router while the
+            // first attempt waits (a retriable status with no retry left):
+            // the first one's answer is still the client's.
+            if hedge && self.config.telemetry.metrics {
+                h.count(
+                    &[("route", &route.name), ("result", "sent")],
+                    HEDGES_TOTAL,
+                    1,
+                );
+            }
             // Sent: it counts against the route's retry budget, now, so the
-            // requests planned from here on see it.
+            // requests planned from here on see it (hedges included).
             if route.routing.budgeted(route.clusters.len()) {
                 let now = self.started_ms;
                 routing::spend(&*h, &route.name, &route.routing, Spend::Retries(1), now);
@@ -344,10 +399,12 @@ impl UpstreamAttempt {
             .header(Map::RequestHeaders, EXPECTED_TIMEOUT_HEADER)
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(stream) = self.stream {
-            self.worker
-                .attempts
-                .borrow_mut()
-                .attempt_sent(stream, self.started_ms, &self.cluster);
+            self.id = Some(self.worker.attempts.borrow_mut().attempt_sent(
+                stream,
+                self.started_ms,
+                &self.cluster,
+                hedge,
+            ));
         }
         let change =
             failover::model_change(&route, &self.cluster, plan.body_model).map(str::to_string);
@@ -437,13 +494,13 @@ impl UpstreamAttempt {
         // downstream instance, which sees that token, feeds the circuit.
         let pending = (class == Class::Ok && self.streamed).then_some(self.probe);
         let mut ttft_later = false;
-        if let Some(stream) = self.stream {
+        if let (Some(stream), Some(id)) = (self.stream, self.id) {
             // The downstream timings take this reading instead of their own.
             ttft_later = self
                 .worker
                 .attempts
                 .borrow_mut()
-                .attempt_answered(stream, now, pending)
+                .attempt_answered(stream, id, now, pending)
                 && pending.is_some();
         }
         // A success says nothing new unless the circuit follows the provider's

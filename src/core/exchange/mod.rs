@@ -42,7 +42,7 @@ use crate::core::limits::ratelimit;
 use crate::core::reply::LocalReply;
 use crate::core::telemetry::{
     operation_name, provider_name, AccessLogState, RequestOutcome, BUDGET_EVICTIONS_TOTAL,
-    BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, IN_FLIGHT,
+    BUDGET_EXCEEDED_TOTAL, ESTIMATE_ERROR_PERCENT, FAILOVERS_TOTAL, HEDGES_TOTAL, IN_FLIGHT,
     LIMITER_ERRORS_TOTAL, QUEUED_TOTAL, QUEUE_WAIT_MS, RATE_LIMITED_TOTAL, RECONCILIATIONS_TOTAL,
     REQUESTS_TOTAL, SHADOW_LIMITED_TOTAL, SPEND_MICRODOLLARS_TOTAL, TENANT_EVICTIONS_TOTAL,
     TOKENS_TOTAL, WASM_MEMORY_BYTES,
@@ -56,6 +56,7 @@ use crate::core::truncate;
 use crate::core::upstream::circuit;
 use crate::core::upstream::failover::{self, Class, Plan, RETRY_AFTER_HEADER};
 use crate::core::upstream::provider_headers;
+use crate::core::upstream::routing;
 use admit::{AdmitResult, LimitCharge, Refusal, Ticket, Waiter};
 use decision::{Next, RequestHead};
 pub use plan::attempt_count;
@@ -173,6 +174,10 @@ struct Report {
     failover: bool,
     /// The route's retry budget was spent: the router was told no retries.
     retries_capped: bool,
+    /// The router was told to hedge this request (its share taken).
+    hedge_armed: bool,
+    /// A hedge was sent, and whether its answer was the client's.
+    hedge: Option<bool>,
 }
 
 /// One request's life. See the module documentation for its phases.
@@ -215,6 +220,8 @@ impl Exchange {
                 context_window: None,
                 failover: false,
                 retries_capped: false,
+                hedge_armed: false,
+                hedge: None,
             },
             xlate: xlate::Xlate::default(),
             cache: cached::CacheState::default(),
@@ -328,7 +335,7 @@ impl Exchange {
 
     /// The fault filter's headers are ours to set: a client's could delay, abort
     /// or (with a percentage) skip a hold. The attempt count steers the route's
-    /// cluster matcher: only Envoy may set it.
+    /// cluster matcher: only Envoy may set it. So do the router's hedge headers.
     fn strip_forged(&self, h: &mut dyn Host, headers: Option<&HeaderList>) {
         match headers {
             Some(l) => {
@@ -354,10 +361,18 @@ impl Exchange {
             None => {}
         }
         if let Some(policy) = &self.head.policy {
-            let sent_attempt_count =
-                headers.is_none_or(|l| l.get("x-envoy-attempt-count").is_some());
-            if !policy.clusters.is_empty() && sent_attempt_count {
+            let sent = |name: &str| headers.is_none_or(|l| l.get(name).is_some());
+            if !policy.clusters.is_empty() && sent("x-envoy-attempt-count") {
                 let _ = h.remove_header(Map::RequestHeaders, "x-envoy-attempt-count");
+            }
+            // Only the filter hedges a chain's requests, within the route's
+            // share: a client's hedge (or per-try timeout, on a hedging route)
+            // would send extra attempts past it.
+            if policy.clusters.len() >= 2 && sent(plan::HEDGE_HEADER) {
+                let _ = h.remove_header(Map::RequestHeaders, plan::HEDGE_HEADER);
+            }
+            if policy.routing.hedge.is_some() && sent(plan::PER_TRY_TIMEOUT_HEADER) {
+                let _ = h.remove_header(Map::RequestHeaders, plan::PER_TRY_TIMEOUT_HEADER);
             }
         }
     }
@@ -678,7 +693,16 @@ impl Exchange {
         // the router's own 503 included); a client that left cancelled them.
         if self.config.upstream_filter && self.plan.is_some() {
             let answered = self.response.progress != Progress::None;
-            attempt::settle_unanswered(&self.config, &self.worker, h, self.context_id, answered);
+            let winner = self.response.timing.winner_seq;
+            self.settle_hedge(h);
+            attempt::settle_unanswered(
+                &self.config,
+                &self.worker,
+                h,
+                self.context_id,
+                answered,
+                winner,
+            );
         }
         // Once, at the end. Nothing for requests that never reached a decision
         // (the client left mid-body, or Envoy refused them before the filter).
@@ -773,6 +797,10 @@ impl Exchange {
         }
         state.served_by = self.response.served.as_ref().map(|(c, _)| c.as_str());
         state.translated = self.xlate.translated;
+        if let Some(won) = self.report.hedge {
+            state.hedged = true;
+            state.winner = Some(if won { "hedge" } else { "first" });
+        }
         if let (Some(plan), Some(policy)) = (&self.plan, &self.head.policy) {
             if let Some(t) = plan.slots.first().and_then(|&i| policy.clusters.get(i)) {
                 state.cluster = Some(&t.cluster.name);
@@ -789,6 +817,40 @@ impl Exchange {
         }
         if let Err(s) = h.set_property(&[FILTER_STATE_KEY], &state.to_json()) {
             log::debug!("llm-capacity: cannot set filter state (host status {s})");
+        }
+    }
+
+    // ---------------------------------------------------------------- hedges
+
+    /// Input tokens a hedge's losing attempt consumed: the answer's own input
+    /// (the same prompt), once the answer is settled; 0 without a hedge.
+    fn hedge_loser_input(&self) -> u64 {
+        match (&self.response.settled, self.report.hedge) {
+            (Some(s), Some(_)) => s.input,
+            _ => 0,
+        }
+    }
+
+    /// At the log: an armed hedge that never fired gives its share back; one
+    /// that fired is counted `won` or `cancelled` (once the answer named it).
+    fn settle_hedge(&mut self, h: &mut dyn Host) {
+        if !self.report.hedge_armed {
+            return;
+        }
+        let fired =
+            self.report.hedge.is_some() || self.worker.attempts.borrow().hedged(self.context_id);
+        if !fired {
+            let now = h.now_ms();
+            routing::hedge_refund(&*h, &self.head.route, now);
+            return;
+        }
+        if let Some(won) = self.report.hedge {
+            let result = if won { "won" } else { "cancelled" };
+            self.count(
+                h,
+                &[("route", &self.head.route), ("result", result)],
+                HEDGES_TOTAL,
+            );
         }
     }
 
@@ -820,10 +882,12 @@ impl Exchange {
         if self.held.charges.is_empty() {
             return; // nothing charged, or settled already: no clock read
         }
+        // A hedge's loser consumed its input too (the same prompt).
+        let loser = self.hedge_loser_input();
         let actual = match &self.response.settled {
             Some(s) => Cost {
-                tokens: s.total(),
-                input_tokens: s.input,
+                tokens: s.total().saturating_add(loser),
+                input_tokens: s.input.saturating_add(loser),
                 output_tokens: s.output,
             },
             None => Cost::default(),
@@ -898,10 +962,17 @@ impl Exchange {
         if let Some((_, Some(m))) = &self.response.served {
             self.held.budgets.price_as(&self.config, m);
         }
-        let spend = self
-            .held
-            .budgets
-            .settle(&*h, &*h, (s.input, s.output, s.cached_input), false);
+        let loser = if self.report.hedge.is_some() {
+            s.input
+        } else {
+            0
+        };
+        let spend = self.held.budgets.settle(
+            &*h,
+            &*h,
+            (s.input.saturating_add(loser), s.output, s.cached_input),
+            false,
+        );
         if self.held.budgets.priced() && self.config.telemetry.metrics {
             h.count(
                 &[("route", &self.head.route)],

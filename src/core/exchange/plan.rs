@@ -7,6 +7,12 @@ use crate::core::config::{Strategy, Target};
 use crate::core::telemetry::STRATEGY_CHOICES_TOTAL;
 use crate::core::upstream::routing::{self, Spend};
 
+/// The router's per-try timeout for this request, in ms.
+pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+/// Tells the router a per-try timeout sends the next attempt without
+/// resetting the first (its hedge policy, per request).
+pub const HEDGE_HEADER: &str = "x-envoy-hedge-on-per-try-timeout";
+
 impl Exchange {
     /// Plans the attempts over the route's cluster chain. `Err` is the local
     /// answer when no cluster can take the request now.
@@ -87,7 +93,63 @@ impl Exchange {
             self.plan = Some(plan);
             return Ok(());
         }
-        if chain > 1 {
+        let remaining = self
+            .head
+            .client_timeout_ms
+            .map(|t| t.saturating_sub(now.saturating_sub(self.head.started_ms)));
+        let mut retries = failover::max_retries(
+            &plan,
+            chain,
+            remaining,
+            policy.policy.retry_min_remaining_ms,
+        );
+        // Retries (and hedges) stay within the route's share of its requests,
+        // counted across workers; Envoy's own retry_budget stays the outer guard.
+        if policy.routing.budgeted(chain)
+            && !routing::spend(&*h, &policy.name, &policy.routing, Spend::Request, now)
+            && retries != Some(0)
+        {
+            retries = Some(0);
+            self.report.retries_capped = true;
+        }
+        // Hedging: the router's per-try timeout, soft (the attempt is not
+        // reset), sends the next attempt while the first keeps running. In
+        // Envoy 1.40 a hedged request's attempts all go to its first attempt's
+        // cluster, so that is the route's composite cluster, which sends
+        // attempt n to the chain's n-th cluster: only when the plan starts
+        // with the chain in order (at least two healthy clusters) and a retry
+        // is left, within the route's share (taken now, given back at the end
+        // if the hedge never fired). Its retries stay within that prefix.
+        let in_order = plan
+            .slots
+            .iter()
+            .enumerate()
+            .take_while(|(n, &i)| *n == i)
+            .count();
+        let mut hedged = None;
+        if let Some(hg) = &policy.routing.hedge {
+            let room = retries.is_some_and(|n| n >= 1) && in_order >= 2 && !plan.probe;
+            if room && routing::hedge_arm(&*h, &policy.name, hg.max_share, now) {
+                let _ = h.set_header(
+                    Map::RequestHeaders,
+                    PER_TRY_TIMEOUT_HEADER,
+                    &hg.after_ms.to_string(),
+                );
+                let _ = h.set_header(Map::RequestHeaders, HEDGE_HEADER, "true");
+                self.report.hedge_armed = true;
+                retries = retries.map(|n| n.min(in_order - 1));
+                hedged = Some(hg.cluster.as_str());
+            }
+        }
+        if let Some(n) = retries {
+            let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
+        }
+        if let Some(composite) = hedged {
+            let _ = h.set_property(&[&failover::slot_property(1)], composite.as_bytes());
+            if let Err(s) = h.clear_route_cache() {
+                log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
+            }
+        } else if chain > 1 {
             // The route's matcher cluster specifier reads these, for the first
             // attempt (after clear_route_cache) and for each retry. When the
             // primary takes the first attempt, the route already points there
@@ -110,28 +172,6 @@ impl Exchange {
                     log::warn!("llm-capacity: clear_route_cache failed (host status {s})");
                 }
             }
-        }
-        let remaining = self
-            .head
-            .client_timeout_ms
-            .map(|t| t.saturating_sub(now.saturating_sub(self.head.started_ms)));
-        let mut retries = failover::max_retries(
-            &plan,
-            chain,
-            remaining,
-            policy.policy.retry_min_remaining_ms,
-        );
-        // Retries (and hedges) stay within the route's share of its requests,
-        // counted across workers; Envoy's own retry_budget stays the outer guard.
-        if policy.routing.budgeted(chain)
-            && !routing::spend(&*h, &policy.name, &policy.routing, Spend::Request, now)
-            && retries != Some(0)
-        {
-            retries = Some(0);
-            self.report.retries_capped = true;
-        }
-        if let Some(n) = retries {
-            let _ = h.set_header(Map::RequestHeaders, "x-envoy-max-retries", &n.to_string());
         }
         if let Some(&first) = plan.slots.first() {
             if plan.probe {

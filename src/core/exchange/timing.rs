@@ -37,6 +37,9 @@ pub struct Timing {
     /// The answering cluster's circuit waits for this answer's time to first
     /// token: `Some(probe)` until it is fed.
     pub ttft_pending: Option<bool>,
+    /// The answering attempt's answer in the VM's order of attempt events,
+    /// when an attempt's answer was the client's (see `worker::Answering`).
+    pub winner_seq: Option<u64>,
 }
 
 /// What [`Timing::measure`] makes of a complete answer.
@@ -138,11 +141,18 @@ impl Exchange {
         };
         let t = &mut self.response.timing;
         let mut headers_ms = None;
-        if let Some(a) = answering {
+        if let Some(ans) = answering {
+            let a = ans.attempt;
             t.sent_ms = Some(a.at_ms);
             t.cluster = Some(a.cluster);
             t.ttft_pending = a.ttft_pending;
+            t.winner_seq = ans.winner_seq;
             headers_ms = a.answered_ms;
+            if ans.hedged {
+                // The client's answer came from the hedge, or from the first
+                // attempt (the hedge reset, or its error dropped by the router).
+                self.report.hedge = Some(a.hedge && ans.winner_seq.is_some());
+            }
         }
         // The upstream instance read the clock for these headers already.
         t.headers_ms = Some(headers_ms.unwrap_or_else(|| h.now_ms()));

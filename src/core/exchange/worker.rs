@@ -210,6 +210,9 @@ pub struct Unanswered {
     pub latency_ms: u64,
     /// It ran out of the router's time for it (`timeout`, not `reset`).
     pub timed_out: bool,
+    /// Where its end falls in the VM's order of attempt events: after the
+    /// answer the client got means the router cancelled it (a hedge's loser).
+    pub ended_seq: u64,
 }
 
 /// Per VM: attempts waiting for their stream's end, streams recently ended,
@@ -217,15 +220,19 @@ pub struct Unanswered {
 #[derive(Default)]
 pub struct Ledger {
     pub(super) unanswered: Vec<Unanswered>,
-    /// (stream, whether its client was answered), oldest first.
-    pub(super) ended: VecDeque<(u32, bool)>,
+    /// (stream, whether its client was answered, the answering attempt's
+    /// answer in the event order), oldest first.
+    pub(super) ended: VecDeque<(u32, bool, Option<u64>)>,
     /// Per cluster: when this VM last read a successful answer's quota headers.
     pub(super) quota_sampled: HashMap<String, u64>,
     /// Attempts sent, newest last, until the downstream reads the answering
     /// one or its stream ends: for the timings, and so a later attempt of the
-    /// same stream is known as a router retry (gated when it is sent); at most
-    /// [`SENT_ATTEMPTS`].
+    /// same stream is known as a router retry (gated when it is sent) or a
+    /// hedge (sent while an earlier one still waits); at most [`SENT_ATTEMPTS`].
     pub(super) sent: VecDeque<SentAttempt>,
+    /// The VM's order of attempt events (sent, answered, ended): one thread,
+    /// so a counter orders them where the clock (ms) cannot.
+    seq: u64,
 }
 
 /// Attempts remembered per VM (the oldest is forgotten first).
@@ -242,12 +249,50 @@ pub struct SentAttempt {
     /// A streamed success whose circuit outcome waits for the downstream
     /// instance's time to first token: `Some(probe)`.
     pub ttft_pending: Option<bool>,
+    /// Its place in the VM's event order when sent: the attempt's id.
+    pub sent_seq: u64,
+    /// ... when its response headers came.
+    pub answered_seq: Option<u64>,
+    /// ... when it ended without them.
+    pub ended_seq: Option<u64>,
+    /// Sent while an earlier attempt of its stream still waited: a hedge.
+    pub hedge: bool,
+}
+
+/// What the downstream instance learns of its answer's attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answering {
+    /// The attempt whose answer the client got (else the last one sent).
+    pub attempt: SentAttempt,
+    /// That answer's place in the event order, when an attempt's answer was
+    /// the client's (`None`: the router answered itself, e.g. a timeout).
+    pub winner_seq: Option<u64>,
+    /// A hedge was sent for this request.
+    pub hedged: bool,
 }
 
 impl Ledger {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
     /// Whether `stream` already sent an attempt: then the next one is a retry.
     pub(super) fn is_retry(&self, stream: u32) -> bool {
         self.sent.iter().rev().any(|a| a.stream == stream)
+    }
+
+    /// Whether an earlier attempt of `stream` still waits for its answer: the
+    /// next one is then a hedge, not a retry of a failure.
+    pub(super) fn is_hedge(&self, stream: u32) -> bool {
+        self.sent
+            .iter()
+            .any(|a| a.stream == stream && a.answered_seq.is_none() && a.ended_seq.is_none())
+    }
+
+    /// Whether a hedge was sent for `stream` (while its attempts are remembered).
+    pub(super) fn hedged(&self, stream: u32) -> bool {
+        self.sent.iter().any(|a| a.stream == stream && a.hedge)
     }
 
     /// The stream ended: its attempts are over.
@@ -255,40 +300,63 @@ impl Ledger {
         self.sent.retain(|a| a.stream != stream);
     }
 
-    pub(super) fn stream_ended(&self, stream: u32) -> Option<bool> {
+    /// (whether the client was answered, the answering attempt's answer) of a
+    /// stream that ended, if remembered.
+    pub(super) fn stream_ended(&self, stream: u32) -> Option<(bool, Option<u64>)> {
         self.ended
             .iter()
             .rev()
-            .find(|(s, _)| *s == stream)
-            .map(|&(_, answered)| answered)
+            .find(|(s, _, _)| *s == stream)
+            .map(|&(_, answered, winner)| (answered, winner))
     }
 
-    /// Notes that an attempt of `stream` went to `cluster` at `at_ms`.
-    pub(super) fn attempt_sent(&mut self, stream: u32, at_ms: u64, cluster: &str) {
+    /// Notes that an attempt of `stream` went to `cluster` at `at_ms`; returns
+    /// its id.
+    pub(super) fn attempt_sent(
+        &mut self,
+        stream: u32,
+        at_ms: u64,
+        cluster: &str,
+        hedge: bool,
+    ) -> u64 {
         if self.sent.len() >= SENT_ATTEMPTS {
             self.sent.pop_front();
         }
+        let seq = self.next_seq();
         self.sent.push_back(SentAttempt {
             stream,
             at_ms,
             cluster: cluster.to_string(),
             answered_ms: None,
             ttft_pending: None,
+            sent_seq: seq,
+            answered_seq: None,
+            ended_seq: None,
+            hedge,
         });
+        seq
     }
 
-    /// The last attempt of `stream` got its response headers at `at_ms`;
+    /// Attempt `id` of `stream` got its response headers at `at_ms`;
     /// `ttft_pending`: see [`SentAttempt::ttft_pending`]. False if the attempt
     /// is no longer remembered.
     pub(super) fn attempt_answered(
         &mut self,
         stream: u32,
+        id: u64,
         at_ms: u64,
         ttft_pending: Option<bool>,
     ) -> bool {
-        match self.sent.iter_mut().rev().find(|a| a.stream == stream) {
+        let seq = self.next_seq();
+        match self
+            .sent
+            .iter_mut()
+            .rev()
+            .find(|a| a.stream == stream && a.sent_seq == id)
+        {
             Some(a) => {
                 a.answered_ms = Some(at_ms);
+                a.answered_seq = Some(seq);
                 a.ttft_pending = ttft_pending;
                 true
             }
@@ -296,13 +364,50 @@ impl Ledger {
         }
     }
 
-    /// The last attempt of `stream`: the one that answered. Forgets the
-    /// stream's attempts.
-    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<SentAttempt> {
-        let last = self.sent.iter().rposition(|a| a.stream == stream)?;
-        let a = self.sent.remove(last)?;
+    /// Attempt `id` of `stream` ended without response headers; returns the
+    /// end's place in the event order.
+    pub(super) fn attempt_ended(&mut self, stream: Option<u32>, id: Option<u64>) -> u64 {
+        let seq = self.next_seq();
+        if let (Some(stream), Some(id)) = (stream, id) {
+            if let Some(a) = self
+                .sent
+                .iter_mut()
+                .rev()
+                .find(|a| a.stream == stream && a.sent_seq == id)
+            {
+                a.ended_seq = Some(seq);
+            }
+        }
+        seq
+    }
+
+    /// The attempt that answered `stream`: the last one to get response
+    /// headers, if no attempt was sent after them (else the router went on,
+    /// and its own answer, or the last attempt's, is the client's). Forgets
+    /// the stream's attempts.
+    pub(super) fn answering_attempt(&mut self, stream: u32) -> Option<Answering> {
+        let mine = || self.sent.iter().filter(|a| a.stream == stream);
+        let hedged = mine().any(|a| a.hedge);
+        let last_sent = mine().map(|a| a.sent_seq).max()?;
+        let answered = mine()
+            .filter(|a| a.answered_seq.is_some())
+            .max_by_key(|a| a.answered_seq)
+            .filter(|a| a.answered_seq.is_some_and(|s| s > last_sent))
+            .cloned();
+        let out = match answered {
+            Some(a) => Answering {
+                winner_seq: a.answered_seq,
+                attempt: a,
+                hedged,
+            },
+            None => Answering {
+                attempt: mine().find(|a| a.sent_seq == last_sent)?.clone(),
+                winner_seq: None,
+                hedged,
+            },
+        };
         self.sent.retain(|a| a.stream != stream);
-        Some(a)
+        Some(out)
     }
 
     /// Attempts waiting for their stream's end.

@@ -35,6 +35,14 @@ pub fn budget_key(route: &str) -> String {
     format!("llmcap/rtb/{route}")
 }
 
+/// Shared-data key of a route's hedge share (one per configured route).
+pub fn hedge_key(route: &str) -> String {
+    format!("llmcap/hdg/{route}")
+}
+
+/// The window over which a route's hedges are held to `max_share`.
+pub const HEDGE_WINDOW_MS: u64 = 60_000;
+
 /// A cluster's decaying average of time to first token for one model: every
 /// sample weighs `2^(-age / half_life)`, so the average follows wall time, not
 /// the sample rate (a busy cluster's is smooth, a rarely measured one's still
@@ -393,6 +401,60 @@ pub fn spend(store: &dyn SharedStore, route: &str, r: &Routing, spend: Spend, no
     true
 }
 
+/// Counts a request in `route`'s hedge share and arms its hedge if one more
+/// fits in `max_share` of the requests over the sliding minute (this one
+/// included). An armed hedge counts at once, fired or not, so concurrent
+/// requests cannot overshoot; [`hedge_refund`] gives back one that never
+/// fired. Store errors refuse (no hedge): extra load is never the default.
+pub fn hedge_arm(store: &dyn SharedStore, route: &str, max_share: f64, now_ms: u64) -> bool {
+    let key = hedge_key(route);
+    for _ in 0..CAS_TRIES {
+        let (old, cas) = match store.get(&key) {
+            Ok(Some((b, cas))) => (Budget::decode(&b).unwrap_or_default(), cas),
+            Ok(None) => (Budget::default(), u32::MAX),
+            Err(_) => return false,
+        };
+        let mut b = old.at(now_ms, HEDGE_WINDOW_MS);
+        b.requests = b.requests.saturating_add(1);
+        let (req, armed) = b.sliding(now_ms, HEDGE_WINDOW_MS);
+        let arm = armed + 1.0 <= req * max_share;
+        if arm {
+            b.retries = b.retries.saturating_add(1);
+        }
+        match store.set(&key, &b.encode(), cas) {
+            Ok(()) => return arm,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Host(_)) => return false,
+        }
+    }
+    false
+}
+
+/// Gives back a hedge [`hedge_arm`] armed that never fired (the first attempt
+/// answered in time, or the request ended first).
+pub fn hedge_refund(store: &dyn SharedStore, route: &str, now_ms: u64) {
+    let key = hedge_key(route);
+    for _ in 0..CAS_TRIES {
+        let Ok(Some((v, cas))) = store.get(&key) else {
+            return;
+        };
+        let mut b = Budget::decode(&v)
+            .unwrap_or_default()
+            .at(now_ms, HEDGE_WINDOW_MS);
+        if b.retries > 0 {
+            b.retries -= 1;
+        } else if b.prev_retries > 0 {
+            b.prev_retries -= 1;
+        } else {
+            return;
+        }
+        match store.set(&key, &b.encode(), cas) {
+            Err(StoreError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,18 +741,25 @@ mod tests {
         assert_eq!(denied, 900);
     }
 
+    /// `n` requests at one instant, each wanting a retry and making it when
+    /// allowed: how many were made.
+    fn retries_made(percent: u32, n: usize) -> usize {
+        let s = MemStore::default();
+        let r = routing(percent);
+        (0..n)
+            .filter(|_| {
+                let ok = spend(&s, "q", &r, Spend::Request, 0);
+                if ok {
+                    spend(&s, "q", &r, Spend::Retries(1), 0);
+                }
+                ok
+            })
+            .count()
+    }
+
     #[test]
     fn a_quiet_route_keeps_a_floor_of_retries() {
-        let s = MemStore::default();
-        let r = routing(10);
-        let mut sent = 0;
-        for _ in 0..15 {
-            if spend(&s, "q", &r, Spend::Request, 0) {
-                spend(&s, "q", &r, Spend::Retries(1), 0);
-                sent += 1;
-            }
-        }
-        assert_eq!(sent, RETRY_BUDGET_FLOOR as usize);
+        assert_eq!(retries_made(10, 15), RETRY_BUDGET_FLOOR as usize);
     }
 
     #[test]
@@ -728,16 +797,7 @@ mod tests {
 
     #[test]
     fn a_zero_budget_denies_every_retry_past_the_floor() {
-        let s = MemStore::default();
-        let r = routing(0);
-        let mut sent = 0;
-        for _ in 0..100 {
-            if spend(&s, "z", &r, Spend::Request, 0) {
-                spend(&s, "z", &r, Spend::Retries(1), 0);
-                sent += 1;
-            }
-        }
-        assert_eq!(sent, RETRY_BUDGET_FLOOR as usize);
+        assert_eq!(retries_made(0, 100), RETRY_BUDGET_FLOOR as usize);
     }
 
     #[test]
@@ -749,5 +809,49 @@ mod tests {
             ..Routing::default()
         };
         assert!(e.budgeted(1) && !e.budgeted(0));
+    }
+
+    #[test]
+    fn hedges_stay_within_their_share_and_unfired_ones_come_back() {
+        let s = MemStore::default();
+        // 1,000 requests in one minute, 5%: the 20th request is the first to
+        // fit one (1 <= 20 x 0.05), 50 in all, every one armed at once.
+        let armed = (0..1000)
+            .filter(|i| hedge_arm(&s, "r", 0.05, *i as u64 * 50))
+            .count();
+        assert_eq!(armed, 50);
+        assert!(!hedge_arm(&s, "r", 0.05, 50_000));
+        // Ten that never fired come back: ten more requests may be hedged, and
+        // one for the 20 new requests (51 of 1,021).
+        for _ in 0..10 {
+            hedge_refund(&s, "r", 50_000);
+        }
+        let again = (0..20).filter(|_| hedge_arm(&s, "r", 0.05, 50_001)).count();
+        assert_eq!(again, 11);
+        // A minute later the old window still overlaps, two later it is gone.
+        assert!(!hedge_arm(&s, "r", 0.05, 60_000));
+        let fresh = (0..100)
+            .filter(|_| hedge_arm(&s, "r", 0.05, 180_000))
+            .count();
+        assert_eq!(fresh, 5);
+        // A refund with nothing armed changes nothing; one key per route.
+        let t = MemStore::default();
+        hedge_refund(&t, "q", 0);
+        assert_eq!(t.keys(), 0);
+        assert_eq!(s.keys(), 1);
+    }
+
+    #[test]
+    fn a_store_error_arms_no_hedge() {
+        struct Broken;
+        impl SharedStore for Broken {
+            fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+                Err(StoreError::Host(1))
+            }
+            fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {
+                Err(StoreError::Host(1))
+            }
+        }
+        assert!(!hedge_arm(&Broken, "r", 1.0, 0));
     }
 }

@@ -549,6 +549,10 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
     let started = Instant::now();
 
     let body = http::read_body(req).await;
+    // Counts the request as cancelled if this future is dropped before its
+    // answer is recorded: the proxy reset the attempt (a hedge's loser, a
+    // timeout) while it waited.
+    let mut gone = Cancelled(Some(app.clone()));
     let parsed: Option<Value> = match &body {
         Ok(b) if !b.is_empty() => serde_json::from_slice(b).ok(),
         _ => None,
@@ -677,7 +681,19 @@ pub async fn handle_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         headers: stats::header_map(&headers),
         received_ms,
     });
+    gone.0 = None;
     resp
+}
+
+/// See [`handle_api`]: bumps `cancelled_total` when dropped still armed.
+struct Cancelled(Option<Arc<App>>);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(app) = self.0.take() {
+            lock(&app.stats).cancelled_total += 1;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

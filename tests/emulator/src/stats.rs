@@ -39,6 +39,9 @@ pub struct Recent {
 #[derive(Debug, Default, Serialize)]
 pub struct Stats {
     pub requests_total: u64,
+    /// Requests whose connection went away before their answer was sent
+    /// (not in `requests_total`).
+    pub cancelled_total: u64,
     pub by_status: BTreeMap<String, u64>,
     pub by_key: HashMap<String, Counts>,
     pub by_model: HashMap<String, Counts>,

@@ -11,6 +11,7 @@ mod failover;
 mod fit;
 mod give_back;
 mod global;
+mod hedge;
 mod input;
 mod latency;
 mod limits;
