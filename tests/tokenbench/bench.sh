@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the token estimator's benchmarks and writes the checked-in results:
 #   tests/tokenbench/results/accuracy.md  (held-out accuracy on the real corpus vs tiktoken o200k/cl100k)
+#   tests/tokenbench/results/margins.md   (the margins' training target, chosen by cross-validation)
+#   tests/tokenbench/results/explore.md   (candidate features the one-pass estimator does not count)
 #   tests/tokenbench/results/speed.md     (TextStats::add throughput, wasm under node and native)
 # Usage: tests/tokenbench/bench.sh   (from anywhere; needs node and the wasm32-wasip1 target)
 set -euo pipefail
@@ -15,6 +17,10 @@ cargo build --release -p llm-tokenbench --bin tokenbench-wasm --target wasm32-wa
 
 "$CARGO_TARGET_DIR/release/llm-tokenbench" accuracy >/dev/null
 echo "wrote $results/accuracy.md"
+"$CARGO_TARGET_DIR/release/llm-tokenbench" margins >/dev/null
+echo "wrote $results/margins.md"
+"$CARGO_TARGET_DIR/release/llm-tokenbench" explore all >/dev/null
+echo "wrote $results/explore.md"
 
 wasm=$(node --no-warnings tests/tokenbench/run-wasi.mjs \
   "$CARGO_TARGET_DIR/wasm32-wasip1/release/tokenbench-wasm.wasm" tests/corpus)

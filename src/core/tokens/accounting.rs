@@ -175,10 +175,8 @@ pub fn preflight_encoded(
     } else {
         0
     };
-    let margin = policy
-        .input_margin
-        .unwrap_or_else(|| estimate::default_margin(text_class));
-    let reserved_input = ((input_estimate as f64) * (1.0 + margin)).ceil() as u64;
+    let reserved_input =
+        estimate::reserved_input(input_estimate, policy.input_margin, text_class, encoding);
     let reserved = reserved_input.saturating_add(output_allowance);
 
     let rewrite = match (api, size_based) {

@@ -46,7 +46,8 @@ use crate::core::env::{stable_hash, Clock, SharedStore, StoreError};
 use crate::core::tokens::estimate::TextClass;
 use serde::{Deserialize, Serialize};
 
-/// Keys of the table: room for about 16 models with their kinds of text.
+/// Keys of the table: room for about 14 models with their kinds of text (a
+/// model and its eight kinds take nine).
 pub const SLOTS: u32 = 128;
 pub const PROBES: u32 = 4;
 const KEY_PREFIX: &str = "llmcap/cal/";

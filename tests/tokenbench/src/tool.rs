@@ -3,8 +3,8 @@
 use llm_capacity::core::env::{ManualClock, MemStore};
 use llm_capacity::core::tokens::calibrate;
 use llm_capacity::core::tokens::estimate::{
-    default_margin, estimate_tokens, Coefficients, Encoding, TextClass, FEATURES, FEATURE_NAMES,
-    IMAGE_TOKENS,
+    default_margin, default_slack, estimate_tokens, reserved_input, Coefficients, Encoding,
+    TextClass, FEATURES, FEATURE_NAMES, IMAGE_TOKENS,
 };
 use llm_tokenbench::{
     load_corpus, load_real, load_speed_corpus, speed_table, Sample, REAL_CLASSES,
@@ -14,9 +14,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tiktoken_rs::CoreBPE;
 
+mod explore;
+
 const CORPUS: &str = "tests/corpus";
 const ESTIMATE_RS: &str = "src/core/tokens/estimate.rs";
 const ACCURACY_MD: &str = "tests/tokenbench/results/accuracy.md";
+const MARGINS_MD: &str = "tests/tokenbench/results/margins.md";
 
 /// The exact encodings we can measure.
 const EXACT: [Encoding; 2] = [Encoding::O200k, Encoding::Cl100k];
@@ -35,8 +38,13 @@ pub fn main() -> i32 {
         Some("fit") => fit(args.iter().any(|a| a == "--write")),
         Some("accuracy") => accuracy(),
         Some("speed") => speed(),
-        Some("diag") => diag(),
+        Some("diag") => diag(args.get(1).map_or("test", String::as_str)),
         Some("dump") => dump(),
+        Some("explore") => explore::explore(
+            args.get(1).map_or("", String::as_str),
+            args.get(2).and_then(|r| r.parse().ok()).unwrap_or(0.05),
+        ),
+        Some("margins") => margins_cmd(),
         Some("sweep") => sweep(args.get(1).map_or("train", String::as_str)),
         Some("count") => {
             // Exact counts and estimates of one text (for hand-checked tests).
@@ -54,7 +62,7 @@ pub fn main() -> i32 {
             Ok(())
         }
         _ => Err(
-            "usage: llm-tokenbench fit [--write] | accuracy | speed | diag | dump | sweep [train|test] | count TEXT"
+            "usage: llm-tokenbench fit [--write] | margins | explore GROUPS [RIDGE] | accuracy | speed | diag | dump | sweep [train|test] | count TEXT"
                 .to_string(),
         ),
     };
@@ -325,12 +333,16 @@ fn fit(write: bool) -> Result<(), String> {
     let (train, _) = split(&d);
     let o = fit_encoding(&d, &train, &chats, 0);
     let c = fit_encoding(&d, &train, &chats, 1);
-    let margins = fit_margins(&d, &train, [&o, &c]);
+    let (margins, slack) = fit_margins(&d, &train, &chats, MARGIN_POOL_UNDER);
+    let row = |m: [f64; KINDS]| m.map(|x| format!("{x:.2}")).join(", ");
     let block = format!(
-        "{}\n{}/// Default margins, in [`TextClass::ALL`] order (fitted).\npub const DEFAULT_MARGINS: [f64; 7] = [{}];\n",
+        "{}\n{}/// Default margins: o200k, cl100k, each in [`TextClass::ALL`] order (fitted).\npub const DEFAULT_MARGINS: [[f64; {KINDS}]; 2] = [\n    [{}],\n    [{}],\n];\n/// Default slack in tokens: o200k, cl100k (fitted).\npub const DEFAULT_SLACK: [u64; 2] = [{}, {}];\n",
         render("O200K", "`o200k_base` (fitted).", &o),
         render("CL100K", "`cl100k_base` (fitted).", &c),
-        margins.map(|m| format!("{m:.2}")).join(", ")
+        row(margins[0]),
+        row(margins[1]),
+        slack[0],
+        slack[1],
     );
     if write {
         let src = std::fs::read_to_string(ESTIMATE_RS).map_err(|e| e.to_string())?;
@@ -348,41 +360,274 @@ fn fit(write: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Share of a kind's training samples left underestimated by its margin: below
+/// Share of each class's training samples left underestimated by the margins
+/// (out of fold, before calibration, after it and in the mixed stream): below
 /// `UNDER_TARGET`, for slack, as every class of the held-out half must meet it.
-const MARGIN_POOL_UNDER: f64 = 0.025;
+/// Chosen by `llm-tokenbench margins` on the training half alone: margins
+/// fitted on one half of the training samples are judged on the other (both
+/// ways round, misses summed); the worst class's share falls from 12.5% at
+/// targets of 2.5% and more to 7.5% (o200k) and 10% (cl100k) at 2%, and no
+/// further at 1.5% or 1% while the unused tokens grow: the largest target at
+/// that minimum.
+const MARGIN_POOL_UNDER: f64 = 0.02;
 
-/// Default margins per kind of text ([`TextClass::ALL`] order), on the
-/// training half: for each kind the margin that leaves `MARGIN_POOL_UNDER` of
-/// the samples the estimator tells as that kind underestimated (all classes,
-/// both encodings, before calibration, after it and in the mixed stream),
-/// rounded up to whole percent.
-fn fit_margins(d: &Data, train: &[usize], coefficients: [&Coefficients; 2]) -> [f64; 7] {
-    let kinds = TextClass::ALL;
-    let kind = |i: usize| {
-        let c = d.samples[i].stats().class();
-        kinds.iter().position(|k| *k == c).unwrap_or(0)
-    };
-    let mut need: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    for (e, c) in coefficients.iter().enumerate() {
-        let est = |i: usize| c.text_tokens(&d.samples[i].features()).ceil();
-        let s = streams(d, train, e, &est, FILTER, CAL_WARMUP);
-        for v in [&s.raw, &s.cal, &s.mixed] {
-            for &(i, est, a) in v.iter() {
-                need[kind(i)].push(a / est.max(1.0) - 1.0);
+/// Kinds of text ([`TextClass::ALL`]).
+const KINDS: usize = TextClass::ALL.len();
+
+/// Folds of the training half for out-of-fold estimates.
+const MARGIN_FOLDS: usize = 4;
+
+/// The fold of each training sample: its position within its class and
+/// language, modulo `k` (every fold sees every language).
+fn folds_of(d: &Data, idx: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    let mut out = vec![Vec::new(); k];
+    for &i in idx {
+        let s = &d.samples[i];
+        let n = seen.entry((s.class, s.lang.as_str())).or_default();
+        out[*n % k].push(i);
+        *n += 1;
+    }
+    out
+}
+
+/// Out-of-fold estimates of the training samples for encoding `e`: each
+/// estimated by coefficients fitted on the other folds, so their errors are
+/// those of text the estimator was not fitted to (in-sample errors are smaller,
+/// and margins fitted to them come out too small on new text).
+fn out_of_fold(d: &Data, train: &[usize], chats: &Data, e: usize) -> Vec<f64> {
+    let mut est = vec![f64::NAN; d.samples.len()];
+    let folds = folds_of(d, train, MARGIN_FOLDS);
+    for (f, fold) in folds.iter().enumerate() {
+        let rest: Vec<usize> = folds
+            .iter()
+            .enumerate()
+            .filter(|&(g, _)| g != f)
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        let c = fit_encoding(d, &rest, chats, e);
+        for &i in fold {
+            est[i] = c.text_tokens(&d.samples[i].features()).ceil();
+        }
+    }
+    est
+}
+
+fn kind_index(d: &Data, i: usize) -> usize {
+    let c = d.samples[i].stats().class();
+    TextClass::ALL.iter().position(|k| *k == c).unwrap_or(0)
+}
+
+/// The worst share of a class's requests reserved below their actual count
+/// with `margins` (whole percent per kind), over the streams, and for each
+/// kind the margin that would lift that class's least short request of the
+/// kind (`u32::MAX` if none of the kind is short).
+fn worst_under(
+    d: &Data,
+    streams: &[&[(usize, f64, f64)]],
+    margins: &[u32; KINDS],
+    slack: f64,
+) -> (f64, [u32; KINDS]) {
+    let mut worst = (0.0, [u32::MAX; KINDS]);
+    for v in streams {
+        for c in REAL_CLASSES {
+            let (mut n, mut miss, mut fix) = (0usize, 0usize, [u32::MAX; KINDS]);
+            for &(i, est, a) in v.iter().filter(|r| d.samples[r.0].class == c) {
+                n += 1;
+                let k = kind_index(d, i);
+                if reserve(est, margins[k], slack) < a {
+                    miss += 1;
+                    let mut m = margins[k] + 1;
+                    while m < 1000 && reserve(est, m, slack) < a {
+                        m += 1;
+                    }
+                    fix[k] = fix[k].min(m);
+                }
+            }
+            let share = miss as f64 / n.max(1) as f64;
+            if share > worst.0 {
+                worst = (share, fix);
             }
         }
     }
-    let mut m = [0.0; 7];
-    for (k, v) in need.iter_mut().enumerate() {
-        let q = quantile(v, 1.0 - MARGIN_POOL_UNDER);
-        m[k] = if q.is_finite() {
-            (q.max(0.0) * 100.0 - 1e-9).ceil() / 100.0
-        } else {
-            0.15
-        };
+    worst
+}
+
+/// The smallest whole-percent margins per kind that leave at most `target` of
+/// every class's requests under, in every stream: while a class has too many,
+/// the kind whose margin lifts one more of its requests at the least cost
+/// (the raise times the tokens estimated for that kind) is raised.
+fn margins_for(
+    d: &Data,
+    streams: &[&[(usize, f64, f64)]],
+    target: f64,
+    slack: f64,
+) -> [u32; KINDS] {
+    let mut tokens = [0.0; KINDS];
+    for v in streams {
+        for &(i, est, _) in v.iter() {
+            tokens[kind_index(d, i)] += est;
+        }
     }
-    m
+    let mut m = [0u32; KINDS];
+    loop {
+        let (share, fix) = worst_under(d, streams, &m, slack);
+        if share <= target + 1e-12 {
+            return m;
+        }
+        let cost = |k: usize| f64::from(fix[k].saturating_sub(m[k])) * tokens[k];
+        let Some(k) = (0..KINDS)
+            .filter(|&k| fix[k] != u32::MAX)
+            .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        else {
+            return m;
+        };
+        m[k] = fix[k];
+    }
+}
+
+/// The three streams of `idx` (raw, calibrated per class, mixed) for encoding
+/// `e` with estimates `est`.
+fn all_streams(d: &Data, idx: &[usize], e: usize, est: &dyn Fn(usize) -> f64) -> Streams {
+    streams(d, idx, e, est, FILTER, CAL_WARMUP)
+}
+
+/// The input reserved for an estimate with a margin of `margin` percent and
+/// `slack` tokens (as `accounting` reserves it).
+fn reserve(est: f64, margin: u32, slack: f64) -> f64 {
+    (est * (1.0 + f64::from(margin) / 100.0)).ceil() + slack
+}
+
+/// Tokens reserved beyond those used over the streams, as a share of those
+/// used, with these margins and slack.
+fn cost_of(d: &Data, streams: &[&[(usize, f64, f64)]], m: &[u32; KINDS], slack: f64) -> f64 {
+    let (mut over, mut used) = (0.0, 0.0);
+    for v in streams {
+        for &(i, est, a) in v.iter() {
+            over += (reserve(est, m[kind_index(d, i)], slack) - a).max(0.0);
+            used += a;
+        }
+    }
+    over / used.max(1.0)
+}
+
+/// Slack (tokens added to every reservation) the fit chooses from.
+const SLACKS: [f64; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0];
+
+/// Margins and slack for one encoding's streams: for each slack the margins
+/// that meet `target` in every class, and of those the pair that reserves the
+/// fewest unused tokens.
+fn margins_and_slack(
+    d: &Data,
+    streams: &[&[(usize, f64, f64)]],
+    target: f64,
+) -> ([u32; KINDS], f64) {
+    SLACKS
+        .iter()
+        .map(|&slack| (margins_for(d, streams, target, slack), slack))
+        .min_by(|a, b| cost_of(d, streams, &a.0, a.1).total_cmp(&cost_of(d, streams, &b.0, b.1)))
+        .unwrap_or(([15; KINDS], 0.0))
+}
+
+/// Default margins per encoding (o200k, cl100k) and kind of text
+/// ([`TextClass::ALL`] order), and each encoding's slack in tokens, on the
+/// training half's out-of-fold estimates: the smallest whole-percent margins
+/// that leave at most `target` of every class underestimated, before
+/// calibration, after it and in the mixed stream, with the slack that costs
+/// the fewest unused tokens. Short requests are where relative errors are
+/// largest (one word more is 20% of a five-token request): a few tokens of
+/// slack cover them for almost nothing, where a percentage would charge every
+/// long request for them.
+fn fit_margins(
+    d: &Data,
+    train: &[usize],
+    chats: &Data,
+    target: f64,
+) -> ([[f64; KINDS]; 2], [f64; 2]) {
+    let mut out = ([[0.0; KINDS]; 2], [0.0; 2]);
+    for e in 0..2 {
+        let oof = out_of_fold(d, train, chats, e);
+        let s = all_streams(d, train, e, &|i| oof[i]);
+        let (m, slack) = margins_and_slack(d, &[&s.raw, &s.cal, &s.mixed], target);
+        out.0[e] = m.map(|x| f64::from(x) / 100.0);
+        out.1[e] = slack;
+    }
+    out
+}
+
+/// `llm-tokenbench margins`: the choice of the training target. For each
+/// target, margins fitted on one half of the training samples' out-of-fold
+/// estimates are judged on the other half (the worst class's share under,
+/// both ways round); then, for information only (nothing is chosen on it), the
+/// held-out half's worst share and the cost of the margins fitted on the
+/// whole training half.
+fn margins_cmd() -> Result<(), String> {
+    let d = load()?;
+    let chats = load_chats()?;
+    let (train, test) = split(&d);
+    let halves = folds_of(&d, &train, 2);
+    let oof: Vec<Vec<f64>> = (0..2).map(|e| out_of_fold(&d, &train, &chats, e)).collect();
+    let mut md = format!(
+        "# Choosing the margins' training target\n\n\
+         Generated by `cargo run --release -p llm-tokenbench -- margins` (part of `make \
+         bench-tokens`). For each training target: margins and slack fitted (as `fit` does) on one \
+         half of the training samples' out-of-fold estimates, judged on the other half, both ways \
+         round with the misses summed: the worst share of a class underestimated over the three \
+         streams (before calibration, after it, mixed). `fit` takes the largest target at which \
+         that share stops falling ({} today). The margins (percent per kind, in `TextClass::ALL` \
+         order: {}) and slack fitted on the whole training half follow, and, for information only \
+         (nothing is chosen on them), the held-out half's worst class and the tokens its raw \
+         stream reserves unused.\n\n\
+         | training target | enc | cross-validated worst class under | margins % + slack (whole training half) | held-out worst under | held-out unused, raw |\n\
+         |---:|---|---:|---|---:|---:|\n",
+        pct(MARGIN_POOL_UNDER),
+        TextClass::ALL.map(TextClass::as_str).join(", "),
+    );
+    for target in [0.05, 0.04, 0.035, 0.03, 0.025, 0.02, 0.015, 0.01] {
+        for (e, &enc) in EXACT.iter().enumerate() {
+            let est = |i: usize| oof[e][i];
+            let st: Vec<Streams> = halves.iter().map(|h| all_streams(&d, h, e, &est)).collect();
+            // Misses and requests per stream and class, summed over both ways
+            // round (each validation half alone has 20 to 40 per class).
+            let mut counts = vec![(0usize, 0usize); 3 * REAL_CLASSES.len()];
+            for (a, b) in [(0, 1), (1, 0)] {
+                let (m, slack) =
+                    margins_and_slack(&d, &[&st[a].raw, &st[a].cal, &st[a].mixed], target);
+                for (k, v) in [&st[b].raw, &st[b].cal, &st[b].mixed].iter().enumerate() {
+                    for (j, c) in REAL_CLASSES.iter().enumerate() {
+                        for &(i, est, act) in v.iter().filter(|r| d.samples[r.0].class == *c) {
+                            let n = &mut counts[k * REAL_CLASSES.len() + j];
+                            n.1 += 1;
+                            if reserve(est, m[kind_index(&d, i)], slack) < act {
+                                n.0 += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            let cv = counts
+                .iter()
+                .map(|&(miss, n)| miss as f64 / n.max(1) as f64)
+                .fold(0.0, f64::max);
+            let whole = all_streams(&d, &train, e, &est);
+            let (m, slack) = margins_and_slack(&d, &[&whole.raw, &whole.cal, &whole.mixed], target);
+            let held = all_streams(&d, &test, e, &built_estimate(&d, e));
+            let worst = worst_under(&d, &[&held.raw, &held.cal, &held.mixed], &m, slack).0;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} + {slack} | {} | {} |",
+                pct(target),
+                enc.as_str(),
+                pct(cv),
+                m.map(|x| x.to_string()).join(" "),
+                pct(worst),
+                pct(cost_of(&d, &[&held.raw], &m, slack)),
+            );
+        }
+    }
+    std::fs::write(MARGINS_MD, &md).map_err(|e| format!("{MARGINS_MD}: {e}"))?;
+    print!("{md}");
+    Ok(())
 }
 
 // ------------------------------------------------------------------ accuracy
@@ -737,17 +982,26 @@ fn accuracy_report() -> Result<String, String> {
     let d = load()?;
     let (_, test) = split(&d);
     // The default margin of each sample's kind of text (`input_margin: auto`).
-    let margin_of = |i: usize| default_margin(d.samples[i].stats().class());
-    let with_margin = |v: &[(usize, f64, f64)]| -> Vec<(usize, f64, f64)> {
+    let with_margin = |v: &[(usize, f64, f64)], enc: Encoding| -> Vec<(usize, f64, f64)> {
         v.iter()
-            .map(|&(i, e, a)| (i, (e * (1.0 + margin_of(i))).ceil(), a))
+            .map(|&(i, e, a)| {
+                let class = d.samples[i].stats().class();
+                (i, reserved_input(e as u64, None, class, enc) as f64, a)
+            })
             .collect()
     };
-    let margins = TextClass::ALL
+    let margins = EXACT
         .iter()
-        .map(|k| format!("{} {}", k.as_str(), pct(default_margin(*k))))
+        .map(|&enc| {
+            let m = TextClass::ALL
+                .iter()
+                .map(|k| format!("{} {}", k.as_str(), pct(default_margin(*k, enc))))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{}: {m}, plus {} tokens", enc.as_str(), default_slack(enc))
+        })
         .collect::<Vec<_>>()
-        .join(", ");
+        .join("; ");
 
     let mut md = String::new();
     let _ = writeln!(md, "# Token estimator accuracy on real text\n");
@@ -813,10 +1067,10 @@ fn accuracy_report() -> Result<String, String> {
                 v.iter().filter(|&&(e, a)| e < a).count() as f64 / v.len().max(1) as f64
             };
             let (raw_m, cal_m) = (
-                of_class(&with_margin(&st.raw), &d, c),
-                of_class(&with_margin(&st.cal), &d, c),
+                of_class(&with_margin(&st.raw, enc), &d, c),
+                of_class(&with_margin(&st.cal, enc), &d, c),
             );
-            let mixed_m = of_class(&with_margin(&st.mixed), &d, c);
+            let mixed_m = of_class(&with_margin(&st.mixed, enc), &d, c);
             let (ur, uc, um) = (under(&raw_m), under(&cal_m), under(&mixed_m));
             let bytes: usize = st
                 .raw
@@ -917,14 +1171,24 @@ fn accuracy_report() -> Result<String, String> {
     }
     let _ = writeln!(
         md,
-        "\nDefault margins (`input_margin: auto`, by the kind of text the estimator tells): \
-         {margins}; fitted on the training half by `llm-tokenbench fit`: for each kind, the margin \
-         that leaves 2.5% of the training samples told as that kind underestimated (both encodings, \
-         before calibration, after it and in the mixed stream; 2.5% rather than 5% for slack, as \
-         every class of the held-out half must meet 5%). Their cost, tokens \
+        "\nDefault margins (`input_margin: auto`, by the kind of text the estimator tells, and \
+         a slack of a few tokens on every request): {margins}. Fitted on the training half by \
+         `llm-tokenbench fit`, per encoding: for each slack (0 to 12 tokens) the smallest \
+         whole-percent margins per kind that leave at most {} of every class's training samples \
+         underestimated, before calibration, after it and in the mixed stream, and of those the \
+         pair that reserves the fewest unused tokens; on out-of-fold estimates (each training \
+         sample estimated by coefficients fitted on the other three quarters of the training \
+         half, so its error is that of text the estimator was not fitted to: in-sample errors are \
+         smaller, and margins fitted to them came out too small on the held-out half). The \
+         training target, {} rather than 5%, is chosen by cross-validation on the training half \
+         alone (`llm-tokenbench margins`: margins fitted on one half of the training samples, \
+         judged on the other): the largest target at which the worst class's cross-validated \
+         share stops falling. Their cost, tokens \
          reserved beyond those used over all classes: o200k {} before calibration and {} after; \
          cl100k {} and {}. (The output allowance, `max_tokens`, is reserved on top and usually \
          costs far more.)\n",
+        pct(MARGIN_POOL_UNDER),
+        pct(MARGIN_POOL_UNDER),
         pct(totals[0].1 / totals[0].0),
         pct(totals[0].3 / totals[0].2),
         pct(totals[1].1 / totals[1].0),
@@ -1059,9 +1323,10 @@ fn dump() -> Result<(), String> {
 }
 
 /// Held-out error by language and size, to see where the model is weak.
-fn diag() -> Result<(), String> {
+fn diag(half: &str) -> Result<(), String> {
     let d = load()?;
-    let (_, test) = split(&d);
+    let (train, test) = split(&d);
+    let test = if half == "train" { train } else { test };
     for (e, &enc) in EXACT.iter().enumerate() {
         let mut groups: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         for &i in &test {

@@ -4,7 +4,7 @@ use super::*;
 use crate::core::exchange::worker::CALIBRATION_CACHE_MS;
 use crate::core::telemetry::{ESTIMATE_ERROR_PERCENT, RECONCILIATIONS_TOTAL, TOKENS_TOTAL};
 use crate::core::tokens::calibrate;
-use crate::core::tokens::estimate::{default_margin, TextClass};
+use crate::core::tokens::estimate::{reserved_input, Encoding, TextClass};
 use serde_json::json;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -264,10 +264,9 @@ fn calibration_samples_each_kind_of_text_of_a_model_apart() {
     let zh_est = calibrate::apply(zh.input_raw, cjk);
     assert!(zh_est * 10 > zh.input_raw * 14, "{zh_est}");
     assert_eq!(s["input_estimate"], zh_est, "{s}");
-    let margin = default_margin(TextClass::Cjk);
     assert_eq!(
         s["reserved"],
-        ((zh_est as f64) * (1.0 + margin)).ceil() as u64 + 100,
+        reserved_input(zh_est, None, TextClass::Cjk, Encoding::O200k) + 100,
         "{s}"
     );
     let s = call_body(&mut env, CHAT_BODY, en.input_raw);

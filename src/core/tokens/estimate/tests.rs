@@ -93,6 +93,11 @@ fn tells_the_kind_of_text() {
         (RUSSIAN, TextClass::Cyrillic),
         ("오늘 회의는 오후 세 시에 시작합니다.", TextClass::Korean),
         ("Καλημέρα σε όλους τους φίλους μας", TextClass::OtherScript),
+        (
+            "Le comité a examiné le budget trimestriel mardi.",
+            TextClass::Latin,
+        ),
+        ("Zażółć gęślą jaźń, powiedział.", TextClass::Latin),
         ("", TextClass::Prose),
     ] {
         assert_eq!(stats(text).class(), class, "{text}");
@@ -104,6 +109,51 @@ fn tells_the_kind_of_text() {
     // Long texts: the counters are flushed every block and never wrap.
     assert_eq!(stats(&CHINESE.repeat(2000)).class(), TextClass::Cjk);
     assert_eq!(stats(&JSON.repeat(2000)).class(), TextClass::Json);
+    // Diacritics: one name in a page of English stays prose; a block of 15
+    // two-byte letters (the most a flush interval holds) is counted in full.
+    let mut t = stats(&ENGLISH.repeat(3));
+    t.add("José");
+    assert_eq!(t.class(), TextClass::Prose);
+    assert_eq!(
+        stats(&"éééééééééééééééé ".repeat(500)).class(),
+        TextClass::Latin
+    );
+    assert_eq!(
+        stats(&format!("{} é", ENGLISH.repeat(2))).class(),
+        TextClass::Prose
+    );
+}
+
+#[test]
+fn reservation_margin_and_slack() {
+    // A route's own margin: exactly ceil(estimate x (1 + margin)).
+    assert_eq!(
+        reserved_input(100, Some(0.15), TextClass::Cjk, Encoding::O200k),
+        115
+    );
+    assert_eq!(
+        reserved_input(0, Some(0.5), TextClass::Prose, Encoding::O200k),
+        0
+    );
+    // `auto`: the kind's and encoding's margin plus the slack.
+    for enc in Encoding::ALL {
+        for class in TextClass::ALL {
+            let m = default_margin(class, enc);
+            assert!((0.0..=0.6).contains(&m), "{class:?} {enc:?} {m}");
+            assert_eq!(
+                reserved_input(1000, None, class, enc),
+                (1000.0 * (1.0 + m)).ceil() as u64 + default_slack(enc)
+            );
+        }
+    }
+    // The derived encodings take the larger of the fitted ones.
+    for class in TextClass::ALL {
+        let most =
+            default_margin(class, Encoding::O200k).max(default_margin(class, Encoding::Cl100k));
+        for enc in [Encoding::Claude, Encoding::Gemini, Encoding::Llama] {
+            assert_eq!(default_margin(class, enc), most);
+        }
+    }
 }
 
 #[test]
