@@ -59,10 +59,27 @@ pub mod count {
     ];
     thread_local! {
         static COUNTS: RefCell<[u64; 16]> = const { RefCell::new([0; 16]) };
+        /// Host calls per callback (by the [`Timer`]'s name; `vm` outside any
+        /// timed callback) and kind.
+        static BY_CALLBACK: RefCell<Vec<(&'static str, [u64; 16])>> =
+            const { RefCell::new(Vec::new()) };
+        static CALLBACK: std::cell::Cell<&'static str> = const { std::cell::Cell::new("vm") };
     }
 
     pub fn bump(kind: usize) {
         COUNTS.with(|c| c.borrow_mut()[kind] += 1);
+        let cb = CALLBACK.with(std::cell::Cell::get);
+        BY_CALLBACK.with(|b| {
+            let mut b = b.borrow_mut();
+            match b.iter_mut().find(|e| e.0 == cb) {
+                Some(e) => e.1[kind] += 1,
+                None => {
+                    let mut row = [0u64; 16];
+                    row[kind] = 1;
+                    b.push((cb, row));
+                }
+            }
+        });
     }
 
     /// Times `n` calls of each common host call (and of an empty loop), for the
@@ -116,8 +133,9 @@ pub mod count {
         static SPENT: RefCell<Vec<(&'static str, u64, u64)>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Times one callback from creation to drop (host calls made in it included).
-    pub struct Timer(&'static str, u64);
+    /// Times one callback from creation to drop (host calls made in it
+    /// included), and attributes the host calls made meanwhile to it.
+    pub struct Timer(&'static str, u64, &'static str);
 
     /// Whether the request asks for [`time_calls`] (`x-llmcap-time-calls`),
     /// read without being counted.
@@ -149,12 +167,14 @@ pub mod count {
 
     impl Timer {
         pub fn start(name: &'static str) -> Timer {
-            Timer(name, raw_now())
+            let outer = CALLBACK.with(|c| c.replace(name));
+            Timer(name, raw_now(), outer)
         }
     }
 
     impl Drop for Timer {
         fn drop(&mut self) {
+            CALLBACK.with(|c| c.set(self.2));
             let ns = raw_now().saturating_sub(self.1);
             SPENT.with(|s| {
                 let mut s = s.borrow_mut();
@@ -166,6 +186,19 @@ pub mod count {
                     None => s.push((self.0, ns, 1)),
                 }
             });
+        }
+    }
+
+    /// One gauge, through uncounted calls.
+    fn gauge(metric: &str, v: u64) {
+        let mut id = 0u32;
+        // SAFETY: plain host calls with valid pointers and lengths.
+        unsafe {
+            if super::proxy_define_metric(super::METRIC_GAUGE, metric.as_ptr(), metric.len(), &mut id)
+                == super::OK
+            {
+                let _ = super::proxy_record_metric(id, v);
+            }
         }
     }
 
@@ -189,6 +222,15 @@ pub mod count {
                         let _ = super::proxy_record_metric(id, v);
                     }
                 }
+            }
+        }
+        let by_callback = BY_CALLBACK.with(|b| b.borrow().clone());
+        for (cb, row) in by_callback {
+            for (kind, n) in KINDS.iter().zip(row) {
+                if n == 0 {
+                    continue;
+                }
+                gauge(&format!("llmcap_debug_cbhc_{cb}__{kind}"), n);
             }
         }
         let counts = COUNTS.with(|c| *c.borrow());

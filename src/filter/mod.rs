@@ -149,6 +149,7 @@ fn on_configure(id: u32, _size: usize) -> bool {
 fn on_tick(id: u32) {
     let wake = with(id, Vec::new(), |c| match c {
         Context::Root(root) => {
+            timed!("root_on_tick");
             fault::on_tick();
             root.worker.on_tick(&mut root.host);
             root.worker.take_collapsed()
