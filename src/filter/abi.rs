@@ -194,8 +194,12 @@ pub mod count {
         let mut id = 0u32;
         // SAFETY: plain host calls with valid pointers and lengths.
         unsafe {
-            if super::proxy_define_metric(super::METRIC_GAUGE, metric.as_ptr(), metric.len(), &mut id)
-                == super::OK
+            if super::proxy_define_metric(
+                super::METRIC_GAUGE,
+                metric.as_ptr(),
+                metric.len(),
+                &mut id,
+            ) == super::OK
             {
                 let _ = super::proxy_record_metric(id, v);
             }

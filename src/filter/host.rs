@@ -2,7 +2,7 @@
 //! clock read at most once per callback), statuses as values.
 
 use super::abi;
-use super::metrics::MetricIds;
+use super::metrics::{MetricIds, FLUSH_MS};
 use crate::core::env::{Clock, Random, SharedStore, SplitMix64, StoreError};
 use crate::core::host::{
     Body, Buffer, Calls, Entropy, HeaderList, Headers, Map, Metrics, Properties, Replies, Status,
@@ -22,12 +22,64 @@ pub fn enter() {
     NOW_MS.with(|c| c.set(None));
 }
 
-/// EnvoyHost, as the core sees it. One per context; the metric ids and the jitter
-/// generator are the VM's.
+/// EnvoyHost, as the core sees it. One per context; the metric ids, the tick
+/// and the jitter generator are its root context's.
 #[derive(Clone)]
 pub struct EnvoyHost {
     pub metrics: Rc<RefCell<MetricIds>>,
+    pub tick: Rc<Tick>,
     pub rng: Rc<RefCell<SplitMix64>>,
+}
+
+/// A root context's tick (one timer per root context), shared by the core
+/// (the queue, renewals, collapsed requests) and the metric flush: the core's
+/// period when it asks for one, else [`FLUSH_MS`] while metric updates wait.
+#[derive(Default)]
+pub struct Tick {
+    /// The period the core asked for last (0: none).
+    core_ms: Cell<u32>,
+    /// The period last set.
+    set_ms: Cell<u32>,
+}
+
+impl Tick {
+    /// Whether the core asked for ticks (its work runs on this tick).
+    pub fn core_ticking(&self) -> bool {
+        self.core_ms.get() > 0
+    }
+
+    fn set(&self, ms: u32) -> Result<(), Status> {
+        self.set_ms.set(ms);
+        abi::set_tick_period(ms)
+    }
+}
+
+impl EnvoyHost {
+    /// After a metric update: a batch just started needs a tick to write it.
+    fn batched(&self, started: bool) {
+        if started && self.tick.set_ms.get() == 0 {
+            if let Err(s) = self.tick.set(FLUSH_MS) {
+                // No tick: write at once rather than hold updates unseen.
+                log::debug!("llm-capacity: no metric flush tick (host status {s})");
+                self.metrics.borrow_mut().flush();
+            }
+        }
+    }
+
+    /// The root context's tick, after the core's work: writes the waiting
+    /// metric updates, and stops ticking once a tick finds none and the core
+    /// wants no ticks.
+    pub fn on_tick_flush(&mut self) {
+        let flushed = self.metrics.borrow_mut().flush();
+        if !flushed && !self.tick.core_ticking() && self.tick.set_ms.get() != 0 {
+            let _ = self.tick.set(0);
+        }
+    }
+
+    /// Writes the waiting metric updates now (the root context is going).
+    pub fn flush_metrics(&mut self) {
+        self.metrics.borrow_mut().flush();
+    }
 }
 
 fn map(m: Map) -> u32 {
@@ -138,8 +190,16 @@ impl Streams for EnvoyHost {
 }
 
 impl Timers for EnvoyHost {
+    /// Set as asked (each call restarts Envoy's timer, as before), except that
+    /// "stop" keeps the metric flush's period while updates wait.
     fn set_tick_period(&mut self, ms: u32) -> Result<(), Status> {
-        abi::set_tick_period(ms)
+        self.tick.core_ms.set(ms);
+        let ms = if ms == 0 && self.metrics.borrow().is_pending() {
+            FLUSH_MS
+        } else {
+            ms
+        };
+        self.tick.set(ms)
     }
 }
 
@@ -163,16 +223,19 @@ impl Calls for EnvoyHost {
 
 impl Metrics for EnvoyHost {
     fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
-        self.metrics.borrow_mut().count(labels, name, value);
+        let started = self.metrics.borrow_mut().count(labels, name, value);
+        self.batched(started);
     }
     fn record(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         self.metrics.borrow_mut().record(labels, name, value);
     }
     fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
-        self.metrics.borrow_mut().set_gauge(labels, name, value);
+        let started = self.metrics.borrow_mut().set_gauge(labels, name, value);
+        self.batched(started);
     }
     fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
-        self.metrics.borrow_mut().add_gauge(labels, name, delta);
+        let started = self.metrics.borrow_mut().add_gauge(labels, name, delta);
+        self.batched(started);
     }
 }
 
