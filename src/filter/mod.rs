@@ -219,13 +219,20 @@ fn on_request_body(id: u32, size: usize, eos: bool) -> u32 {
 
 fn on_response_headers(id: u32, _headers: usize, eos: bool) -> u32 {
     with(id, CONTINUE, |c| match c {
+        // Header reads and writes gathered: one read and one write at most.
         Context::Stream(life, host) => {
             timed!("ds_on_http_response_headers");
-            action(life.on_response_headers(host, eos))
+            host.begin_response_headers();
+            let flow = life.on_response_headers(host, eos);
+            host.end_response_headers();
+            action(flow)
         }
         Context::Upstream(life, host) => {
             timed!("up_on_http_response_headers");
-            action(life.on_response_headers(host))
+            host.begin_response_headers();
+            let flow = life.on_response_headers(host);
+            host.end_response_headers();
+            action(flow)
         }
         _ => CONTINUE,
     })
@@ -325,6 +332,7 @@ impl Default for Root {
                 metrics: Rc::default(),
                 tick: Rc::default(),
                 rng: Rc::new(RefCell::new(host::vm_random())),
+                response: RefCell::default(),
             },
             worker: WORKER.with(Rc::clone),
             upstream: false,
