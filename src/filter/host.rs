@@ -375,8 +375,7 @@ impl Metrics for EnvoyHost {
         self.metrics.borrow_mut().record(labels, name, value);
     }
     fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
-        let started = self.metrics.borrow_mut().set_gauge(labels, name, value);
-        self.batched(started);
+        self.metrics.borrow_mut().set_gauge(labels, name, value);
     }
     fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
         let started = self.metrics.borrow_mut().add_gauge(labels, name, delta);

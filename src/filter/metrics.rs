@@ -2,11 +2,11 @@
 //! for a known name, so ids are defined once per VM and cached here; the cache is
 //! bounded so unexpected label values cannot grow it without limit.
 //!
-//! Counter and gauge updates are batched: they add up here, per id, and
+//! Counter increments and gauge moves are batched: they add up here, per id, and
 //! [`MetricIds::flush`] writes each id's sum in one host call (from the root
 //! context's tick, every [`FLUSH_MS`]), instead of a host call per update on
 //! the request path. Histogram samples are recorded at once (each sample is
-//! one host call either way). While updates wait, the gauge
+//! one host call either way), and so are gauge sets (the last set must win). While updates wait, the gauge
 //! [`UNFLUSHED`] counts this registry once, so a reader can tell when every
 //! update made so far is visible.
 
@@ -25,11 +25,11 @@ pub const FLUSH_MS: u32 = 100;
 /// not written yet; 0 when every update made so far is visible.
 pub const UNFLUSHED: &str = "llmcap_metrics_unflushed";
 
-/// One id's updates since the last flush: a gauge's last set value, then the
-/// sum of the increments made after it (a counter's are all increments).
+/// One id's updates since the last flush: the sum of its increments (they
+/// commute, so their sum is what they would have made one by one, whatever
+/// other workers did meanwhile).
 #[derive(Default, Clone, Copy)]
 struct Pending {
-    set: Option<u64>,
     add: i64,
 }
 
@@ -151,16 +151,13 @@ impl MetricIds {
         !self.pending.is_empty()
     }
 
-    /// Writes every waiting update (one host call per id touched, two for a
-    /// gauge both set and moved); `false` when there was none.
+    /// Writes every waiting update (one host call per id touched whose sum is
+    /// not 0); `false` when there was none.
     pub fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
             return false;
         }
         for (id, p) in self.pending.drain(..) {
-            if let Some(v) = p.set {
-                let _ = abi::record_metric(id, v);
-            }
             if p.add != 0 {
                 let _ = abi::increment_metric(id, p.add);
             }
@@ -199,15 +196,12 @@ impl MetricIds {
         self.defer(id, |p| p.add = p.add.saturating_add(delta))
     }
 
-    /// Sets a gauge (batched: the last value set wins, then later moves);
-    /// `true` when it started a batch.
-    pub fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) -> bool {
-        let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) else {
-            return false;
-        };
-        self.defer(id, |p| {
-            p.set = Some(value);
-            p.add = 0;
-        })
+    /// Sets a gauge, at once: gauges are shared by every worker, and a set
+    /// held back could land after another worker's later one (last writer
+    /// wins only in real time). Sets are rare (transitions, sampled quotas).
+    pub fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
+        if let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) {
+            let _ = abi::record_metric(id, value);
+        }
     }
 }
