@@ -234,8 +234,8 @@ class Envoy:
         return self.settled(read, lambda s: s.get("wasmcustom." + UNFLUSHED, 0))
 
     def settled(self, read, unflushed):
-        """read() again until unflushed(result) is 0: the filter batches counter and
-        gauge updates per VM and writes them within 100 ms (docs/observability.md),
+        """read() again until unflushed(result) is 0: the filter batches counter
+        increments and gauge moves per VM and writes them within 100 ms (docs/observability.md),
         counting the VMs holding some in the gauge UNFLUSHED. Gives the last read
         after METRIC_SETTLE_S (a stuck batch then fails the test's own assertion)."""
         deadline = time.monotonic() + METRIC_SETTLE_S
