@@ -126,7 +126,7 @@ test-wasm:
 
 # pytest prints one line per file as it goes (-p no:cacheprovider: no .pytest_cache in the tree).
 # pytest-e2e is the same without the builds (make test's build stage has made them).
-test-e2e: build-fault build-rls
+test-e2e: build-fault build-hostcalls build-rls
 	@$(MAKE) --no-print-directory pytest-e2e
 
 .PHONY: pytest-e2e

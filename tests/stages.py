@@ -25,7 +25,7 @@ LOGS = ROOT / ".run" / "logs"
 # stage: (make targets, what it is, stop the run if it fails)
 STAGES = {
     "setup": (["setup-test"], "the test tools (minutes on the first run only)", True),
-    "build": (["build", "emulator", "build-fault", "build-rls"], "the .wasm, emulator, fault build, RLS engine", True),
+    "build": (["build", "emulator", "build-fault", "build-hostcalls", "build-rls"], "the .wasm, emulator, fault and counting builds, RLS engine", True),
     "docs": (["docs"], "the book, internal links", False),
     "lint": (["lint"], "rustfmt, clippy (host, wasm32)", False),
     "unit": (["test-unit"], "cargo test --workspace", False),

@@ -59,10 +59,27 @@ pub mod count {
     ];
     thread_local! {
         static COUNTS: RefCell<[u64; 16]> = const { RefCell::new([0; 16]) };
+        /// Host calls per callback (by the [`Timer`]'s name; `vm` outside any
+        /// timed callback) and kind.
+        static BY_CALLBACK: RefCell<Vec<(&'static str, [u64; 16])>> =
+            const { RefCell::new(Vec::new()) };
+        static CALLBACK: std::cell::Cell<&'static str> = const { std::cell::Cell::new("vm") };
     }
 
     pub fn bump(kind: usize) {
         COUNTS.with(|c| c.borrow_mut()[kind] += 1);
+        let cb = CALLBACK.with(std::cell::Cell::get);
+        BY_CALLBACK.with(|b| {
+            let mut b = b.borrow_mut();
+            match b.iter_mut().find(|e| e.0 == cb) {
+                Some(e) => e.1[kind] += 1,
+                None => {
+                    let mut row = [0u64; 16];
+                    row[kind] = 1;
+                    b.push((cb, row));
+                }
+            }
+        });
     }
 
     /// Times `n` calls of each common host call (and of an empty loop), for the
@@ -116,8 +133,9 @@ pub mod count {
         static SPENT: RefCell<Vec<(&'static str, u64, u64)>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Times one callback from creation to drop (host calls made in it included).
-    pub struct Timer(&'static str, u64);
+    /// Times one callback from creation to drop (host calls made in it
+    /// included), and attributes the host calls made meanwhile to it.
+    pub struct Timer(&'static str, u64, &'static str);
 
     /// Whether the request asks for [`time_calls`] (`x-llmcap-time-calls`),
     /// read without being counted.
@@ -149,12 +167,14 @@ pub mod count {
 
     impl Timer {
         pub fn start(name: &'static str) -> Timer {
-            Timer(name, raw_now())
+            let outer = CALLBACK.with(|c| c.replace(name));
+            Timer(name, raw_now(), outer)
         }
     }
 
     impl Drop for Timer {
         fn drop(&mut self) {
+            CALLBACK.with(|c| c.set(self.2));
             let ns = raw_now().saturating_sub(self.1);
             SPENT.with(|s| {
                 let mut s = s.borrow_mut();
@@ -166,6 +186,23 @@ pub mod count {
                     None => s.push((self.0, ns, 1)),
                 }
             });
+        }
+    }
+
+    /// One gauge, through uncounted calls.
+    fn gauge(metric: &str, v: u64) {
+        let mut id = 0u32;
+        // SAFETY: plain host calls with valid pointers and lengths.
+        unsafe {
+            if super::proxy_define_metric(
+                super::METRIC_GAUGE,
+                metric.as_ptr(),
+                metric.len(),
+                &mut id,
+            ) == super::OK
+            {
+                let _ = super::proxy_record_metric(id, v);
+            }
         }
     }
 
@@ -189,6 +226,15 @@ pub mod count {
                         let _ = super::proxy_record_metric(id, v);
                     }
                 }
+            }
+        }
+        let by_callback = BY_CALLBACK.with(|b| b.borrow().clone());
+        for (cb, row) in by_callback {
+            for (kind, n) in KINDS.iter().zip(row) {
+                if n == 0 {
+                    continue;
+                }
+                gauge(&format!("llmcap_debug_cbhc_{cb}__{kind}"), n);
             }
         }
         let counts = COUNTS.with(|c| *c.borrow());
@@ -306,6 +352,7 @@ extern "C" {
         return_map_size: *mut usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -561,23 +608,60 @@ pub fn remove_header(map_type: u32, name: &str) -> Result<(), u32> {
 /// Every header of a map as (lowercase name, lossy UTF-8 value); empty when the
 /// map is unavailable.
 pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
+    header_pairs_raw(map_type)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (lossy(k), lossy(v)))
+        .collect()
+}
+
+/// Every header of a map, bytes as the host holds them; `None` when the map is
+/// unavailable (or its encoding malformed).
+pub fn header_pairs_raw(map_type: u32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     hc!("header_pairs");
     let mut ptr = null_mut();
     let mut size = 0usize;
     let bytes = match unsafe { proxy_get_header_map_pairs(map_type, &mut ptr, &mut size) } {
         OK => unsafe { take(ptr, size) }.unwrap_or_default(),
-        _ => return Vec::new(),
+        _ => return None,
     };
-    decode_pairs(&bytes).unwrap_or_default()
+    decode_pairs(&bytes)
+}
+
+/// Replaces a whole map with `pairs` (Envoy removes every header, then adds
+/// these in order).
+pub fn set_header_pairs(map_type: u32, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), u32> {
+    hc!("header_set");
+    let mut out = Vec::with_capacity(
+        4 + pairs
+            .iter()
+            .map(|(k, v)| 10 + k.len() + v.len())
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    status(unsafe { proxy_set_header_map_pairs(map_type, out.as_ptr(), out.len()) })
 }
 
 /// The ABI's pair encoding: u32 count, count x (u32 name size, u32 value size),
 /// then each name and value NUL-terminated. `None` if malformed.
-fn decode_pairs(b: &[u8]) -> Option<Vec<(String, String)>> {
+fn decode_pairs(b: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let u32_at = |i: usize| -> Option<usize> {
         let s = b.get(i..i + 4)?;
         Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
     };
+    if b.is_empty() {
+        return Some(Vec::new()); // an empty map may come back as no bytes
+    }
     let n = u32_at(0)?;
     let mut sizes = Vec::with_capacity(n.min(1024));
     for i in 0..n {
@@ -590,7 +674,7 @@ fn decode_pairs(b: &[u8]) -> Option<Vec<(String, String)>> {
         at += k + 1;
         let val = b.get(at..at + v)?;
         at += v + 1;
-        out.push((lossy(key.to_vec()), lossy(val.to_vec())));
+        out.push((key.to_vec(), val.to_vec()));
     }
     Some(out)
 }

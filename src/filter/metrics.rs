@@ -1,6 +1,14 @@
 //! Per-VM metric registry. `define_metric` allocates a new id on every call, even
 //! for a known name, so ids are defined once per VM and cached here; the cache is
 //! bounded so unexpected label values cannot grow it without limit.
+//!
+//! Counter increments and gauge moves are batched: they add up here, per id, and
+//! [`MetricIds::flush`] writes each id's sum in one host call (from the root
+//! context's tick, every [`FLUSH_MS`]), instead of a host call per update on
+//! the request path. Histogram samples are recorded at once (each sample is
+//! one host call either way), and so are gauge sets (the last set must win). While updates wait, the gauge
+//! [`UNFLUSHED`] counts this registry once, so a reader can tell when every
+//! update made so far is visible.
 
 use super::abi;
 use crate::core::telemetry::tagged_name;
@@ -8,6 +16,22 @@ use std::collections::HashMap;
 
 /// Distinct metric names one VM will define; later ones fold into `route="_overflow"`.
 const MAX_METRICS: usize = 1024;
+
+/// How long counter and gauge updates may wait in the VM before they are
+/// written (the root context's tick period while updates wait).
+pub const FLUSH_MS: u32 = 100;
+
+/// Gauge: metric registries (one per root context per worker) holding updates
+/// not written yet; 0 when every update made so far is visible.
+pub const UNFLUSHED: &str = "llmcap_metrics_unflushed";
+
+/// One id's updates since the last flush: the sum of its increments (they
+/// commute, so their sum is what they would have made one by one, whatever
+/// other workers did meanwhile).
+#[derive(Default, Clone, Copy)]
+struct Pending {
+    add: i64,
+}
 
 /// Fx-style hashing for the id cache: keys are short and come from our own
 /// label values, so SipHash's flooding defence buys nothing here.
@@ -36,6 +60,10 @@ pub struct MetricIds {
     /// known metric costs no formatting, only this lookup.
     ids: FastMap<Vec<u8>, u32>,
     key: Vec<u8>,
+    /// Updates not written yet, by id, in the order first touched.
+    pending: Vec<(u32, Pending)>,
+    /// Where each pending id is in `pending`.
+    pending_at: FastMap<u32, usize>,
 }
 
 impl MetricIds {
@@ -94,27 +122,83 @@ impl MetricIds {
         }
     }
 
-    pub fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
-        if value == 0 {
-            return; // counters reject a zero increment
+    /// Adds one update to the batch; `true` when the batch was empty (the
+    /// caller makes sure a flush will come).
+    fn defer(&mut self, id: u32, update: impl FnOnce(&mut Pending)) -> bool {
+        let first = self.pending.is_empty();
+        let at = match self.pending_at.get(&id) {
+            Some(&at) => at,
+            None => {
+                self.pending_at.insert(id, self.pending.len());
+                self.pending.push((id, Pending::default()));
+                self.pending.len() - 1
+            }
+        };
+        if let Some((_, p)) = self.pending.get_mut(at) {
+            update(p);
         }
-        if let Some(id) = self.id(abi::METRIC_COUNTER, labels, name) {
-            let _ = abi::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX));
+        if first {
+            // Said at once: readers wait for 0 before trusting counters.
+            if let Some(g) = self.id(abi::METRIC_GAUGE, &[], UNFLUSHED) {
+                let _ = abi::increment_metric(g, 1);
+            }
         }
+        first
     }
 
+    /// Whether updates wait to be written.
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes every waiting update (one host call per id touched whose sum is
+    /// not 0); `false` when there was none.
+    pub fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        for (id, p) in self.pending.drain(..) {
+            if p.add != 0 {
+                let _ = abi::increment_metric(id, p.add);
+            }
+        }
+        self.pending_at.clear();
+        if let Some(g) = self.id(abi::METRIC_GAUGE, &[], UNFLUSHED) {
+            let _ = abi::increment_metric(g, -1);
+        }
+        true
+    }
+
+    /// Counts `value` (batched); `true` when it started a batch.
+    pub fn count(&mut self, labels: &[(&str, &str)], name: &str, value: u64) -> bool {
+        if value == 0 {
+            return false; // counters reject a zero increment
+        }
+        let Some(id) = self.id(abi::METRIC_COUNTER, labels, name) else {
+            return false;
+        };
+        let v = i64::try_from(value).unwrap_or(i64::MAX);
+        self.defer(id, |p| p.add = p.add.saturating_add(v))
+    }
+
+    /// Records a histogram sample (at once).
     pub fn record(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         if let Some(id) = self.id(abi::METRIC_HISTOGRAM, labels, name) {
             let _ = abi::record_metric(id, value);
         }
     }
 
-    pub fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) {
-        if let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) {
-            let _ = abi::increment_metric(id, delta);
-        }
+    /// Moves a gauge (batched); `true` when it started a batch.
+    pub fn add_gauge(&mut self, labels: &[(&str, &str)], name: &str, delta: i64) -> bool {
+        let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) else {
+            return false;
+        };
+        self.defer(id, |p| p.add = p.add.saturating_add(delta))
     }
 
+    /// Sets a gauge, at once: gauges are shared by every worker, and a set
+    /// held back could land after another worker's later one (last writer
+    /// wins only in real time). Sets are rare (transitions, sampled quotas).
     pub fn set_gauge(&mut self, labels: &[(&str, &str)], name: &str, value: u64) {
         if let Some(id) = self.id(abi::METRIC_GAUGE, labels, name) {
             let _ = abi::record_metric(id, value);

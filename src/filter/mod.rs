@@ -13,7 +13,7 @@ use crate::core::config::{Config, LogLevel};
 use crate::core::exchange::attempt::UpstreamAttempt;
 use crate::core::exchange::worker::Worker;
 use crate::core::exchange::Exchange;
-use crate::core::host::{Flow, Properties};
+use crate::core::host::{Flow, Metrics, Properties};
 use crate::core::telemetry::{BUILD_INFO, QUEUE_MAX_WAIT_MS};
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use host::{enter, EnvoyHost};
@@ -149,9 +149,23 @@ fn on_configure(id: u32, _size: usize) -> bool {
 fn on_tick(id: u32) {
     let wake = with(id, Vec::new(), |c| match c {
         Context::Root(root) => {
-            fault::on_tick();
-            root.worker.on_tick(&mut root.host);
-            root.worker.take_collapsed()
+            let wake = {
+                timed!("root_on_tick");
+                // The core's work only on the ticks it asked for (the others
+                // are the metric flush's).
+                let wake = if root.host.tick.core_ticking() {
+                    fault::on_tick();
+                    root.worker.on_tick(&mut root.host);
+                    root.worker.take_collapsed()
+                } else {
+                    Vec::new()
+                };
+                root.host.on_tick_flush();
+                wake
+            };
+            #[cfg(feature = "hostcall-count")]
+            abi::count::export();
+            wake
         }
         _ => Vec::new(),
     });
@@ -205,13 +219,20 @@ fn on_request_body(id: u32, size: usize, eos: bool) -> u32 {
 
 fn on_response_headers(id: u32, _headers: usize, eos: bool) -> u32 {
     with(id, CONTINUE, |c| match c {
+        // Header reads and writes gathered: one read and one write at most.
         Context::Stream(life, host) => {
             timed!("ds_on_http_response_headers");
-            action(life.on_response_headers(host, eos))
+            host.begin_response_headers();
+            let flow = life.on_response_headers(host, eos);
+            host.end_response_headers();
+            action(flow)
         }
         Context::Upstream(life, host) => {
             timed!("up_on_http_response_headers");
-            action(life.on_response_headers(host))
+            host.begin_response_headers();
+            let flow = life.on_response_headers(host);
+            host.end_response_headers();
+            action(flow)
         }
         _ => CONTINUE,
     })
@@ -251,9 +272,14 @@ fn on_log(id: u32) {
 
 fn on_done(id: u32) -> bool {
     with(id, true, |c| {
-        if let Context::Upstream(life, host) = c {
-            timed!("up_on_done");
-            life.on_end(host);
+        match c {
+            Context::Upstream(life, host) => {
+                timed!("up_on_done");
+                life.on_end(host);
+            }
+            // A root going (config replaced, VM shutting down): nothing waits.
+            Context::Root(root) => root.host.flush_metrics(),
+            _ => {}
         }
         true
     })
@@ -304,7 +330,9 @@ impl Default for Root {
             config: None,
             host: EnvoyHost {
                 metrics: Rc::default(),
+                tick: Rc::default(),
                 rng: Rc::new(RefCell::new(host::vm_random())),
+                response: RefCell::default(),
             },
             worker: WORKER.with(Rc::clone),
             upstream: false,
@@ -337,7 +365,7 @@ impl Root {
             LogLevel::Error => log::LevelFilter::Error,
         });
         if config.telemetry.metrics {
-            self.host.metrics.borrow_mut().set_gauge(
+            self.host.set_gauge(
                 &[("version", VERSION), ("revision", GIT_REVISION)],
                 BUILD_INFO,
                 1,
@@ -345,11 +373,8 @@ impl Root {
             // What the queue-wait alert compares the p95 wait with.
             for (name, r) in &config.routes {
                 if let Some(q) = &r.policy.queue {
-                    self.host.metrics.borrow_mut().set_gauge(
-                        &[("route", name)],
-                        QUEUE_MAX_WAIT_MS,
-                        q.max_wait_ms,
-                    );
+                    self.host
+                        .set_gauge(&[("route", name)], QUEUE_MAX_WAIT_MS, q.max_wait_ms);
                 }
             }
         }

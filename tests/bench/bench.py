@@ -348,11 +348,20 @@ def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: 
                     raise RuntimeError(f"hostcalls build: {status}")
             now = {}
             for name, _, v in harness.prom_samples(env):
-                m = re.fullmatch(r"llmcap_debug_hostcalls_(\w+)", name)
+                m = re.fullmatch(r"llmcap_debug_hostcalls_(\w+)", name) or re.fullmatch(
+                    r"llmcap_debug_cbhc_(\w+?__\w+)", name)
                 if m:
                     now[m.group(1)] = v
             per = {k: (v - before.get(k, 0)) / n for k, v in now.items() if v - before.get(k, 0) > 0}
-            out["per_request"][f"{size}{' stream' if stream else ''}"] = per
+            case = f"{size}{' stream' if stream else ''}"
+            out["per_request"][case] = {k: v for k, v in per.items() if "__" not in k}
+            # callback -> kind -> calls per request
+            by_cb: dict[str, dict[str, float]] = {}
+            for k, v in per.items():
+                if "__" in k:
+                    cb, kind = k.split("__", 1)
+                    by_cb.setdefault(cb, {})[kind] = v
+            out.setdefault("per_callback", {})[case] = by_cb
             before = now
         if variant != "filter":
             return out

@@ -27,6 +27,10 @@ ENVOY_BIN = VENV_BIN / "envoy"
 EMULATOR_BIN = ROOT / "target" / "release" / "llm-emulator"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_capacity.wasm"
 DEFAULT_ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
+# The filter's gauge of VMs holding metric updates not written yet, and how long
+# a stats read waits for it to reach 0 (a batch waits 100 ms; a loaded CI box).
+UNFLUSHED = "llmcap_metrics_unflushed"
+METRIC_SETTLE_S = 3.0
 
 _live: list[subprocess.Popen] = []
 
@@ -221,17 +225,38 @@ class Envoy:
         return self.proc.wait(timeout)
 
     def stats_json(self) -> dict[str, int]:
-        """Counters and gauges by their full Envoy name (labels still embedded)."""
-        with urllib.request.urlopen(self.admin_url + "/stats?format=json", timeout=5) as r:
-            stats = json.loads(r.read())["stats"]
-        return {s["name"]: s["value"] for s in stats if "value" in s}
+        """Counters and gauges by their full Envoy name (labels still embedded),
+        once the filter has written every update made so far (see settled)."""
+        def read():
+            with urllib.request.urlopen(self.admin_url + "/stats?format=json", timeout=5) as r:
+                stats = json.loads(r.read())["stats"]
+            return {s["name"]: s["value"] for s in stats if "value" in s}
+        return self.settled(read, lambda s: s.get("wasmcustom." + UNFLUSHED, 0))
+
+    def settled(self, read, unflushed):
+        """read() again until unflushed(result) is 0: the filter batches counter
+        increments and gauge moves per VM and writes them within 100 ms (docs/observability.md),
+        counting the VMs holding some in the gauge UNFLUSHED. Gives the last read
+        after METRIC_SETTLE_S (a stuck batch then fails the test's own assertion)."""
+        deadline = time.monotonic() + METRIC_SETTLE_S
+        while True:
+            out = read()
+            if not unflushed(out) or time.monotonic() > deadline:
+                return out
+            time.sleep(0.02)
 
     def stat(self, name: str) -> int:
         return self.stats_json().get(name, 0)
 
     def stats_prometheus(self) -> str:
-        with urllib.request.urlopen(self.admin_url + "/stats/prometheus", timeout=5) as r:
-            return r.read().decode()
+        def read():
+            with urllib.request.urlopen(self.admin_url + "/stats/prometheus", timeout=5) as r:
+                return r.read().decode()
+
+        def unflushed(text):
+            m = re.search(rf"^\w*{UNFLUSHED}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+            return float(m.group(1)) if m else 0
+        return self.settled(read, unflushed)
 
     def access_entries(self, count: int, timeout: float = 10.0) -> list[dict]:
         """Access-log lines as JSON (stdout logger); waits for at least `count`."""

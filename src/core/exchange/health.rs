@@ -71,25 +71,28 @@ pub fn observe(config: &Config, h: &mut dyn Host, o: &Observation<'_>) -> Option
     } else {
         failover::outcomes(class, latency_ms, signal, c.circuit.default_cooldown_ms)
     };
-    for (i, o) in outcomes.into_iter().enumerate() {
-        // The probe claim is released once, with the first outcome.
-        match circuit::record(&*h, &key, &c.circuit, now_ms, o, probe && i == 0) {
-            Ok(Some(m)) => transition(config, h, cluster, m),
-            Ok(None) => {}
-            Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
+    // The outcomes and the provider's quota: one read and one write of the
+    // circuit (the probe claim is released once, with the first outcome).
+    let quota = (c.adaptive
+        && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()))
+    .then_some((
+        (signal.requests.remaining, signal.requests.reset_ms),
+        (signal.tokens.remaining, signal.tokens.reset_ms),
+    ));
+    match circuit::record_answer(&*h, &key, &c.circuit, now_ms, &outcomes, probe, quota) {
+        Ok(modes) => {
+            for m in modes {
+                transition(config, h, cluster, m);
+            }
         }
-        if let Outcome::RateLimited { cooldown_ms } = o {
+        Err(e) => log::debug!("llm-capacity: circuit update for {cluster} failed ({e:?})"),
+    }
+    for o in &outcomes {
+        if let Outcome::RateLimited { cooldown_ms } = *o {
             cooled = cooldown_ms.is_some_and(|ms| ms > 0);
             if cooled && config.telemetry.metrics {
                 h.count(&[("cluster", cluster)], COOLDOWNS_TOTAL, 1);
             }
-        }
-    }
-    if c.adaptive && (signal.requests.remaining.is_some() || signal.tokens.remaining.is_some()) {
-        let r = (signal.requests.remaining, signal.requests.reset_ms);
-        let t = (signal.tokens.remaining, signal.tokens.reset_ms);
-        if let Err(e) = circuit::observe_quota(&*h, &key, &c.circuit, now_ms, r, t) {
-            log::debug!("llm-capacity: quota update for {cluster} failed ({e:?})");
         }
     }
     if config.telemetry.metrics {

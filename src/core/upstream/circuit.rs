@@ -557,18 +557,83 @@ pub fn observe_quota(
     requests: (Option<u64>, Option<u64>),
     tokens: (Option<u64>, Option<u64>),
 ) -> Result<(), StoreError> {
-    let view = |(rem, reset): (Option<u64>, Option<u64>)| {
-        rem.map(|r| (r, now_ms.saturating_add(reset.unwrap_or(cfg.window_ms))))
-    };
-    let (r, t) = (view(requests), view(tokens));
-    if r.is_none() && t.is_none() {
+    let q = Quota::new(cfg, now_ms, requests, tokens);
+    if q.is_empty() {
         return Ok(());
     }
-    update(store, key, |s| {
+    update(store, key, |s| ((), q.apply(s)))
+}
+
+/// One dimension of a provider's quota as its headers say it: `(remaining, reset in ms)`.
+pub type QuotaSnapshot = (Option<u64>, Option<u64>);
+
+/// A provider's quota snapshot as the state keeps it: `(remaining, until)` per dimension.
+#[derive(Clone, Copy)]
+struct Quota {
+    r: Option<(u64, u64)>,
+    t: Option<(u64, u64)>,
+}
+
+impl Quota {
+    fn new(
+        cfg: &CircuitConfig,
+        now_ms: u64,
+        requests: (Option<u64>, Option<u64>),
+        tokens: (Option<u64>, Option<u64>),
+    ) -> Quota {
+        let view = |(rem, reset): (Option<u64>, Option<u64>)| {
+            rem.map(|r| (r, now_ms.saturating_add(reset.unwrap_or(cfg.window_ms))))
+        };
+        Quota {
+            r: view(requests),
+            t: view(tokens),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.r.is_none() && self.t.is_none()
+    }
+
+    /// Whether the state changed.
+    fn apply(&self, s: &mut State) -> bool {
         let before = (s.r, s.t);
-        s.r = r.or(s.r);
-        s.t = t.or(s.t);
-        ((), (s.r, s.t) != before)
+        s.r = self.r.or(s.r);
+        s.t = self.t.or(s.t);
+        (s.r, s.t) != before
+    }
+}
+
+/// One attempt's answer in one read-modify-write: its `outcomes` in order, as
+/// [`record`] each (`probe`: the claim released with the first), then, given
+/// `quota` (`(requests, tokens)` as [`observe_quota`] takes them), the
+/// provider's snapshot. Returns the new mode of each outcome that changed it.
+pub fn record_answer(
+    store: &dyn SharedStore,
+    key: &str,
+    cfg: &CircuitConfig,
+    now_ms: u64,
+    outcomes: &[Outcome],
+    probe: bool,
+    quota: Option<(QuotaSnapshot, QuotaSnapshot)>,
+) -> Result<Vec<Mode>, StoreError> {
+    let q = quota
+        .map(|(r, t)| Quota::new(cfg, now_ms, r, t))
+        .filter(|q| !q.is_empty());
+    if outcomes.is_empty() && q.is_none() {
+        return Ok(Vec::new());
+    }
+    update(store, key, |s| {
+        let mut changed = Vec::new();
+        let mut dirty = false;
+        for (i, &o) in outcomes.iter().enumerate() {
+            let (m, d) = s.record(cfg, now_ms, o, probe && i == 0);
+            changed.extend(m);
+            dirty |= d;
+        }
+        if let Some(q) = &q {
+            dirty |= q.apply(s);
+        }
+        (changed, dirty)
     })
 }
 
@@ -1034,6 +1099,38 @@ mod tests {
             }
             self.inner.set(key, value, cas)
         }
+    }
+
+    #[test]
+    fn record_answer_is_the_single_calls_in_one_write() {
+        let cfg = CircuitConfig::default();
+        let quota = ((Some(7), Some(500)), (Some(900), None));
+        let fails = vec![FAIL; 6];
+        for outcomes in [vec![OK], vec![rl(Some(100)), FAIL], fails, vec![]] {
+            let (one, many) = (MemStore::default(), MemStore::default());
+            // Some history first, the same in both.
+            for m in [&one, &many] {
+                record(m, K, &cfg, 0, FAIL, false).unwrap();
+            }
+            let mut modes = Vec::new();
+            for (i, &o) in outcomes.iter().enumerate() {
+                modes.extend(record(&many, K, &cfg, 10, o, i == 0).unwrap());
+            }
+            observe_quota(&many, K, &cfg, 10, quota.0, quota.1).unwrap();
+            let s = spy(&one);
+            let got = record_answer(&s, K, &cfg, 10, &outcomes, true, Some(quota)).unwrap();
+            assert_eq!(got, modes, "{outcomes:?}");
+            assert_eq!(s.sets.get(), 1, "{outcomes:?}");
+            let stored = |m: &MemStore| m.get(K).unwrap().unwrap().0;
+            assert_eq!(stored(&one), stored(&many), "{outcomes:?}");
+        }
+        // Nothing to record: no read, no write.
+        let m = MemStore::default();
+        assert_eq!(
+            record_answer(&m, K, &cfg, 0, &[], false, None).unwrap(),
+            vec![]
+        );
+        assert_eq!(m.keys(), 0);
     }
 
     #[test]
