@@ -212,20 +212,7 @@ pub mod count {
         let spent = SPENT.with(|s| s.borrow().clone());
         for (name, ns, calls) in spent {
             for (suffix, v) in [("ns", ns), ("calls", calls)] {
-                let metric = format!("llmcap_debug_cb_{name}_{suffix}");
-                let mut id = 0u32;
-                // SAFETY: plain host calls with valid pointers and lengths.
-                unsafe {
-                    if super::proxy_define_metric(
-                        super::METRIC_GAUGE,
-                        metric.as_ptr(),
-                        metric.len(),
-                        &mut id,
-                    ) == super::OK
-                    {
-                        let _ = super::proxy_record_metric(id, v);
-                    }
-                }
+                gauge(&format!("llmcap_debug_cb_{name}_{suffix}"), v);
             }
         }
         let by_callback = BY_CALLBACK.with(|b| b.borrow().clone());
@@ -239,20 +226,7 @@ pub mod count {
         }
         let counts = COUNTS.with(|c| *c.borrow());
         for (kind, n) in KINDS.iter().zip(counts) {
-            let name = format!("llmcap_debug_hostcalls_{kind}");
-            let mut id = 0u32;
-            // SAFETY: plain host calls with valid pointers and lengths.
-            unsafe {
-                if super::proxy_define_metric(
-                    super::METRIC_GAUGE,
-                    name.as_ptr(),
-                    name.len(),
-                    &mut id,
-                ) == super::OK
-                {
-                    let _ = super::proxy_record_metric(id, n);
-                }
-            }
+            gauge(&format!("llmcap_debug_hostcalls_{kind}"), n);
         }
     }
 }

@@ -21,6 +21,14 @@ def fallback(tmp_path):
 
 
 @pytest.fixture
+def pair(emulator, fallback):
+    """(primary, fallback) emulators with their own per-key limits out of the way."""
+    for e in (emulator, fallback):
+        e.faults(rpm=100_000_000, tpm=1_000_000_000)
+    return emulator, fallback
+
+
+@pytest.fixture
 def start_envoy(tmp_path, emulator):
     """Starts Envoy from envoy/envoy.yaml (optionally with another plugin config)."""
     started = []

@@ -18,21 +18,12 @@ import threading
 import time
 
 import openai
-import pytest
 
 import harness
 import loadgen
 
 CHAT = "/v1/chat/completions"
 PRIMARY, FALLBACK = "emulator", "emulator-fallback"
-
-
-@pytest.fixture
-def pair(emulator, fallback):
-    """(primary, fallback) emulators with their own per-key limits out of the way."""
-    for e in (emulator, fallback):
-        e.faults(rpm=100_000_000, tpm=1_000_000_000)
-    return emulator, fallback
 
 
 def plugin(circuit: dict | None = None, chain=None, route: dict | None = None) -> dict:

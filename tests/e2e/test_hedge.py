@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
-
 import harness
 import loadgen
 
@@ -25,13 +23,6 @@ PRIMARY, FALLBACK, COMPOSITE = "emulator", "emulator-fallback", "emulator-hedged
 SERVED_BY = "x-llm-capacity-served-by"
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-test"}
 NEVER_OPEN = {"consecutive_failures": 0, "error_rate": 1.0, "min_requests": 100000}
-
-
-@pytest.fixture
-def pair(emulator, fallback):
-    for e in (emulator, fallback):
-        e.faults(rpm=100_000_000, tpm=1_000_000_000)
-    return emulator, fallback
 
 
 def start(start_envoy, pair, hedge: dict, **route):

@@ -30,13 +30,6 @@ SERVED_BY = "x-llm-capacity-served-by"
 NEVER_OPEN = {"consecutive_failures": 0, "error_rate": 1.0, "min_requests": 100000}
 
 
-@pytest.fixture
-def pair(emulator, fallback):
-    for e in (emulator, fallback):
-        e.faults(rpm=100_000_000, tpm=1_000_000_000)
-    return emulator, fallback
-
-
 def plugin(route: dict, chain=None) -> dict:
     p = copy.deepcopy(harness.plugin_config(harness.load_envoy_config()))
     for c in (PRIMARY, FALLBACK):

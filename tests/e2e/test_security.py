@@ -45,13 +45,6 @@ FORGED = [
 ROUTER_HEADERS = [k for k, _ in FORGED if k.startswith("x-envoy-") and k != "x-envoy-attempt-count"]
 
 
-@pytest.fixture
-def pair(emulator, fallback):
-    for e in (emulator, fallback):
-        e.faults(rpm=100_000_000, tpm=1_000_000_000)
-    return emulator, fallback
-
-
 def base_plugin() -> dict:
     return copy.deepcopy(harness.plugin_config(harness.load_envoy_config()))
 

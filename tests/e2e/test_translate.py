@@ -62,13 +62,6 @@ def plugin(client: str) -> dict:
     return p
 
 
-@pytest.fixture
-def pair(emulator, fallback):
-    for e in (emulator, fallback):
-        e.faults(rpm=100_000_000, tpm=1_000_000_000)
-    return emulator, fallback
-
-
 def start(start_envoy, pair, client):
     primary, fb = pair
     return start_envoy(base=envoy_config(client), plugin=plugin(client),

@@ -329,29 +329,28 @@ impl UpstreamAttempt {
         self.cluster = h
             .property_text(&["xds", "cluster_name"])
             .unwrap_or_default();
-        let attempt = |h: &dyn Host| {
-            h.header(Map::RequestHeaders, "x-envoy-attempt-count")
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(1)
-        };
         // A hedged request's attempts all go to the route's composite cluster,
         // which sends attempt n to the chain's n-th cluster: this attempt is
-        // that cluster's.
-        if route
+        // that cluster's. Only that and a planned probe need the attempt's number.
+        let composite = route
             .routing
             .hedge
             .as_ref()
-            .is_some_and(|hg| hg.cluster == self.cluster)
-        {
-            let n = attempt(&*h);
+            .is_some_and(|hg| hg.cluster == self.cluster);
+        let attempt = (composite || plan.probe_cluster.is_some()).then(|| {
+            h.header(Map::RequestHeaders, "x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+        });
+        if composite {
+            let n = attempt.unwrap_or(1);
             if let Some(t) = route.clusters.get(n.saturating_sub(1)) {
                 self.cluster = t.cluster.name.clone();
             }
         }
         self.stream = plan.stream;
         self.streamed = plan.streamed;
-        // Only a planned probe needs to know which attempt this is.
-        self.probe = plan.probe_cluster == Some(self.cluster.as_str()) && attempt(&*h) <= 1;
+        self.probe = plan.probe_cluster == Some(self.cluster.as_str()) && attempt.unwrap_or(1) <= 1;
         self.started_ms = h.now_ms();
         self.retry_by_ms = plan.retry_by_ms;
         let retry = plan

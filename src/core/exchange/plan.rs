@@ -120,14 +120,14 @@ impl Exchange {
         // with the chain in order (at least two healthy clusters) and a retry
         // is left, within the route's share (taken now, given back at the end
         // if the hedge never fired). Its retries stay within that prefix.
-        let in_order = plan
-            .slots
-            .iter()
-            .enumerate()
-            .take_while(|(n, &i)| *n == i)
-            .count();
         let mut hedged = None;
         if let Some(hg) = &policy.routing.hedge {
+            let in_order = plan
+                .slots
+                .iter()
+                .enumerate()
+                .take_while(|(n, &i)| *n == i)
+                .count();
             let room = retries.is_some_and(|n| n >= 1) && in_order >= 2 && !plan.probe;
             if room && routing::hedge_arm(&*h, &policy.name, hg.max_share, now) {
                 let _ = h.set_header(
