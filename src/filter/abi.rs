@@ -66,20 +66,42 @@ pub mod count {
         static CALLBACK: std::cell::Cell<&'static str> = const { std::cell::Cell::new("vm") };
     }
 
-    pub fn bump(kind: usize) {
+    thread_local! {
+        /// Nanoseconds spent in host calls (marshalling included), per
+        /// callback and kind, as [`BY_CALLBACK`] counts them.
+        static NS_BY_CALLBACK: RefCell<Vec<(&'static str, [u64; 16])>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
+    fn add(table: &RefCell<Vec<(&'static str, [u64; 16])>>, cb: &'static str, kind: usize, v: u64) {
+        let mut b = table.borrow_mut();
+        match b.iter_mut().find(|e| e.0 == cb) {
+            Some(e) => e.1[kind] += v,
+            None => {
+                let mut row = [0u64; 16];
+                row[kind] = v;
+                b.push((cb, row));
+            }
+        }
+    }
+
+    /// One host call of `kind`, timed until the guard drops (the end of the
+    /// wrapper that made it): counted at once, its time added on drop.
+    pub struct Call(usize, u64);
+
+    pub fn bump(kind: usize) -> Call {
         COUNTS.with(|c| c.borrow_mut()[kind] += 1);
         let cb = CALLBACK.with(std::cell::Cell::get);
-        BY_CALLBACK.with(|b| {
-            let mut b = b.borrow_mut();
-            match b.iter_mut().find(|e| e.0 == cb) {
-                Some(e) => e.1[kind] += 1,
-                None => {
-                    let mut row = [0u64; 16];
-                    row[kind] = 1;
-                    b.push((cb, row));
-                }
-            }
-        });
+        BY_CALLBACK.with(|b| add(b, cb, kind, 1));
+        Call(kind, raw_now())
+    }
+
+    impl Drop for Call {
+        fn drop(&mut self) {
+            let ns = raw_now().saturating_sub(self.1);
+            let cb = CALLBACK.with(std::cell::Cell::get);
+            NS_BY_CALLBACK.with(|b| add(b, cb, self.0, ns));
+        }
     }
 
     /// Times `n` calls of each common host call (and of an empty loop), for the
@@ -224,6 +246,15 @@ pub mod count {
                 gauge(&format!("llmcap_debug_cbhc_{cb}__{kind}"), n);
             }
         }
+        let ns_by_callback = NS_BY_CALLBACK.with(|b| b.borrow().clone());
+        for (cb, row) in ns_by_callback {
+            for (kind, n) in KINDS.iter().zip(row) {
+                if n == 0 {
+                    continue;
+                }
+                gauge(&format!("llmcap_debug_cbns_{cb}__{kind}"), n);
+            }
+        }
         let counts = COUNTS.with(|c| *c.borrow());
         for (kind, n) in KINDS.iter().zip(counts) {
             gauge(&format!("llmcap_debug_hostcalls_{kind}"), n);
@@ -234,7 +265,7 @@ pub mod count {
 macro_rules! hc {
     ($kind:literal) => {
         #[cfg(feature = "hostcall-count")]
-        count::bump(match count::KINDS.iter().position(|k| *k == $kind) {
+        let _call = count::bump(match count::KINDS.iter().position(|k| *k == $kind) {
             Some(i) => i,
             None => count::KINDS.len() - 1,
         });

@@ -22,7 +22,7 @@ use crate::core::tokens::estimate::{
     self, estimate_tokens, Encoding, Structure, TextClass, TextStats,
 };
 use crate::core::tokens::request::{self, Api, RequestFacts, Rewrite};
-use crate::core::tokens::usage::{usage_from_json, Dialect, SseUsageParser, Usage};
+use crate::core::tokens::usage::{answer_from_json, Dialect, SseUsageParser, Usage};
 
 /// Largest non-streamed response body kept to read its usage; larger ones settle
 /// at the reservation. Bounded so one answer cannot grow a VM's memory.
@@ -266,6 +266,9 @@ pub struct ResponseTracker {
     opaque: bool,
     streamed: TextStats,
     streamed_any: bool,
+    /// The model the JSON answer named, once [`ResponseTracker::settle`] has
+    /// read it (the body is parsed once for usage and model).
+    json_model: Option<Option<String>>,
 }
 
 impl ResponseTracker {
@@ -279,6 +282,7 @@ impl ResponseTracker {
             opaque: false,
             streamed: TextStats::default(),
             streamed_any: false,
+            json_model: None,
         }
     }
 
@@ -342,6 +346,9 @@ impl ResponseTracker {
         if self.json.is_empty() || self.json_overflow {
             return None;
         }
+        if let Some(m) = &self.json_model {
+            return m.clone();
+        }
         crate::core::tokens::usage::model_from_json(&self.json)
     }
 
@@ -400,7 +407,9 @@ impl ResponseTracker {
             };
         }
         if ended && !self.json_overflow && !self.opaque {
-            if let Some(u) = usage_from_json(d, &self.json) {
+            let a = answer_from_json(d, &self.json);
+            self.json_model = Some(a.model);
+            if let Some(u) = a.usage {
                 return provider(u);
             }
         }

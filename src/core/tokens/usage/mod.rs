@@ -148,26 +148,60 @@ pub fn model_from_json(body: &[u8]) -> Option<String> {
 
 /// Usage from a complete (non-streamed) JSON response body, if it has any.
 pub fn usage_from_json(dialect: Dialect, body: &[u8]) -> Option<Usage> {
+    answer_from_json(dialect, body).usage
+}
+
+/// What one read of a complete JSON answer says: its usage and the model
+/// that answered (as [`usage_from_json`] and [`model_from_json`] would, in one
+/// parse of the body).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonAnswer {
+    pub usage: Option<Usage>,
+    pub model: Option<String>,
+}
+
+/// Reads a complete JSON answer once: see [`JsonAnswer`]. A body that is not
+/// the dialect's JSON gives neither.
+pub fn answer_from_json(dialect: Dialect, body: &[u8]) -> JsonAnswer {
     let text = String::from_utf8_lossy(body);
     let text: &str = &text;
+    let model = |m: Option<String>| m.map(|m| crate::core::truncate(&m, MAX_MODEL_LEN).to_string());
     match dialect {
-        Dialect::Gemini => {
-            if text.trim_start().starts_with('[') {
-                // A buffered non-SSE stream: the last chunk with usage is final.
-                let chunks: Vec<GeminiBody> = serde_json::from_str(text).ok()?;
-                chunks
+        Dialect::Gemini if text.trim_start().starts_with('[') => {
+            // A buffered non-SSE stream: the last chunk with usage is final.
+            // (An array names no model at its top: `model_from_json` neither.)
+            let Ok(chunks) = serde_json::from_str::<Vec<GeminiBody>>(text) else {
+                return JsonAnswer::default();
+            };
+            JsonAnswer {
+                usage: chunks
                     .iter()
                     .rev()
-                    .find_map(|c| c.usage_metadata.as_ref().and_then(gemini_usage))
-            } else {
-                let body: GeminiBody = serde_json::from_str(text).ok()?;
-                body.usage_metadata.as_ref().and_then(gemini_usage)
+                    .find_map(|c| c.usage_metadata.as_ref().and_then(gemini_usage)),
+                model: None,
             }
         }
-        _ => {
-            let body: UsageBody = serde_json::from_str(text).ok()?;
-            body.usage.as_ref().and_then(|u| wire_usage(dialect, u))
-        }
+        Dialect::Gemini => match serde_json::from_str::<GeminiBody>(text) {
+            Ok(b) => JsonAnswer {
+                usage: b.usage_metadata.as_ref().and_then(gemini_usage),
+                model: model(b.model.or(b.model_version)),
+            },
+            // Usage of an unexpected shape: the model may still be named.
+            Err(_) => JsonAnswer {
+                usage: None,
+                model: model_from_json(body),
+            },
+        },
+        _ => match serde_json::from_str::<UsageBody>(text) {
+            Ok(b) => JsonAnswer {
+                usage: b.usage.as_ref().and_then(|u| wire_usage(dialect, u)),
+                model: model(b.model.or(b.model_version)),
+            },
+            Err(_) => JsonAnswer {
+                usage: None,
+                model: model_from_json(body),
+            },
+        },
     }
 }
 

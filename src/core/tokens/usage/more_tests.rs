@@ -537,3 +537,40 @@ fn answering_model_is_read_from_json_and_streams() {
     );
     assert_eq!(a.model(), Some("claude-sonnet-4-5"));
 }
+
+#[test]
+fn one_read_of_a_json_answer_names_the_model_as_model_from_json_does() {
+    // (Its usage is what `usage_from_json` returns: the usage tests cover it.)
+    let long = format!(
+        r#"{{"model":"{}","usage":{{"prompt_tokens":1}}}}"#,
+        "m".repeat(300)
+    );
+    let bodies: Vec<&[u8]> = vec![
+        br#"{"id":"x","model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        br#"{"model":"claude-sonnet-4-5","usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":1}}"#,
+        br#"{"object":"response","model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":6}}"#,
+        br#"{"candidates":[],"modelVersion":"gemini-2.5-flash","usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":2}}"#,
+        br#"[{"usageMetadata":{"promptTokenCount":1}},{"modelVersion":"g","usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":9}}]"#,
+        br#"{"model":"only-a-model"}"#,
+        br#"{"model":"odd","usage":"not an object"}"#,
+        br#"{"usage":{"prompt_tokens":3}}"#,
+        b"not json",
+        b"",
+        long.as_bytes(),
+    ];
+    let openai = answer_from_json(Dialect::OpenAiChat, bodies[0]);
+    assert_eq!(openai.usage, Some(u(12, 3, 2)));
+    let gemini = answer_from_json(Dialect::Gemini, bodies[3]);
+    assert_eq!(gemini.usage, Some(u(7, 2, 0)));
+    for d in Dialect::ALL {
+        for b in &bodies {
+            let one = answer_from_json(d, b);
+            assert_eq!(
+                one.model,
+                model_from_json(b),
+                "{d:?} {}",
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+}

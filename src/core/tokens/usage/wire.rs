@@ -135,6 +135,9 @@ pub(super) struct UsageBody {
     /// The model that answered (Anthropic `message_start`).
     #[serde(default)]
     pub(super) model: Option<String>,
+    /// Gemini's name for it, should a body in another dialect carry it.
+    #[serde(default, rename = "modelVersion")]
+    pub(super) model_version: Option<String>,
 }
 
 /// A whole Gemini response body, or one element of a streamed JSON array.
@@ -142,6 +145,11 @@ pub(super) struct UsageBody {
 pub(super) struct GeminiBody {
     #[serde(default, rename = "usageMetadata")]
     pub(super) usage_metadata: Option<GeminiUsage>,
+    /// The model that answered.
+    #[serde(default, rename = "modelVersion")]
+    pub(super) model_version: Option<String>,
+    #[serde(default)]
+    pub(super) model: Option<String>,
 }
 
 /// One OpenAI chat or legacy completions stream chunk.
