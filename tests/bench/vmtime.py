@@ -26,6 +26,10 @@ def snapshot(env: harness.Envoy) -> dict:
             if m:
                 out.setdefault(m.group(1), {}).setdefault(key, 0)
                 out[m.group(1)][key] += v
+        m = re.fullmatch(r"llmcap_debug_cb(ns|hc)_(\w+?)__(\w+)", name)
+        if m:  # per host-call kind, all callbacks together
+            kinds = out.setdefault("__kinds__", {}).setdefault(m.group(3), {})
+            kinds[m.group(1)] = kinds.get(m.group(1), 0) + v
     return out
 
 
@@ -46,12 +50,21 @@ def measure(tmp: Path, upstream_port: int, variant: str, duration: float) -> dic
     finally:
         env.stop()
     n = max(r["requests"], 1)
+    kinds = {}
+    for kind, v in b.pop("__kinds__", {}).items():
+        was = a.get("__kinds__", {}).get(kind, {})
+        calls = (v.get("hc", 0) - was.get("hc", 0)) / n
+        if calls > 0.005:
+            ns = (v.get("ns", 0) - was.get("ns", 0)) / n
+            kinds[kind] = {"calls": calls, "us": ns / 1000, "ns_per_call": ns / calls}
     rows = {}
     for cb, v in b.items():
+        if cb == "__kinds__":
+            continue
         d = {k: (v.get(k, 0) - a.get(cb, {}).get(k, 0)) / n for k in ("ns", "hc_ns", "calls")}
         if d["ns"] > 0:
             rows[cb] = {"us": d["ns"] / 1000, "host_us": d["hc_ns"] / 1000, "calls": d["calls"]}
-    return {"requests": n, "callbacks": rows}
+    return {"requests": n, "callbacks": rows, "kinds": kinds}
 
 
 def table(res: dict) -> str:
@@ -61,6 +74,9 @@ def table(res: dict) -> str:
         lines.append(f"| {cb} | {r['us']:.1f} | {r['calls']:.2f} | {r['host_us']:.1f} | {r['us'] - r['host_us']:.1f} |")
         tot = [tot[0] + r["us"], tot[1] + r["calls"], tot[2] + r["host_us"]]
     lines.append(f"| **all** | **{tot[0]:.1f}** | **{tot[1]:.2f}** | **{tot[2]:.1f}** | **{tot[0] - tot[2]:.1f}** |")
+    lines += ["", "| host call | per request | µs per request | ns per call |", "|---|---:|---:|---:|"]
+    for kind, k in sorted(res.get("kinds", {}).items(), key=lambda kv: -kv[1]["us"]):
+        lines.append(f"| {kind} | {k['calls']:.2f} | {k['us']:.1f} | {k['ns_per_call']:.0f} |")
     return "\n".join(lines)
 
 
