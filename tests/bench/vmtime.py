@@ -85,7 +85,10 @@ def main() -> int:
     ap.add_argument("--variants", default="filter")
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--json")
+    ap.add_argument("--wasm", help="another counting build (default: make build-hostcalls's)")
     args = ap.parse_args()
+    if args.wasm:
+        bench.HOSTCALLS_WASM = Path(args.wasm)
     if not bench.HOSTCALLS_WASM.exists():
         print(f"missing {bench.HOSTCALLS_WASM}: run `make build-hostcalls` first", file=sys.stderr)
         return 2
