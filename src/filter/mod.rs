@@ -229,7 +229,7 @@ fn on_response_headers(id: u32, _headers: usize, eos: bool) -> u32 {
         }
         Context::Upstream(life, host) => {
             timed!("up_on_http_response_headers");
-            host.begin_response_headers();
+            host.begin_response_headers_sparse();
             let flow = life.on_response_headers(host);
             host.end_response_headers();
             action(flow)

@@ -24,10 +24,13 @@ TOLERANCE = 0.5
 # Host calls per request, by callback (ds_: the downstream filter, up_: the
 # upstream instance), measured with tests/bench/hostcalls.py (results in
 # tests/bench/results/hostcalls-batched.md). Before issue 24: 57.2 and 59.05.
+# The request body's 11 include the circuit's quota view counted down, while
+# the provider's last reported quota has not reset (the bench's resets are a
+# few ms; an adaptive cluster's successes are read once per 100 ms per VM).
 BUDGET = {
     "1k": {
         "ds_on_http_request_headers": 3,
-        "ds_on_http_request_body": 12,
+        "ds_on_http_request_body": 11,
         "ds_on_http_response_headers": 2,
         "ds_on_http_response_body": 5,
         "ds_on_log": 3,
@@ -36,12 +39,12 @@ BUDGET = {
     },
     "1k stream": {
         "ds_on_http_request_headers": 3,
-        "ds_on_http_request_body": 12,
+        "ds_on_http_request_body": 11,
         "ds_on_http_response_headers": 2,
         "ds_on_http_response_body": 8,
         "ds_on_log": 4,
         "up_on_http_request_headers": 4,
-        "up_on_http_response_headers": 7,
+        "up_on_http_response_headers": 5,
     },
 }
 # Everything else a request costs: the root's ticks (the metric flush, about

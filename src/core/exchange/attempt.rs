@@ -27,6 +27,26 @@ use std::rc::Rc;
 
 /// How often a healthy cluster's quota headers feed the remaining gauges.
 const QUOTA_SAMPLE_MS: u64 = 1000;
+/// How often an adaptive cluster's successes are read for its quota while the
+/// quota is not low (every request sent counts the circuit's view down in the
+/// meantime; an error answer is always read).
+const ADAPTIVE_SAMPLE_MS: u64 = 100;
+/// A dimension is low with at most 1/[`LOW_QUOTA_DIVISOR`] of its limit left
+/// (or [`LOW_QUOTA_FLOOR`], whichever is more), or with no limit reported.
+const LOW_QUOTA_DIVISOR: u64 = 5;
+const LOW_QUOTA_FLOOR: u64 = 100;
+
+/// Whether a quota the provider reported is low enough that every answer's
+/// headers are read (the adaptive gate then follows the provider exactly).
+fn quota_is_low(s: &provider_headers::Signal) -> bool {
+    [s.requests, s.tokens]
+        .iter()
+        .any(|q| match (q.remaining, q.limit) {
+            (Some(r), Some(l)) => r <= (l / LOW_QUOTA_DIVISOR).max(LOW_QUOTA_FLOOR),
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+}
 
 /// Attempts waiting for their downstream stream's end, per VM, at most.
 const MAX_UNANSWERED: usize = 1024;
@@ -234,30 +254,51 @@ impl UpstreamAttempt {
         self.phase
     }
 
-    /// Whether this answer's quota headers are read: always for adaptive
-    /// clusters, else at most once per [`QUOTA_SAMPLE_MS`] per cluster and VM.
+    /// Whether this successful answer's quota headers are read. An adaptive
+    /// cluster's: every answer's while the quota last read was low, else at
+    /// most once per [`ADAPTIVE_SAMPLE_MS`] per cluster and VM. Another
+    /// cluster's feed only the gauges: once per [`QUOTA_SAMPLE_MS`].
     fn wants_quota(&self, now: u64) -> bool {
         let Some(c) = self.config.clusters.get(&self.cluster) else {
             return false;
         };
-        if c.adaptive {
-            return true;
-        }
-        if !self.config.telemetry.metrics {
+        if !c.adaptive && !self.config.telemetry.metrics {
             return false;
         }
+        let every = if c.adaptive {
+            ADAPTIVE_SAMPLE_MS
+        } else {
+            QUOTA_SAMPLE_MS
+        };
         let mut l = self.worker.attempts.borrow_mut();
         match l.quota_sampled.get_mut(&self.cluster) {
-            Some(last) if now.saturating_sub(*last) < QUOTA_SAMPLE_MS => false,
-            Some(last) => {
-                *last = now;
+            Some(q) if (c.adaptive && q.low) || now.saturating_sub(q.at_ms) >= every => {
+                q.at_ms = now;
                 true
             }
+            Some(_) => false,
             None => {
                 // Bounded: only configured clusters get an entry.
-                l.quota_sampled.insert(self.cluster.clone(), now);
+                let q = super::worker::QuotaSample {
+                    at_ms: now,
+                    low: false,
+                };
+                l.quota_sampled.insert(self.cluster.clone(), q);
                 true
             }
+        }
+    }
+
+    /// Notes whether the quota this VM just read for the cluster was low.
+    fn note_quota(&self, signal: &provider_headers::Signal) {
+        if let Some(q) = self
+            .worker
+            .attempts
+            .borrow_mut()
+            .quota_sampled
+            .get_mut(&self.cluster)
+        {
+            q.low = quota_is_low(signal);
         }
     }
 
@@ -508,7 +549,9 @@ impl UpstreamAttempt {
         let signal = if class != Class::Ok || self.wants_quota(now) {
             let headers = h.header_list(Map::ResponseHeaders);
             forged = headers.get(RETRY_AFTER_HEADER).is_some();
-            provider_headers::parse(headers.iter(), now)
+            let s = provider_headers::parse(headers.iter(), now);
+            self.note_quota(&s);
+            s
         } else {
             provider_headers::Signal::default()
         };

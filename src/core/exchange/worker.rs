@@ -223,8 +223,9 @@ pub struct Ledger {
     /// (stream, whether its client was answered, the answering attempt's
     /// answer in the event order), oldest first.
     pub(super) ended: VecDeque<(u32, bool, Option<u64>)>,
-    /// Per cluster: when this VM last read a successful answer's quota headers.
-    pub(super) quota_sampled: HashMap<String, u64>,
+    /// Per cluster: when this VM last read a successful answer's quota
+    /// headers, and whether the quota they reported was low.
+    pub(super) quota_sampled: HashMap<String, QuotaSample>,
     /// Attempts sent, newest last, until the downstream reads the answering
     /// one or its stream ends: for the timings, and so a later attempt of the
     /// same stream is known as a router retry (gated when it is sent) or a
@@ -233,6 +234,14 @@ pub struct Ledger {
     /// The VM's order of attempt events (sent, answered, ended): one thread,
     /// so a counter orders them where the clock (ms) cannot.
     seq: u64,
+}
+
+/// A cluster's last read of a successful answer's quota headers, per VM.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct QuotaSample {
+    pub(super) at_ms: u64,
+    /// The quota read was low: every answer is read until it is not.
+    pub(super) low: bool,
 }
 
 /// Attempts remembered per VM (the oldest is forgotten first).

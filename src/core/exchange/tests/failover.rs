@@ -308,3 +308,67 @@ fn without_held_headers_only_the_routes_own_cluster_is_gated() {
     let (_, flow) = env.send("chat", &[], Some(CHAT_BODY));
     assert_eq!((flow, env.last_reply().status), (Flow::Pause, 503));
 }
+
+/// One successful attempt on `a` whose answer reports `remaining` of `limit`
+/// requests left.
+fn success_reporting(env: &mut Envoy, stream: u32, remaining: u64, limit: u64) {
+    let mut a = attempt_on(env, "a", stream);
+    a.on_request_headers(&mut env.host, false);
+    env.host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("x-ratelimit-limit-requests".into(), limit.to_string()),
+        (
+            "x-ratelimit-remaining-requests".into(),
+            remaining.to_string(),
+        ),
+        ("x-ratelimit-reset-requests".into(), "60s".into()),
+    ];
+    a.on_response_headers(&mut env.host);
+    env.host.advance(10);
+}
+
+#[test]
+fn an_adaptive_clusters_plentiful_quota_is_sampled_and_a_low_one_followed() {
+    let mut env = chain(true);
+    let remaining = |env: &Envoy| {
+        env.host.gauge(
+            crate::core::telemetry::PROVIDER_REMAINING,
+            &[("cluster", "a"), ("limit", "requests")],
+        )
+    };
+    // Plenty left: the first success is read, the next ones within 100 ms not.
+    success_reporting(&mut env, 1, 9000, 10_000);
+    assert_eq!(remaining(&env), Some(9000));
+    for (n, left) in [8990, 8980, 8970].into_iter().enumerate() {
+        success_reporting(&mut env, 2 + n as u32, left, 10_000);
+    }
+    assert_eq!(remaining(&env), Some(9000), "read again within 100 ms");
+    env.host.advance(100);
+    success_reporting(&mut env, 9, 8000, 10_000);
+    assert_eq!(remaining(&env), Some(8000), "read again after 100 ms");
+    // A fifth or less left: every answer is read.
+    env.host.advance(100);
+    success_reporting(&mut env, 10, 2000, 10_000);
+    for (n, left) in [1999, 1998, 3].into_iter().enumerate() {
+        success_reporting(&mut env, 11 + n as u32, left, 10_000);
+        assert_eq!(remaining(&env), Some(left));
+    }
+    // A small limit is low below 100 left.
+    let mut env = chain(true);
+    success_reporting(&mut env, 1, 5, 5);
+    success_reporting(&mut env, 2, 4, 5);
+    assert_eq!(remaining(&env), Some(4));
+    // An error answer is always read, whatever was sampled.
+    let mut env = chain(true);
+    success_reporting(&mut env, 1, 9000, 10_000);
+    let mut a = attempt_on(&mut env, "a", 2);
+    a.on_request_headers(&mut env.host, false);
+    env.host.response_headers = vec![
+        (":status".into(), "429".into()),
+        ("x-ratelimit-limit-requests".into(), "10000".into()),
+        ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ("x-ratelimit-reset-requests".into(), "60s".into()),
+    ];
+    a.on_response_headers(&mut env.host);
+    assert_eq!(remaining(&env), Some(0));
+}
