@@ -18,17 +18,18 @@ WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 setup: $(TOOLS)/run.stamp $(VENV)/run.stamp
 
 ## setup-test: what `make test` adds (on its first run): the wasm32-unknown-unknown target, Node.js, openssl,
-## g++, wrk, redis-server and prometheus with promtool (no system services), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
+## g++, wrk, perf, redis-server and prometheus with promtool (no system services), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
 setup-test: setup $(TOOLS)/test.stamp $(VENV)/test.stamp wasm-runner fuzz-tool mdbook-tool
 
 # Commands `make run` and the tests run, with the Debian package that provides each:
 # curl is what `make run` prints (and its test runs); node runs the wasm32 core tests,
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer for the
-# fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test), redis-server holds
+# fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test), perf (linux-perf)
+# samples Envoy in the profile (and its smoke test), redis-server holds
 # the counters of the global rate-limit engine (tests/rls), prometheus (and its promtool)
 # evaluates the shipped alert rules and serves the dashboard and latency tests.
 RUN_DEBIAN  := curl:curl
-TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk redis-server:redis-server prometheus:prometheus promtool:prometheus
+TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk perf:linux-perf redis-server:redis-server prometheus:prometheus promtool:prometheus
 # Installs the missing ones.
 APT_INSTALL = missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t\#*:}; done); \
 	if [ -n "$$missing" ]; then \
@@ -213,6 +214,7 @@ bench: setup-test build build-hostcalls
 ## its one-mechanism-off variants, perf's samples by where they land, time inside the VM by phase (the counting
 ## build); about 8 minutes; writes tests/bench/results/profile.{md,json}
 bench-profile: setup-test build build-hostcalls
+	CARGO_TARGET_DIR=target/names cargo build --release --target wasm32-wasip1 -p llm-capacity --config profile.release.strip=false
 	$(PY) tests/bench/profile.py
 
 ## bench-translate: the translators' cost per request, answer and streamed chunk, wasm under node and native

@@ -39,6 +39,7 @@ request, wrk at 32 connections; every proxy `--concurrency 2`):
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -90,6 +91,132 @@ COST_PROXY = {"buffer_get": "header_get", "log": "metric", "tick": "time", "cont
               "other": "property_get", "header_remove": "header_set", "buffer_set": "header_set"}
 ENTRY_DEPTH = 3  # Envoy frames under the outermost Wasm frame that count as the VM's entry
 
+# The same module built with its symbols (`make bench-profile` builds it): names for the functions of the
+# release module, by index (same sources, same function order; only data addresses move).
+NAMES_WASM = ROOT / "target" / "names" / "wasm32-wasip1" / "release" / "llm_capacity.wasm"
+
+
+# ---------------------------------------------------------------------------
+# the module's functions
+# ---------------------------------------------------------------------------
+
+def _leb(b: bytes, i: int) -> tuple[int, int]:
+    r = sh = 0
+    while True:
+        x = b[i]
+        i += 1
+        r |= (x & 0x7F) << sh
+        sh += 7
+        if x < 0x80:
+            return r, i
+
+
+def wasm_module(path: Path) -> dict:
+    """Imported function count, body sizes of the declared functions, names (name section) by index."""
+    b = path.read_bytes()
+    imports, sizes, names, exports, i = 0, [], {}, {}, 8
+    while i < len(b):
+        sid = b[i]
+        n, i = _leb(b, i + 1)
+        body, i = b[i:i + n], i + n
+        if sid == 2:  # imports: only function imports shift the indexes
+            cnt, j = _leb(body, 0)
+            for _ in range(cnt):
+                for _ in range(2):
+                    ln, j = _leb(body, j)
+                    j += ln
+                kind, j = body[j], j + 1
+                if kind == 0:
+                    _, j = _leb(body, j)
+                    imports += 1
+                elif kind in (1, 2):  # table (reftype, limits), memory (limits)
+                    j += kind == 1
+                    fl, j = _leb(body, j)
+                    _, j = _leb(body, j)
+                    if fl & 1:
+                        _, j = _leb(body, j)
+                else:  # global: valtype, mutability
+                    j += 2
+        elif sid == 7:  # exports: the callbacks' names survive stripping
+            cnt, j = _leb(body, 0)
+            for _ in range(cnt):
+                ln, j = _leb(body, j)
+                name, j = body[j:j + ln].decode(errors="replace"), j + ln
+                kind, j = body[j], j + 1
+                idx, j = _leb(body, j)
+                if kind == 0:
+                    exports[idx] = name
+        elif sid == 10:
+            cnt, j = _leb(body, 0)
+            for _ in range(cnt):
+                sz, j = _leb(body, j)
+                sizes.append(sz)
+                j += sz
+        elif sid == 0:
+            ln, j = _leb(body, 0)
+            if body[j:j + ln] == b"name":
+                j += ln
+                while j < len(body):
+                    sub = body[j]
+                    sz, j = _leb(body, j + 1)
+                    if sub == 1:
+                        cnt, k = _leb(body, j)
+                        for _ in range(cnt):
+                            idx, k = _leb(body, k)
+                            ln2, k = _leb(body, k)
+                            names[idx] = demangle(body[k:k + ln2].decode(errors="replace"))
+                            k += ln2
+                    j += sz
+    return {"imports": imports, "sizes": sizes, "names": names, "exports": exports}
+
+
+def demangle(sym: str) -> str:
+    """A legacy Rust symbol (_ZN...17h<hash>E) as a path, without its hash; anything else as it is."""
+    if not sym.startswith("_ZN"):
+        return sym
+    parts, i = [], 3
+    while i < len(sym) and sym[i].isdigit():
+        j = i
+        while sym[j].isdigit():
+            j += 1
+        n = int(sym[i:j])
+        parts.append(sym[j:j + n])
+        i = j + n
+    if parts and re.fullmatch(r"h[0-9a-f]{16}", parts[-1]):
+        parts.pop()
+    out = "::".join(parts)
+    for k, v in (("$LT$", "<"), ("$GT$", ">"), ("$u20$", " "), ("$RF$", "&"), ("$BP$", "*"), ("$C$", ","),
+                 ("$u7b$", "{"), ("$u7d$", "}"), ("$u5b$", "["), ("$u5d$", "]"), ("$u27$", "'"), ("..", "::")):
+        out = out.replace(k, v)
+    return out
+
+
+def function_names(release: Path) -> tuple[dict[int, str], str]:
+    """Names of the release module's functions (by index), and how far they can be trusted."""
+    if not NAMES_WASM.exists():
+        return {}, "no symbol build (target/names): functions by index"
+    a, b = wasm_module(release), wasm_module(NAMES_WASM)
+    if a["imports"] != b["imports"] or len(a["sizes"]) != len(b["sizes"]):
+        return {}, "the symbol build has other functions: functions by index"
+    same = sum(x == y for x, y in zip(a["sizes"], b["sizes"])) / max(len(a["sizes"]), 1)
+    return b["names"], (f"names from the same sources built with symbols: {len(a['sizes'])} functions in both, "
+                        f"{same:.0%} of the same size at the same index")
+
+
+def jump_table(pid: int, code: tuple[int, int], functions: int) -> list[int]:
+    """Where V8 put each declared function's code: its jump table, at the start of the module's code space,
+    one 8-byte slot per function (`jmp rel32`, padding), in declaration order. Empty if it is not that."""
+    with open(f"/proc/{pid}/mem", "rb") as m:
+        m.seek(code[0])
+        raw = m.read(functions * 8)
+    starts = []
+    for i in range(functions):
+        slot = raw[8 * i: 8 * i + 8]
+        if len(slot) < 5 or slot[0] != 0xE9:
+            return []
+        starts.append(code[0] + 8 * i + 5 + int.from_bytes(slot[1:5], "little", signed=True))
+    return starts if all(code[0] <= a < code[1] for a in starts) else []
+
 
 # ---------------------------------------------------------------------------
 # perf
@@ -115,14 +242,24 @@ def exec_regions(pid: int) -> list[tuple[int, int, str]]:
 
 
 class Record:
-    """`perf record -g` on a process while a load runs."""
+    """`perf record -g` on a process while a load runs. Kernel samples need root or perf_event_paranoid < 2;
+    without them the event is user space only (`cpu-clock:u`) and `kernel` is the system CPU alone."""
+
+    event = "cpu-clock"
 
     def __init__(self, perf: str, pid: int, out: Path, freq: int):
         self.out = out
-        self.proc = subprocess.Popen([perf, "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-g",
-                                      "-p", str(pid), "-o", str(out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.3)  # attached before the load starts
+        for event in dict.fromkeys([Record.event, "cpu-clock:u"]):
+            self.proc = subprocess.Popen([perf, "record", "-q", "-e", event, "-F", str(freq), "-g",
+                                          "-p", str(pid), "-o", str(out)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.3)  # attached before the load starts
+            if self.proc.poll() is None:
+                Record.event = event
+                return
+            print(f"perf record -e {event}: {self.proc.stderr.read().decode(errors='replace')[-300:]}",
+                  file=sys.stderr)
+        raise RuntimeError("perf record cannot sample this process")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -151,8 +288,16 @@ def perf_chains(perf: str, data: Path) -> list[tuple[str, list[tuple[int, str]]]
     return out
 
 
-def classify(samples, regions) -> tuple[dict[str, int], dict]:
-    """Samples per bucket (see the module doc), and what the split rests on."""
+def wasm_code_region(regions) -> tuple[int, int] | None:
+    """The Wasm module's compiled code, shared by the workers' VMs: the small anonymous executable mapping
+    (each isolate's code range, with V8's entry stubs and wrappers, is a large reservation of its own)."""
+    small = [(a, b) for a, b, p in regions if (not p or p.startswith("[anon")) and b - a < 256 << 20]
+    return max(small, key=lambda r: r[1] - r[0]) if small else None
+
+
+def classify(samples, regions, starts: list[int] | None = None) -> tuple[dict[str, int], dict]:
+    """Samples per bucket (see the module doc), what the split rests on, and (given the functions' code
+    starts) samples per Wasm function: in it (self) and under it (inclusive)."""
     anon = [(a, b) for a, b, p in regions if not p or p.startswith("[anon")]
     # The Wasm module's code is shared by the workers' VMs: the small anonymous executable mapping(s);
     # each isolate's code range (entry stubs, wrappers) is a large reservation of its own.
@@ -182,9 +327,39 @@ def classify(samples, regions) -> tuple[dict[str, int], dict]:
                 entry[a] = entry.get(a, 0) + 1
     counts = {b: 0 for b in BUCKETS}
     threads: dict[str, int] = {}
+    order = sorted(range(len(starts or [])), key=lambda i: starts[i])
+    sorted_starts = [starts[i] for i in order]
+    fself: dict[int, int] = {}
+    fincl: dict[int, int] = {}
+
+    def func(addr: int) -> int | None:
+        k = bisect.bisect_right(sorted_starts, addr) - 1
+        return order[k] if k >= 0 else None
+
+    # V8 compiles the wrappers through which Wasm calls the host into the module's code space too (after or
+    # between functions): a Wasm-region frame whose callee is Envoy code is one, and a leaf sample within a
+    # wrapper's size of such a return address is in one.
+    wrap_ret = sorted({frames[i][0] for (_, frames), ks in zip(samples, kinds)
+                       for i in range(1, len(ks)) if ks[i] == "wasm" and ks[i - 1] not in ("wasm", "v8 stubs")})
+    WRAP = -1
+
+    def func(addr: int, leaf: bool) -> int | None:
+        w = bisect.bisect_left(wrap_ret, addr)
+        near = [abs(wrap_ret[j] - addr) for j in (w - 1, w) if 0 <= j < len(wrap_ret)]
+        if near and (min(near) == 0 or (leaf and min(near) < 256)):
+            return WRAP
+        k = bisect.bisect_right(sorted_starts, addr) - 1
+        return order[k] if k >= 0 else None
+
     for (comm, frames), ks in zip(samples, kinds):
         leaf = ks[0]
         threads[comm] = threads.get(comm, 0) + 1
+        if sorted_starts:
+            fs = [func(a, i == 0) for i, ((a, _), k) in enumerate(zip(frames, ks)) if k == "wasm"]
+            if ks[0] == "wasm" and fs[0] is not None:
+                fself[fs[0]] = fself.get(fs[0], 0) + 1
+            for f in {f for f in fs if f is not None}:
+                fincl[f] = fincl.get(f, 0) + 1
         if leaf in ("wasm", "v8 stubs", "kernel"):
             b = leaf
         elif any(k in ("wasm", "v8 stubs") for k in ks[1:]):
@@ -194,7 +369,7 @@ def classify(samples, regions) -> tuple[dict[str, int], dict]:
         else:
             b = leaf
         counts[b] += 1
-    info = {"wasm_code_bytes": sum(b - a for a, b in wasm_code), "isolate_ranges": len(stubs),
+    info = {"func_self": fself, "func_incl": fincl, "wasm_code_bytes": sum(b - a for a, b in wasm_code), "isolate_ranges": len(stubs),
             "entry_sites": len(entry), "threads": threads,
             "kernel_under_vm": sum(1 for ks in kinds if ks[0] == "kernel" and ("wasm" in ks or "v8 stubs" in ks)),
             "truncated": sum(1 for _, frames in samples if not any("libc" in d for _, d in frames[-2:]))}
@@ -223,6 +398,9 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
     cpu: dict[str, list[dict]] = {v: [] for v in variants}
     samples: dict[str, dict[str, int]] = {v: {b: 0 for b in BUCKETS} for v in variants}
     info: dict[str, dict] = {}
+    funcs: dict[str, dict[str, dict[int, int]]] = {}
+    wasm_modules = {v: wasm_module(bench.HOSTCALLS_WASM if v == "filter-counting" else harness.WASM)
+                    for v in variants if v != "passthrough"}
     try:
         hdrs = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
         lua = bench.write_lua(tmp / "profile.lua", bench.request_body("1k"), hdrs)
@@ -251,10 +429,18 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
                 finally:
                     rec.stop()
                 regions = exec_regions(pid)
-                counts, inf = classify(perf_chains(perf, rec.out), regions)
+                code = wasm_code_region(regions)
+                module = wasm_modules.get(v)
+                starts = jump_table(pid, code, len(module["sizes"])) if code and module else []
+                counts, inf = classify(perf_chains(perf, rec.out), regions, starts)
                 rec.out.unlink()
                 for b, c in counts.items():
                     samples[v][b] += c
+                for key in ("func_self", "func_incl"):
+                    acc = funcs.setdefault(v, {}).setdefault(key, {})
+                    for f, c in inf.pop(key).items():
+                        acc[f] = acc.get(f, 0) + c
+                inf["jump_table"] = bool(starts)
                 info[v] = inf
                 c = cpu[v][-1]
                 print(f"round {rnd + 1} {v:16} {r['rps']:7.0f} req/s  user {c['user_us']:5.0f}  sys {c['sys_us']:5.0f}"
@@ -275,6 +461,9 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
         res[v] = {"user_us": user, "sys_us": sys_, "cpu_us": statistics.median(x["user_us"] + x["sys_us"] for x in cpu[v]),
                   "rps": statistics.median(x["rps"] for x in cpu[v]), "rounds": cpu[v], "samples": samples[v],
                   "bucket_us": us, "perf": info.get(v, {}),
+                  # per declared function (index in the code section): µs/request in it and under it
+                  "functions": {k: {i: c / tot_user * user for i, c in fs.items()} if tot_user else {}
+                                for k, fs in funcs.get(v, {}).items()},
                   "kernel_share_perf": samples[v]["kernel"] / max(sum(samples[v].values()), 1),
                   "kernel_share_proc": sys_ / max(user + sys_, 1e-9)}
     return res, {"load_after": load_avg()}, problems
@@ -396,7 +585,7 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
          f"after (the machine is shared: absolute figures are noisy, compare within this run).", "",
          f"Load: bench.py's 1 KB chat request, wrk 2 threads {args.conns} connections, {args.duration:g} s per "
          f"measurement after a {args.warmup:g} s warm-up, variants interleaved in alternating order, median of "
-         f"{args.rounds} round(s). CPU from /proc/<pid>/stat in runs without perf; `perf record -e cpu-clock -F "
+         f"{args.rounds} round(s). CPU from /proc/<pid>/stat in runs without perf; `perf record -e {Record.event} -F "
          f"{args.freq} -g -p <envoy>` in a second run of the same load right after each, samples pooled over "
          f"rounds. Counting build: {vm.get('n', 0)} sequential requests, one worker.", ""]
     base = res["passthrough"]
@@ -446,13 +635,14 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     if "perf_vm_above_floor" in d:
         L.append(f"perf's own split of filter − wasm-floor under load: {d['perf_vm_above_floor']:.1f} µs inside the VM "
                  f"(wasm + v8 stubs + host calls) against {vm_sum:.1f} µs from the counting build's timers "
-                 f"(sequential, one connection), and {d['perf_envoy_above_floor']:.1f} µs on the Envoy side "
+                 f"(under load, one worker), and {d['perf_envoy_above_floor']:.1f} µs on the Envoy side "
                  "(vm entry + envoy + libc + other + kernel).")
     L.append("")
     if "filter-counting" in res:
         oc = res["filter-counting"]["cpu_us"] - res["filter"]["cpu_us"]
         L += [f"The counting build itself costs {oc:+.1f} µs/request under this load (`filter-counting` − `filter`): "
               "its timers and counters, and the gauges it writes at each request's end.", ""]
+    L += hot_functions(res)
     if "filter" in vm:
         L += ["## Inside the VM by callback (counting build, `filter`, ns/request)", "",
               f"Under load: the counting build, one worker, wrk {args.conns} connections for {args.duration:g} s "
@@ -476,6 +666,37 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
             f"{k} {v}" for k, v in vm["call_ns"].items()) + "; kinds not timed use: " + ", ".join(
             f"{k} as {v}" for k, v in COST_PROXY.items()) + ".", ""]
     return "\n".join(L)
+
+
+def hot_functions(res: dict, top: int = 25) -> list[str]:
+    """The module's functions under load, from perf (`filter`): the callbacks (exports) inclusive, then the
+    functions with most samples in them."""
+    r = res.get("filter", {})
+    fn = r.get("functions", {})
+    if not fn.get("func_incl"):
+        return []
+    module = wasm_module(harness.WASM)
+    names, trust = function_names(harness.WASM)
+    imp = module["imports"]
+    name = lambda i: ("(V8's wrappers for host calls)" if int(i) < 0 else  # noqa: E731
+                      module["exports"].get(imp + int(i)) or names.get(imp + int(i)) or f"func[{imp + int(i)}]")
+    incl, own = fn["func_incl"], fn.get("func_self", {})
+    floor = res.get("wasm-floor", {}).get("functions", {}).get("func_incl", {})
+    L = ["## Inside the module under load (perf, `filter`, µs/request)", "",
+         "Samples in the module's code mapped to its functions through V8's jump table (one slot per function, "
+         f"read from the running process); {trust}. `under it` counts a sample once for every function on its "
+         "chain, host calls made from it included; a host call that allocates its result calls back into the "
+         "module (`proxy_on_memory_allocate` under another callback).", "",
+         "| callback (export) | under it | in wasm-floor |", "|---|---:|---:|"]
+    for i, v in sorted(incl.items(), key=lambda kv: -kv[1]):
+        if (imp + int(i)) in module["exports"]:
+            L.append(f"| {name(i)} | {v:.1f} | {floor.get(i, 0):.1f} |")
+    L += ["", f"| function (top {top} by samples in it) | in it | under it |", "|---|---:|---:|"]
+    for i, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        L.append(f"| `{name(i)[:110]}` | {v:.1f} | {incl.get(i, 0):.1f} |")
+    L.append(f"| all functions | {sum(own.values()):.1f} | |")
+    L.append("")
+    return L
 
 
 def main(argv=None) -> int:
