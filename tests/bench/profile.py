@@ -295,7 +295,25 @@ def wasm_code_region(regions) -> tuple[int, int] | None:
     return max(small, key=lambda r: r[1] - r[0]) if small else None
 
 
-def classify(samples, regions, starts: list[int] | None = None) -> tuple[dict[str, int], dict]:
+CALLBACK_PHASE = {"proxy_on_request_headers": "request headers", "proxy_on_request_body": "request body",
+                  "proxy_on_response_headers": "response headers", "proxy_on_response_body": "response body",
+                  "proxy_on_log": "log", "proxy_on_tick": "tick", "proxy_on_context_create": "stream start and end",
+                  "proxy_on_done": "stream start and end", "proxy_on_delete": "stream start and end"}
+
+
+def phase_map(module: dict) -> tuple[dict[int, str], set[int]]:
+    """Declared function index -> phase for the callbacks (exports), and the upstream instance's functions
+    (its callbacks share the exports with the downstream filter's)."""
+    imp = module["imports"]
+    names, _ = function_names(harness.WASM) if module.get("release") else ({}, "")
+    phases = {i - imp: CALLBACK_PHASE.get(n, "other callbacks") for i, n in module["exports"].items()
+              if n.startswith("proxy_on_") and i >= imp}
+    upstream = {i - imp for i, n in names.items() if "UpstreamAttempt" in n or "exchange::attempt::" in n}
+    return phases, upstream
+
+
+def classify(samples, regions, starts: list[int] | None = None,
+             phases: tuple[dict[int, str], set[int]] = ({}, set())) -> tuple[dict[str, int], dict]:
     """Samples per bucket (see the module doc), what the split rests on, and (given the functions' code
     starts) samples per Wasm function: in it (self) and under it (inclusive)."""
     anon = [(a, b) for a, b, p in regions if not p or p.startswith("[anon")]
@@ -331,10 +349,8 @@ def classify(samples, regions, starts: list[int] | None = None) -> tuple[dict[st
     sorted_starts = [starts[i] for i in order]
     fself: dict[int, int] = {}
     fincl: dict[int, int] = {}
-
-    def func(addr: int) -> int | None:
-        k = bisect.bisect_right(sorted_starts, addr) - 1
-        return order[k] if k >= 0 else None
+    fhost: dict[int, int] = {}
+    fphase: dict[str, dict[str, int]] = {}
 
     # V8 compiles the wrappers through which Wasm calls the host into the module's code space too (after or
     # between functions): a Wasm-region frame whose callee is Envoy code is one, and a leaf sample within a
@@ -360,6 +376,18 @@ def classify(samples, regions, starts: list[int] | None = None) -> tuple[dict[st
                 fself[fs[0]] = fself.get(fs[0], 0) + 1
             for f in {f for f in fs if f is not None}:
                 fincl[f] = fincl.get(f, 0) + 1
+            # the callback the host entered (the outermost export), and whether under a host call
+            entered = next((phases[0][f] for f in reversed(fs) if f in phases[0]), None)
+            if entered:
+                if any(f in phases[1] for f in fs):
+                    entered = "upstream instance"
+                row = fphase.setdefault(entered, {"own": 0, "host": 0})
+                row["host" if WRAP in fs or leaf != "wasm" else "own"] += 1
+            # under a host call: charged to the function that made it (the first one under the wrapper)
+            if WRAP in fs:
+                caller = next((f for f in fs[fs.index(WRAP) + 1:] if f not in (WRAP, None)), None)
+                if caller is not None:
+                    fhost[caller] = fhost.get(caller, 0) + 1
         if leaf in ("wasm", "v8 stubs", "kernel"):
             b = leaf
         elif any(k in ("wasm", "v8 stubs") for k in ks[1:]):
@@ -369,8 +397,8 @@ def classify(samples, regions, starts: list[int] | None = None) -> tuple[dict[st
         else:
             b = leaf
         counts[b] += 1
-    info = {"func_self": fself, "func_incl": fincl, "wasm_code_bytes": sum(b - a for a, b in wasm_code), "isolate_ranges": len(stubs),
-            "entry_sites": len(entry), "threads": threads,
+    info = {"func_self": fself, "func_incl": fincl, "func_host": fhost, "phase": fphase, "wasm_code_bytes": sum(b - a for a, b in wasm_code),
+            "isolate_ranges": len(stubs), "entry_sites": len(entry), "wrapper_sites": len(wrap_ret), "threads": threads,
             "kernel_under_vm": sum(1 for ks in kinds if ks[0] == "kernel" and ("wasm" in ks or "v8 stubs" in ks)),
             "truncated": sum(1 for _, frames in samples if not any("libc" in d for _, d in frames[-2:]))}
     return counts, info
@@ -399,8 +427,9 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
     samples: dict[str, dict[str, int]] = {v: {b: 0 for b in BUCKETS} for v in variants}
     info: dict[str, dict] = {}
     funcs: dict[str, dict[str, dict[int, int]]] = {}
-    wasm_modules = {v: wasm_module(bench.HOSTCALLS_WASM if v == "filter-counting" else harness.WASM)
-                    for v in variants if v != "passthrough"}
+    phase_samples: dict[str, dict[str, dict[str, int]]] = {}
+    wasm_modules = {v: wasm_module(bench.HOSTCALLS_WASM) if v == "filter-counting" else
+                    {**wasm_module(harness.WASM), "release": True} for v in variants if v != "passthrough"}
     try:
         hdrs = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
         lua = bench.write_lua(tmp / "profile.lua", bench.request_body("1k"), hdrs)
@@ -432,14 +461,19 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
                 code = wasm_code_region(regions)
                 module = wasm_modules.get(v)
                 starts = jump_table(pid, code, len(module["sizes"])) if code and module else []
-                counts, inf = classify(perf_chains(perf, rec.out), regions, starts)
+                counts, inf = classify(perf_chains(perf, rec.out), regions, starts,
+                                       phase_map(module) if module else ({}, set()))
                 rec.out.unlink()
                 for b, c in counts.items():
                     samples[v][b] += c
-                for key in ("func_self", "func_incl"):
+                for key in ("func_self", "func_incl", "func_host"):
                     acc = funcs.setdefault(v, {}).setdefault(key, {})
                     for f, c in inf.pop(key).items():
                         acc[f] = acc.get(f, 0) + c
+                for ph, row in inf.pop("phase").items():
+                    acc = phase_samples.setdefault(v, {}).setdefault(ph, {"own": 0, "host": 0})
+                    for k2, c in row.items():
+                        acc[k2] += c
                 inf["jump_table"] = bool(starts)
                 info[v] = inf
                 c = cpu[v][-1]
@@ -464,6 +498,9 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
                   # per declared function (index in the code section): µs/request in it and under it
                   "functions": {k: {i: c / tot_user * user for i, c in fs.items()} if tot_user else {}
                                 for k, fs in funcs.get(v, {}).items()},
+                  # callback the host entered -> µs/request in the module's code and under host calls
+                  "phases": {ph: {k: c / tot_user * user if tot_user else 0.0 for k, c in row.items()}
+                             for ph, row in phase_samples.get(v, {}).items()},
                   "kernel_share_perf": samples[v]["kernel"] / max(sum(samples[v].values()), 1),
                   "kernel_share_proc": sys_ / max(user + sys_, 1e-9)}
     return res, {"load_after": load_avg()}, problems
@@ -559,11 +596,17 @@ def decompose(res: dict, vm: dict) -> dict:
     d: dict = {"gap": gap, "floor": None, "vm": {}, "mech": {}}
     if "wasm-floor" in res:
         d["floor"] = g("wasm-floor") - g("passthrough")
-    if "filter" in vm:
-        for label, _ in PHASES:
-            p = vm["filter"]["phases"][label]
-            q = vm.get("wasm-floor", {}).get("phases", {}).get(label, {"own_ns": 0, "host_ns": 0})
-            d["vm"][label] = {"own": (p["own_ns"] - q["own_ns"]) / 1000, "host": (p["host_ns"] - q["host_ns"]) / 1000}
+    # (b) from perf: the callback the host entered, in the module's code or under host calls (filter − floor);
+    # the counting build's timers (under load, filter − floor) beside it
+    fp, wp = res["filter"].get("phases", {}), res.get("wasm-floor", {}).get("phases", {})
+    for label in [p for p, _ in PHASES] + ["stream start and end", "other callbacks"]:
+        a, b = fp.get(label, {}), wp.get(label, {})
+        row = {k: a.get(k, 0) - b.get(k, 0) for k in ("own", "host")}
+        if "filter" in vm and label in vm["filter"]["phases"]:
+            q = vm.get("wasm-floor", {}).get("phases", {}).get(label, {"ns": 0})
+            row["counting"] = (vm["filter"]["phases"][label]["ns"] - q["ns"]) / 1000
+        if a or "counting" in row:
+            d["vm"][label] = row
     for v, name in MECHANISMS.items():
         if v in res:
             d["mech"][v] = {"name": name, "envoy_side": side("filter", ENVOY_SIDE) - side(v, ENVOY_SIDE),
@@ -615,11 +658,14 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     for label, x in d["vm"].items():
         t = x["own"] + x["host"]
         vm_sum += t
+        cnt = f"; counting build {x['counting']:.1f}" if "counting" in x else ""
         L.append(f"| (b) in the VM: {label} | {x['own']:.1f} | {x['host']:.1f} | {t:.1f} | {t / gap:.0%} | "
-                 "counting build under load, filter − floor |")
+                 f"perf by callback, filter − floor{cnt} |")
     if d["vm"]:
         own = sum(x["own"] for x in d["vm"].values())
-        L.append(f"| (b) in the VM, all phases | {own:.1f} | {vm_sum - own:.1f} | {vm_sum:.1f} | {vm_sum / gap:.0%} | |")
+        cnt = sum(x.get("counting", 0) for x in d["vm"].values())
+        L.append(f"| (b) in the VM, all phases | {own:.1f} | {vm_sum - own:.1f} | {vm_sum:.1f} | {vm_sum / gap:.0%} | "
+                 f"counting build {cnt:.1f} |")
     mech_sum = 0.0
     for v, x in d["mech"].items():
         mech_sum += x["envoy_side"]
@@ -633,15 +679,18 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     L.append(f"Check: (a) + (b) + (c) = {explained:.1f} µs of the measured {gap:.1f} µs ({explained / gap:.0%}); "
              f"residual {d['residual']:+.1f} µs.")
     if "perf_vm_above_floor" in d:
-        L.append(f"perf's own split of filter − wasm-floor under load: {d['perf_vm_above_floor']:.1f} µs inside the VM "
-                 f"(wasm + v8 stubs + host calls) against {vm_sum:.1f} µs from the counting build's timers "
-                 f"(under load, one worker), and {d['perf_envoy_above_floor']:.1f} µs on the Envoy side "
-                 "(vm entry + envoy + libc + other + kernel).")
+        cnt = sum(x.get("counting", 0) for x in d["vm"].values())
+        L.append(f"Inside the VM, filter − wasm-floor: {d['perf_vm_above_floor']:.1f} µs in perf's buckets (wasm + "
+                 f"v8 stubs + host calls), {vm_sum:.1f} µs of it placed in a callback (b); the counting build's "
+                 f"timers give {cnt:.1f} µs (under load, one worker, their own cost included). Outside it: "
+                 f"{d['perf_envoy_above_floor']:.1f} µs on the Envoy side (vm entry + envoy + libc + other + kernel), "
+                 f"{sum(x['envoy_side'] for x in d['mech'].values()):.1f} µs of it placed in a mechanism (c).")
     L.append("")
     if "filter-counting" in res:
         oc = res["filter-counting"]["cpu_us"] - res["filter"]["cpu_us"]
         L += [f"The counting build itself costs {oc:+.1f} µs/request under this load (`filter-counting` − `filter`): "
               "its timers and counters, and the gauges it writes at each request's end.", ""]
+    L += remaining(res, vm, d)
     L += hot_functions(res)
     if "filter" in vm:
         L += ["## Inside the VM by callback (counting build, `filter`, ns/request)", "",
@@ -666,6 +715,43 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
             f"{k} {v}" for k, v in vm["call_ns"].items()) + "; kinds not timed use: " + ", ".join(
             f"{k} as {v}" for k, v in COST_PROXY.items()) + ".", ""]
     return "\n".join(L)
+
+
+def remaining(res: dict, vm: dict, d: dict) -> list[str]:
+    """The paragraph: where filter − wasm-floor goes, from perf's buckets in this run."""
+    if "wasm-floor" not in res or "filter" not in vm:
+        return []
+    f, w = res["filter"]["bucket_us"], res["wasm-floor"]["bucket_us"]
+    diff = {b: f[b] - w[b] for b in BUCKETS}
+    above = res["filter"]["cpu_us"] - res["wasm-floor"]["cpu_us"]
+    tight = sum(p["host_ns"] for p in vm["filter"]["phases"].values()) / 1000
+    host = diff["host calls"]
+    fn = res["filter"].get("functions", {})
+    own = fn.get("func_self", {})
+    module = wasm_module(harness.WASM)
+    names, _ = function_names(harness.WASM)
+    imp = module["imports"]
+    alloc = sum(v for i, v in own.items() if int(i) >= 0 and re.search(
+        r"dlmalloc|dlfree|dlrealloc|^realloc$|^malloc$|^free$|__rust_(alloc|dealloc|realloc)|__rdl_",
+        names.get(imp + int(i), "")))
+    incl = lambda v: res[v].get("functions", {}).get("func_incl", {})  # noqa: E731
+    under = sum(x for i, x in incl("filter").items() if int(i) < 0) - \
+        sum(x for i, x in incl("wasm-floor").items() if int(i) < 0)
+    vm_perf = sum(diff[b] for b in VM_SIDE)
+    calls = sum(p["host_calls"] for p in vm["filter"]["phases"].values())
+    seq = sum(p["seq_ns"] for p in vm["filter"]["phases"].values()) / 1000
+    load = sum(p["ns"] for p in vm["filter"]["phases"].values()) / 1000
+    return ["## Where the time above the floor goes", "",
+            f"filter − wasm-floor is {above:.0f} µs/request of CPU in this run. perf puts {vm_perf:.0f} µs of it "
+            f"inside the VM: {under:.0f} µs under host calls (V8's wrappers, Envoy's implementation of the call, "
+            f"the callback that allocates a result; {calls:.1f} calls per request, {under / calls if calls else 0:.1f} µs "
+            f"each on average, against {tight / calls if calls else 0:.2f} µs at their tight-loop cost) and "
+            f"{vm_perf - under:.0f} µs in the module's own code (the allocator, dlmalloc and friends, {alloc:.0f} µs "
+            f"of it). Outside the VM: {diff['vm entry']:.0f} µs entering it, "
+            f"{diff['envoy'] + diff['libc'] + diff['other']:.0f} µs in the rest of Envoy's user-space code and "
+            f"{diff['kernel']:.0f} µs in the kernel (system time). The counting build's timers give {load:.0f} µs "
+            f"inside the VM per request under load (their own overhead included) and {seq:.0f} µs for lone "
+            "sequential requests, where every callback starts cold.", ""]
 
 
 def hot_functions(res: dict, top: int = 25) -> list[str]:
@@ -695,6 +781,14 @@ def hot_functions(res: dict, top: int = 25) -> list[str]:
     for i, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         L.append(f"| `{name(i)[:110]}` | {v:.1f} | {incl.get(i, 0):.1f} |")
     L.append(f"| all functions | {sum(own.values()):.1f} | |")
+    host = fn.get("func_host", {})
+    if host:
+        L += ["", "Host calls under load by the function that makes them (µs/request under the call: V8's "
+              "wrapper, Envoy's implementation, a callback to allocate the result):", "",
+              "| function making host calls | µs/request |", "|---|---:|"]
+        for i, v in sorted(host.items(), key=lambda kv: -kv[1])[:15]:
+            L.append(f"| `{name(i)[:110]}` | {v:.1f} |")
+        L.append(f"| all | {sum(host.values()):.1f} |")
     L.append("")
     return L
 
@@ -710,7 +804,17 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(RESULTS / "profile.md"))
     ap.add_argument("--smoke", action="store_true", help="seconds: passthrough and filter, one short round")
+    ap.add_argument("--from-json", help="write the report again from a run's profile.json, measuring nothing")
     args = ap.parse_args(argv)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        for k, v in data["meta"].get("args", {}).items():
+            setattr(args, k, v)
+        Record.event = data["meta"].get("event", Record.event)
+        md = report(data["results"], data["vm"], data["decomposition"], data["meta"], args)
+        Path(args.out).write_text(md)
+        print(md)
+        return 0
     if args.smoke:
         args.duration, args.warmup, args.rounds, args.requests = 1.0, 0.0, 1, 10
         args.variants = ",".join(SMOKE_VARIANTS)
@@ -727,6 +831,8 @@ def main(argv=None) -> int:
         upstream = harness.Envoy(tmp, bench.upstream_config(), name="upstream", concurrency=2)
         res, m2, problems = measure(args, tmp, upstream, variants)
         meta.update(m2)
+        meta["event"] = Record.event
+        meta["args"] = {k: getattr(args, k) for k in ("duration", "warmup", "rounds", "conns", "freq", "requests")}
         vm = vm_phases(args, tmp, upstream, args.requests, ["filter"] + (["wasm-floor"] if "wasm-floor" in variants else []))
         if not vm:
             problems.append("no counting-build figures")
