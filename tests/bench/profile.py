@@ -588,14 +588,22 @@ def f1(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def paired(res: dict, a: str, b: str) -> tuple[float, float, float]:
+    """a − b in CPU µs/request: the median of the differences within each round (the two ran minutes
+    apart at most, under the same neighbours), and the lowest and highest of them."""
+    ds = sorted(x["user_us"] + x["sys_us"] - y["user_us"] - y["sys_us"]
+                for x, y in zip(res[a]["rounds"], res[b]["rounds"]))
+    return statistics.median(ds), ds[0], ds[-1]
+
+
 def decompose(res: dict, vm: dict) -> dict:
     """filter - passthrough in parts; missing parts (smoke) are None."""
-    g = lambda v, k="cpu_us": res[v][k] if v in res else None  # noqa: E731
     side = lambda v, bs: sum(res[v]["bucket_us"][b] for b in bs) if v in res else None  # noqa: E731
-    gap = g("filter") - g("passthrough")
-    d: dict = {"gap": gap, "floor": None, "vm": {}, "mech": {}}
+    gap, lo, hi = paired(res, "filter", "passthrough")
+    d: dict = {"gap": gap, "gap_range": [lo, hi], "floor": None, "vm": {}, "mech": {}}
     if "wasm-floor" in res:
-        d["floor"] = g("wasm-floor") - g("passthrough")
+        d["floor"], lo, hi = paired(res, "wasm-floor", "passthrough")
+        d["floor_range"] = [lo, hi]
     # (b) from perf: the callback the host entered, in the module's code or under host calls (filter − floor);
     # the counting build's timers (under load, filter − floor) beside it
     fp, wp = res["filter"].get("phases", {}), res.get("wasm-floor", {}).get("phases", {})
@@ -607,10 +615,13 @@ def decompose(res: dict, vm: dict) -> dict:
             row["counting"] = (vm["filter"]["phases"][label]["ns"] - q["ns"]) / 1000
         if a or "counting" in row:
             d["vm"][label] = row
+    # (c) a mechanism's Envoy-side work: what switching it off saves (paired) less what it saves inside the VM
     for v, name in MECHANISMS.items():
         if v in res:
-            d["mech"][v] = {"name": name, "envoy_side": side("filter", ENVOY_SIDE) - side(v, ENVOY_SIDE),
-                            "vm_side": side("filter", VM_SIDE) - side(v, VM_SIDE), "total": g("filter") - g(v)}
+            total, lo, hi = paired(res, "filter", v)
+            vm_side = side("filter", VM_SIDE) - side(v, VM_SIDE)
+            d["mech"][v] = {"name": name, "envoy_side": total - vm_side, "vm_side": vm_side, "total": total,
+                            "range": [lo, hi], "within_noise": lo <= 0 <= hi}
     explained = (d["floor"] or 0) + sum(x["own"] + x["host"] for x in d["vm"].values()) + \
         sum(x["envoy_side"] for x in d["mech"].values())
     d["residual"] = gap - explained
@@ -649,9 +660,12 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     gap = d["gap"]
     L += ["## filter − passthrough, decomposed (µs/request)", "",
           "| part | our code | host calls | µs/request | share of the gap | source |", "|---|---:|---:|---:|---:|---|"]
-    L.append(f"| **gap: filter − passthrough** | | | **{gap:.1f}** | 100% | CPU, /proc |")
+    rng = lambda r: f"rounds {r[0]:+.0f} to {r[1]:+.0f}"  # noqa: E731
+    L.append(f"| **gap: filter − passthrough** | | | **{gap:.1f}** | 100% | CPU, /proc, paired by round "
+             f"({rng(d['gap_range'])}) |")
     if d["floor"] is not None:
-        L.append(f"| (a) floor: wasm-floor − passthrough | | | {d['floor']:.1f} | {d['floor'] / gap:.0%} | CPU, /proc |")
+        L.append(f"| (a) floor: wasm-floor − passthrough | | | {d['floor']:.1f} | {d['floor'] / gap:.0%} | CPU, /proc "
+                 f"({rng(d['floor_range'])}) |")
     else:
         L.append("| (a) floor: wasm-floor − passthrough | | | - | - | not measured |")
     vm_sum = 0.0
@@ -669,8 +683,10 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     mech_sum = 0.0
     for v, x in d["mech"].items():
         mech_sum += x["envoy_side"]
+        noise = ", **within the noise**" if x["within_noise"] else ""
         L.append(f"| (c) Envoy side: {x['name']} | | | {x['envoy_side']:.1f} | {x['envoy_side'] / gap:.0%} | "
-                 f"perf, filter − {v} (its whole CPU difference: {x['total']:.1f}) |")
+                 f"filter − {v}: CPU {x['total']:.1f} ({rng(x['range'])}{noise}) less {x['vm_side']:.1f} in the VM "
+                 "(perf) |")
     if d["mech"]:
         L.append(f"| (c) Envoy side, the mechanisms | | | {mech_sum:.1f} | {mech_sum / gap:.0%} | |")
     L.append(f"| (d) residual | | | {d['residual']:.1f} | {d['residual'] / gap:.0%} | gap − (a) − (b) − (c) |")
@@ -811,7 +827,7 @@ def main(argv=None) -> int:
         for k, v in data["meta"].get("args", {}).items():
             setattr(args, k, v)
         Record.event = data["meta"].get("event", Record.event)
-        md = report(data["results"], data["vm"], data["decomposition"], data["meta"], args)
+        md = report(data["results"], data["vm"], decompose(data["results"], data["vm"]), data["meta"], args)
         Path(args.out).write_text(md)
         print(md)
         return 0
