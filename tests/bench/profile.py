@@ -596,13 +596,25 @@ def paired(res: dict, a: str, b: str) -> tuple[float, float, float]:
     return statistics.median(ds), ds[0], ds[-1]
 
 
-def decompose(res: dict, vm: dict) -> dict:
-    """filter - passthrough in parts; missing parts (smoke) are None."""
+def pooled(res: dict, others: list[dict]) -> dict:
+    """The CPU rounds of several runs of the same variants, one after the other (for the paired differences)."""
+    out = {v: dict(r) for v, r in res.items()}
+    for o in others:
+        for v in out:
+            if v in o:
+                out[v]["rounds"] = out[v]["rounds"] + o[v]["rounds"]
+    return out
+
+
+def decompose(res: dict, vm: dict, cpu: dict | None = None) -> dict:
+    """filter - passthrough in parts; missing parts (smoke) are None. `cpu`: the results whose rounds give the
+    CPU differences (several runs pooled), by default this run's."""
     side = lambda v, bs: sum(res[v]["bucket_us"][b] for b in bs) if v in res else None  # noqa: E731
-    gap, lo, hi = paired(res, "filter", "passthrough")
+    cpu = cpu or res
+    gap, lo, hi = paired(cpu, "filter", "passthrough")
     d: dict = {"gap": gap, "gap_range": [lo, hi], "floor": None, "vm": {}, "mech": {}}
     if "wasm-floor" in res:
-        d["floor"], lo, hi = paired(res, "wasm-floor", "passthrough")
+        d["floor"], lo, hi = paired(cpu, "wasm-floor", "passthrough")
         d["floor_range"] = [lo, hi]
     # (b) from perf: the callback the host entered, in the module's code or under host calls (filter − floor);
     # the counting build's timers (under load, filter − floor) beside it
@@ -618,13 +630,14 @@ def decompose(res: dict, vm: dict) -> dict:
     # (c) a mechanism's Envoy-side work: what switching it off saves (paired) less what it saves inside the VM
     for v, name in MECHANISMS.items():
         if v in res:
-            total, lo, hi = paired(res, "filter", v)
+            total, lo, hi = paired(cpu, "filter", v)
             vm_side = side("filter", VM_SIDE) - side(v, VM_SIDE)
             d["mech"][v] = {"name": name, "envoy_side": total - vm_side, "vm_side": vm_side, "total": total,
                             "range": [lo, hi], "within_noise": lo <= 0 <= hi}
     explained = (d["floor"] or 0) + sum(x["own"] + x["host"] for x in d["vm"].values()) + \
         sum(x["envoy_side"] for x in d["mech"].values())
     d["residual"] = gap - explained
+    d["rounds"] = len(cpu["filter"]["rounds"])
     # perf's own split of the gap above the floor, for the check of the VM rows
     if "wasm-floor" in res:
         d["perf_vm_above_floor"] = side("filter", VM_SIDE) - side("wasm-floor", VM_SIDE)
@@ -661,8 +674,9 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
     L += ["## filter − passthrough, decomposed (µs/request)", "",
           "| part | our code | host calls | µs/request | share of the gap | source |", "|---|---:|---:|---:|---:|---|"]
     rng = lambda r: f"rounds {r[0]:+.0f} to {r[1]:+.0f}"  # noqa: E731
-    L.append(f"| **gap: filter − passthrough** | | | **{gap:.1f}** | 100% | CPU, /proc, paired by round "
-             f"({rng(d['gap_range'])}) |")
+    pool = (f", pooled with the run(s) of {', '.join(meta['pooled'])}" if meta.get("pooled") else "")
+    L.append(f"| **gap: filter − passthrough** | | | **{gap:.1f}** | 100% | CPU, /proc: the median of {d.get('rounds', 0)} "
+             f"paired differences by round{pool} ({rng(d['gap_range'])}) |")
     if d["floor"] is not None:
         L.append(f"| (a) floor: wasm-floor − passthrough | | | {d['floor']:.1f} | {d['floor'] / gap:.0%} | CPU, /proc "
                  f"({rng(d['floor_range'])}) |")
@@ -706,6 +720,8 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
         oc = res["filter-counting"]["cpu_us"] - res["filter"]["cpu_us"]
         L += [f"The counting build itself costs {oc:+.1f} µs/request under this load (`filter-counting` − `filter`): "
               "its timers and counters, and the gauges it writes at each request's end.", ""]
+    if getattr(args, "note", ""):
+        L += ["## Notes", "", args.note.strip(), ""]
     L += remaining(res, vm, d)
     L += hot_functions(res)
     if "filter" in vm:
@@ -820,15 +836,24 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(RESULTS / "profile.md"))
     ap.add_argument("--smoke", action="store_true", help="seconds: passthrough and filter, one short round")
+    ap.add_argument("--note", default="", help="markdown appended to the report (## Notes)")
     ap.add_argument("--from-json", help="write the report again from a run's profile.json, measuring nothing")
+    ap.add_argument("--pool", default="", help="with --from-json: other runs' profile.json (comma list) whose "
+                    "CPU rounds join this run's for the paired differences")
     args = ap.parse_args(argv)
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
         for k, v in data["meta"].get("args", {}).items():
             setattr(args, k, v)
         Record.event = data["meta"].get("event", Record.event)
-        md = report(data["results"], data["vm"], decompose(data["results"], data["vm"]), data["meta"], args)
+        others = [json.loads(Path(p).read_text()) for p in args.pool.split(",") if p]
+        cpu = pooled(data["results"], [o["results"] for o in others])
+        data["decomposition"] = decompose(data["results"], data["vm"], cpu)
+        data["meta"]["pooled"] = [o["meta"]["date"] for o in others]
+        md = report(data["results"], data["vm"], data["decomposition"], data["meta"], args)
         Path(args.out).write_text(md)
+        if others:
+            Path(args.out).with_suffix(".json").write_text(json.dumps(data, indent=1))
         print(md)
         return 0
     if args.smoke:
