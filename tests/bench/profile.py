@@ -482,6 +482,7 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
                       file=sys.stderr, flush=True)
                 if r["errors"] or rp["errors"]:
                     problems.append(f"{v}: wrk errors {r['errors'] + rp['errors']}")
+        conns = {v: upstream_connections(envs[v]) for v in ("passthrough", "filter")}
     finally:
         for e in envs.values():
             e.stop()
@@ -503,12 +504,30 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
                              for ph, row in phase_samples.get(v, {}).items()},
                   "kernel_share_perf": samples[v]["kernel"] / max(sum(samples[v].values()), 1),
                   "kernel_share_proc": sys_ / max(user + sys_, 1e-9)}
-    return res, {"load_after": load_avg()}, problems
+    return res, {"load_after": load_avg(), "upstream_connections": conns}, problems
 
 
 # ---------------------------------------------------------------------------
 # inside the VM (the counting build)
 # ---------------------------------------------------------------------------
+
+def mock_config(keepalive: bool) -> dict:
+    """bench.py's mock; with `keepalive`, it reads the whole request before answering. bench.py's mock answers
+    at the request's headers (direct_response), before the body has arrived, so Envoy closes that connection
+    (HTTP/1.1: the rest of the request is unread) and the proxy opens a new upstream connection per request
+    (upstream_cx_total = upstream_rq_total, upstream_cx_close_notify)."""
+    cfg = bench.upstream_config()
+    if keepalive:
+        bench._hcm(cfg)["http_filters"].insert(0, {"name": "envoy.filters.http.buffer", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 1 << 20}})
+    return cfg
+
+
+def upstream_connections(env: harness.Envoy) -> tuple[int, int]:
+    s = env.stats_json()
+    return s.get("cluster.emulator.upstream_cx_total", 0), s.get("cluster.emulator.upstream_rq_total", 0)
+
 
 def cb_spent(env: harness.Envoy) -> dict[str, float]:
     """The counting build's totals per callback: ns and entries, as "<callback>:ns" / ":calls"."""
@@ -655,6 +674,12 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
          f"{args.rounds} round(s). CPU from /proc/<pid>/stat in runs without perf; `perf record -e {Record.event} -F "
          f"{args.freq} -g -p <envoy>` in a second run of the same load right after each, samples pooled over "
          f"rounds. Counting build: {vm.get('n', 0)} sequential requests, one worker.", ""]
+    cx = meta.get("upstream_connections", {}).get("filter")
+    if cx:
+        L += [f"Mock: {'reads each request whole, then answers (`--keepalive`)' if meta.get('keepalive') else 'bench.py as it is'}; "
+              f"`filter` opened {cx[0]:,} upstream connections for {cx[1]:,} upstream requests"
+              + (" (one per request: the mock answers before the body is read, so Envoy closes the connection)"
+                 if cx[0] > cx[1] / 2 else "") + ".", ""]
     base = res["passthrough"]
     L += ["## CPU per request, and where perf's samples land (µs/request)", "",
           "User buckets are their share of user samples × user CPU; `kernel` is the system CPU. "
@@ -837,6 +862,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "profile.md"))
     ap.add_argument("--smoke", action="store_true", help="seconds: passthrough and filter, one short round")
     ap.add_argument("--note", default="", help="markdown appended to the report (## Notes)")
+    ap.add_argument("--keepalive", action="store_true",
+                    help="the mock reads each request whole before answering, so upstream connections are reused")
     ap.add_argument("--from-json", help="write the report again from a run's profile.json, measuring nothing")
     ap.add_argument("--pool", default="", help="with --from-json: other runs' profile.json (comma list) whose "
                     "CPU rounds join this run's for the paired differences")
@@ -869,10 +896,11 @@ def main(argv=None) -> int:
     try:
         meta = bench.machine()
         meta["load_before"] = load_avg()
-        upstream = harness.Envoy(tmp, bench.upstream_config(), name="upstream", concurrency=2)
+        upstream = harness.Envoy(tmp, mock_config(args.keepalive), name="upstream", concurrency=2)
         res, m2, problems = measure(args, tmp, upstream, variants)
         meta.update(m2)
         meta["event"] = Record.event
+        meta["keepalive"] = args.keepalive
         meta["args"] = {k: getattr(args, k) for k in ("duration", "warmup", "rounds", "conns", "freq", "requests")}
         vm = vm_phases(args, tmp, upstream, args.requests, ["filter"] + (["wasm-floor"] if "wasm-floor" in variants else []))
         if not vm:
