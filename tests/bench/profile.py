@@ -3,6 +3,11 @@
 
     make bench-profile                 # tests/bench/results/profile.{md,json}
     .venv/bin/python tests/bench/profile.py --smoke --out /tmp/p.md   # seconds
+    .venv/bin/python tests/bench/profile.py --keepalive --out tests/bench/results/profile-keepalive.md
+    .venv/bin/python tests/bench/profile.py --from-json a.json --pool b.json,c.json --note "..."  # report again
+
+`--keepalive`: the mock reads each request whole before answering. bench.py's mock answers at the
+request's headers, so Envoy closes every upstream connection and the proxy opens one per request.
 
 One run, on loopback, with bench.py's mock, configurations and load (1 KB chat
 request, wrk at 32 connections; every proxy `--concurrency 2`):
