@@ -209,10 +209,10 @@ bench: setup-test build build-hostcalls
 	$(PY) -m pip install --quiet matplotlib
 	$(PY) tests/bench/bench.py
 
-## bench-stream: what the filter adds to a streamed answer (time to first byte, per chunk) against passthrough,
-## the emulator pacing SSE events 20 ms apart (about 2 minutes; BENCH_STREAM_ARGS=--smoke for seconds);
-## writes tests/bench/results/stream-latency.{md,json}
-bench-stream: setup-test build emulator
+## bench-stream: what the filter adds to a streamed answer (time to first byte, per chunk) against passthrough
+## and wasm-floor, a mock pacing SSE events 20 ms apart, timestamped at both ends (about 4 minutes;
+## BENCH_STREAM_ARGS=--smoke for seconds); writes tests/bench/results/stream-latency.{md,json}
+bench-stream: setup-test build build-hostcalls
 	$(PY) tests/bench/stream_latency.py $(BENCH_STREAM_ARGS)
 
 ## bench-translate: the translators' cost per request, answer and streamed chunk, wasm under node and native

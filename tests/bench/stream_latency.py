@@ -4,37 +4,51 @@
     make bench-stream                                            # tests/bench/results/stream-latency.{md,json}
     .venv/bin/python tests/bench/stream_latency.py --smoke --out /tmp/s.md   # a few seconds
 
-Set-up on loopback: the project's emulator paces SSE events (`--inter-token-ms 20`,
-`--ttft-ms 20`, `x-emulator-output-tokens` events per answer); two Envoys built as
-tests/bench/bench.py builds them (`proxy_config("passthrough" | "filter", port)`)
-in front of it. One keep-alive connection per variant, requests sequential, the
-variants interleaved over rounds (order alternating per round).
+Set-up on loopback: tests/bench/sse_mock.py, its own process, answers every chat
+completion with an OpenAI stream (bench.sse_body: 24 content chunks, a stop
+chunk, a usage chunk, `data: [DONE]`; 27 events), one HTTP/1.1 chunk per event,
+20 ms apart, TCP_NODELAY. In front of it, Envoys built as tests/bench/bench.py
+builds them (`bench.proxy_config`): `passthrough`, `wasm-floor` and `filter` (as
+shipped: estimate, RPM and TPM limits, circuits, the failover chain with the
+upstream instance, metrics, access-log state), `--concurrency 2` each. The
+client (this process) keeps one keep-alive connection per variant and sends one
+request at a time, the variants interleaved request by request (the order
+rotating), so that drifts in the machine's load fall on all alike.
 
-Per request the client (raw socket, asyncio, chunked encoding decoded as it
-arrives) records the send time, the arrival of the first body byte and of the end
-of each SSE event (blank line). Reported per variant:
+Both ends timestamp with CLOCK_MONOTONIC (time.monotonic_ns, system-wide on
+Linux): the mock right after each write returns, the client right after each
+recv returns. What the mock's pacing timer does (late wake-ups, jitter) then
+cancels: each figure is a difference of two timestamps of the same event.
 
-* time to first byte (TTFB) = first body byte - send; p50/p99 and added
-  (filter - passthrough). This includes the filter's request-side work (the
-  upstream sees the request later) and its first response-body callback.
-* per-chunk: offset(k) = arrival of event k - send. For each event index k, the
-  median of offset(k) over a variant's requests; added(k) = filter - passthrough;
-  the figure is the median over k of added(k) minus added TTFB (so it is what
-  each later chunk adds beyond the shift the request path already caused).
-  Inter-arrival gaps minus the 20 ms pacing are shown too: a constant per-chunk
-  delay cancels in a gap, so gaps show jitter only, not cost.
+* per chunk = client's receive of an event - the mock's write of it; over the
+  content events (the last event, which carries the stream's end, is reported
+  apart: the filter settles the request on it);
+* first byte in the proxy = client's first response byte - the mock starting to
+  write the response head;
+* TTFB = client's first response byte - the client sending the request (this
+  includes the request path: the filter reads the body, estimates, admits);
+  the request leg alone = the mock having read the request - the client sending it.
 
-The emulator's timer (tokio, ~1 ms resolution) jitters both variants alike; only
-medians over many requests resolve tens of microseconds, on a quiet machine.
+Each variant's p50/p90/p99, and the added latency = the same percentile of the
+variant minus passthrough's, with a bootstrap 95% interval for the p50s. The
+client counts events: every request must show all of them, and it counts the
+recvs that brought more than one (Envoy coalescing them would hide per-chunk
+cost). The counting build (`make build-hostcalls`), when present, adds the time
+spent inside the VM per callback and the host calls per callback for the same
+stream.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import random
+import re
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,163 +61,389 @@ sys.path.insert(0, str(ROOT / "tests" / "bench"))
 import bench  # noqa: E402
 import harness  # noqa: E402
 
+MOCK = ROOT / "tests" / "bench" / "sse_mock.py"
 PACE_MS = 20
-TARGETS = {"ttfb_p50_us": 100.0, "chunk_p50_us": 20.0}
-VARIANTS = ["passthrough", "filter"]
+TARGETS = {"ttfb": 100.0, "chunk": 20.0}  # µs, added at p50 (issue 24)
+VARIANTS = ["passthrough", "wasm-floor", "filter"]
+PCTS = (50, 90, 99)
+FIGURES = {  # key: (label, what)
+    "ttfb": "TTFB (request sent -> first response byte)",
+    "req_leg": "request leg (request sent -> mock has read it)",
+    "first_byte": "first byte in the proxy (mock starts the head -> client has it)",
+    "chunk": "per chunk (mock wrote the event -> client has it), content events",
+    "last": "last event, with the stream's end",
+    "gap": "gap between received events - pacing",
+}
 
 
-async def one_request(reader, writer, body: bytes, tokens: int) -> dict:
-    head = (f"POST {bench.PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer bench\r\nx-emulator-output-tokens: {tokens}\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode()
-    t0 = time.perf_counter_ns()
-    writer.write(head + body)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = await reader.read(65536)
-        if not d:
-            raise RuntimeError("connection closed before headers")
-        buf += d
-    hdr, buf = buf.split(b"\r\n\r\n", 1)
-    status = int(hdr.split(b" ", 2)[1])
-    if status != 200 or b"chunked" not in hdr.lower():
-        raise RuntimeError(f"status {status}: {hdr[:300]!r} {buf[:300]!r}")
-    first, events, sse, done = None, [], b"", False
-    now = time.perf_counter_ns()
-    while not done:
-        # decode every complete chunk in buf
+# ---------------------------------------------------------------------------
+# the mock and the client
+# ---------------------------------------------------------------------------
+
+class Mock:
+    """tests/bench/sse_mock.py in its own process."""
+
+    def __init__(self, tmp: Path, pace_ms: float, events: int):
+        port_file, self.log = tmp / "mock-port", tmp / "mock-log.jsonl"
+        err = tmp / "mock.err"
+        self.proc = harness._spawn([sys.executable, MOCK, "--port-file", port_file, "--log", self.log,
+                                    "--pace-ms", pace_ms, "--events", events], subprocess.DEVNULL, err.open("wb"))
+        self.port = int(harness.wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "sse mock",
+                                         self.proc, err))
+
+    def records(self) -> dict[str, dict]:
+        out = {}
+        for line in self.log.read_text().splitlines():
+            r = json.loads(line)
+            out[r["id"]] = r
+        return out
+
+
+class Client:
+    """One keep-alive connection to a proxy; one streamed request at a time."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.body = bench.request_body("1k", stream=True)
+
+    def request(self, rid: str, events: int | None = None) -> dict:
+        extra = f"x-bench-events: {events}\r\n" if events is not None else ""
+        head = (f"POST {bench.PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                f"authorization: Bearer bench\r\nx-bench-id: {rid}\r\n{extra}"
+                f"content-length: {len(self.body)}\r\n\r\n").encode()
+        s = self.sock
+        t_send = time.monotonic_ns()
+        s.sendall(head + self.body)
+        buf, t_first = b"", None
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            t = time.monotonic_ns()
+            if not d:
+                raise RuntimeError("connection closed before the response head")
+            t_first = t_first or t
+            buf += d
+        hdr, buf = buf.split(b"\r\n\r\n", 1)
+        status = int(hdr.split(b" ", 2)[1])
+        if status != 200 or b"transfer-encoding: chunked" not in hdr.lower():
+            raise RuntimeError(f"status {status}: {hdr[:400]!r} {buf[:400]!r}")
+        sse, times, per_recv, done = b"", [], [], False
         while True:
-            i = buf.find(b"\r\n")
-            if i < 0:
+            got = 0
+            while True:  # every complete HTTP chunk in buf
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    break
+                size = int(buf[:i].split(b";")[0], 16)
+                if size == 0:
+                    if buf.find(b"\r\n", i + 2) >= 0:  # the (empty) trailer's end
+                        buf, done = b"", True
+                    break
+                if len(buf) < i + 2 + size + 2:
+                    break
+                sse += buf[i + 2:i + 2 + size]
+                buf = buf[i + 4 + size:]
+                while b"\n\n" in sse:
+                    _, sse = sse.split(b"\n\n", 1)
+                    times.append(t)
+                    got += 1
+            if got:
+                per_recv.append(got)
+            if done:
                 break
-            size = int(buf[:i].split(b";")[0], 16)
-            if size == 0:
-                done = True
-                break
-            if len(buf) < i + 2 + size + 2:
-                break
-            data = buf[i + 2:i + 2 + size]
-            buf = buf[i + 2 + size + 2:]
-            if first is None:
-                first = now
-            sse += data
-            while b"\n\n" in sse:
-                _, sse = sse.split(b"\n\n", 1)
-                events.append(now)
-        if done:
-            break
-        d = await reader.read(65536)
-        if not d:
-            raise RuntimeError("connection closed mid-stream")
-        now = time.perf_counter_ns()
-        buf += d
-    # the trailer after the last chunk
-    while not buf.endswith(b"\r\n\r\n") and buf.count(b"\r\n") < 2:
-        buf += await reader.read(65536)
-    return {"ttfb_us": (first - t0) / 1e3, "events_us": [(e - t0) / 1e3 for e in events]}
+            d = s.recv(65536)
+            t = time.monotonic_ns()
+            if not d:
+                raise RuntimeError("connection closed mid-stream")
+            buf += d
+        return {"id": rid, "t_send": t_send, "t_first": t_first, "events": times, "per_recv": per_recv}
+
+    def close(self) -> None:
+        self.sock.close()
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-async def measure(ports: dict, rounds: int, per_round: int, tokens: int, warmup: int) -> dict:
-    body = bench.request_body("1k", stream=True)
-    conns = {v: await asyncio.open_connection("127.0.0.1", p) for v, p in ports.items()}
-    raw = {v: [] for v in ports}
-    for v, (r, w) in conns.items():
-        for _ in range(warmup):
-            await one_request(r, w, body, tokens)
-    for rnd in range(rounds):
-        order = VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]
-        for v in order:
-            r, w = conns[v]
-            for _ in range(per_round):
-                raw[v].append(await one_request(r, w, body, tokens))
-    for _, w in conns.values():
-        w.close()
+def measure(ports: dict[str, int], requests: int, warmup: int, events: int | None = None) -> dict[str, list]:
+    """`requests` streamed requests per variant, interleaved one by one, order rotating."""
+    names = list(ports)
+    clients = {v: Client(p) for v, p in ports.items()}
+    raw: dict[str, list] = {v: [] for v in names}
+    try:
+        for v in names:  # V8 tiers up, the pools fill
+            for i in range(warmup):
+                clients[v].request(f"warm-{v}-{i}", events)
+        for i in range(requests):
+            k = i % len(names)
+            for v in names[k:] + names[:k]:
+                raw[v].append(clients[v].request(f"{v}-{i}", events))
+    finally:
+        for c in clients.values():
+            c.close()
     return raw
 
 
-def analyse(raw: dict) -> dict:
-    out = {}
-    for v, rs in raw.items():
-        n = min(len(r["events_us"]) for r in rs)
-        med_k = [statistics.median(r["events_us"][k] for r in rs) for k in range(n)]
-        gaps = [r["events_us"][k] - r["events_us"][k - 1] - PACE_MS * 1000
-                for r in rs for k in range(2, n) if r["events_us"][k] - r["events_us"][k - 1] > PACE_MS * 500]
-        t = [r["ttfb_us"] for r in rs]
-        out[v] = {"requests": len(rs), "events": n, "ttfb_p50_us": statistics.median(t), "ttfb_p99_us": pct(t, 99),
-                  "offset_median_us": med_k, "gap_minus_pace_p50_us": statistics.median(gaps) if gaps else 0.0,
-                  "gap_minus_pace_p99_us": pct(gaps, 99) if gaps else 0.0}
-    f, p = out["filter"], out["passthrough"]
-    n = min(f["events"], p["events"])
-    added_ttfb = f["ttfb_p50_us"] - p["ttfb_p50_us"]
-    per_k = [f["offset_median_us"][k] - p["offset_median_us"][k] for k in range(n)]
-    out["added"] = {"ttfb_p50_us": added_ttfb, "ttfb_p99_us": f["ttfb_p99_us"] - p["ttfb_p99_us"],
-                    "offset_per_event_us": per_k,
-                    "chunk_p50_us": statistics.median(per_k) - added_ttfb if per_k else 0.0}
+# ---------------------------------------------------------------------------
+# analysis
+# ---------------------------------------------------------------------------
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
+
+
+def samples(reqs: list[dict], mock: dict[str, dict], pace_ms: float) -> dict:
+    """Per figure, all samples of one variant (µs), and the event counts."""
+    out: dict = {k: [] for k in FIGURES}
+    out.update(events_seen=[], events_sent=[], coalesced=0, recvs=0, per_event=[])
+    for r in reqs:
+        m = mock[r["id"]]
+        ev, sends = r["events"], m["sends"]
+        out["events_seen"].append(len(ev))
+        out["events_sent"].append(len(sends))
+        out["coalesced"] += sum(1 for n in r["per_recv"] if n > 1)
+        out["recvs"] += len(r["per_recv"])
+        out["ttfb"].append((r["t_first"] - r["t_send"]) / 1e3)
+        out["req_leg"].append((m["t_req"] - r["t_send"]) / 1e3)
+        out["first_byte"].append((r["t_first"] - m["t_head0"]) / 1e3)
+        if len(ev) != len(sends):
+            continue
+        d = [(a - b) / 1e3 for a, b in zip(ev, sends)]
+        out["chunk"] += d[:-1]
+        out["last"].append(d[-1])
+        out["per_event"].append(d)
+        out["gap"] += [(ev[k] - ev[k - 1]) / 1e3 - pace_ms * 1000 for k in range(1, len(ev))]
     return out
 
 
-def report(res: dict, meta: dict) -> str:
-    a = res["added"]
+def boot_median_diff(a: list[float], b: list[float], n: int = 300, seed: int = 24) -> tuple[float, float]:
+    """A bootstrap 95% interval of median(a) - median(b)."""
+    rng = random.Random(seed)
+    ds = sorted(statistics.median(rng.choices(a, k=len(a))) - statistics.median(rng.choices(b, k=len(b)))
+                for _ in range(n))
+    return ds[int(0.025 * n)], ds[int(0.975 * n) - 1]
+
+
+def analyse(raw: dict[str, list], mock: dict[str, dict], pace_ms: float) -> dict:
+    s = {v: samples(rs, mock, pace_ms) for v, rs in raw.items()}
+    res: dict = {"variants": {}, "added": {}}
+    for v, x in s.items():
+        row = {"requests": len(raw[v]), "events_seen": sorted(set(x["events_seen"])),
+               "events_sent": sorted(set(x["events_sent"])), "coalesced_recvs": x["coalesced"], "recvs": x["recvs"]}
+        for f in FIGURES:
+            if x[f]:
+                row[f] = {f"p{p}": pct(x[f], p) for p in PCTS}
+        # the median over requests of each event's time in the proxy, by event index
+        if x["per_event"]:
+            row["per_event_p50"] = [statistics.median(d[k] for d in x["per_event"])
+                                    for k in range(len(x["per_event"][0]))]
+        res["variants"][v] = row
+    base = "passthrough"
+    for v in s:
+        if v == base:
+            continue
+        add = {}
+        for f in FIGURES:
+            if f == "gap" or not s[v][f] or not s[base][f]:
+                continue
+            a = {f"p{p}": res["variants"][v][f][f"p{p}"] - res["variants"][base][f][f"p{p}"] for p in PCTS}
+            a["p50_ci95"] = boot_median_diff(s[v][f], s[base][f])
+            add[f] = a
+        if "per_event_p50" in res["variants"][v] and "per_event_p50" in res["variants"][base]:
+            add["per_event_p50"] = [x - y for x, y in zip(res["variants"][v]["per_event_p50"],
+                                                          res["variants"][base]["per_event_p50"])]
+        res["added"][v] = add
+    if "filter" in s and "wasm-floor" in s:
+        res["filter_vs_floor"] = {f: res["variants"]["filter"][f]["p50"] - res["variants"]["wasm-floor"][f]["p50"]
+                                  for f in ("ttfb", "first_byte", "chunk", "last")
+                                  if f in res["variants"]["filter"] and f in res["variants"]["wasm-floor"]}
+    return res
+
+
+# ---------------------------------------------------------------------------
+# inside the VM (the counting build)
+# ---------------------------------------------------------------------------
+
+def vm_time(tmp: Path, mock_port: int, requests: int) -> dict:
+    """Time inside the VM and host calls per callback for the same stream, counted by
+    the hostcall-count build (`filter`, one worker): per callback, calls per request,
+    µs per call, host calls per call."""
+    if not bench.HOSTCALLS_WASM.exists():
+        return {}
+    env = harness.Envoy(tmp, bench.proxy_config("filter", mock_port, bench.HOSTCALLS_WASM), name="hostcalls",
+                        concurrency=1)
+    try:
+        def read() -> dict[str, float]:
+            return {n: v for n, _, v in harness.prom_samples(env) if n.startswith("llmcap_debug_cb")}
+        c = Client(env.port)
+        for i in range(5):
+            c.request(f"hc-warm-{i}")
+        before = read()
+        for i in range(requests):
+            c.request(f"hc-{i}")
+        c.close()
+        after = read()
+    finally:
+        env.stop()
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    out: dict = {}
+    for k, v in delta.items():
+        m = re.fullmatch(r"llmcap_debug_cb_(\w+)_(ns|calls)", k)
+        if m and not k.startswith("llmcap_debug_cbhc_"):
+            out.setdefault(m.group(1), {})[m.group(2)] = v
+    for cb, row in out.items():
+        hc = sum(v for k, v in delta.items() if k.startswith(f"llmcap_debug_cbhc_{cb}__"))
+        calls = row.get("calls", 0)
+        row.update(per_request=calls / requests, us_per_call=row.get("ns", 0) / max(calls, 1) / 1e3,
+                   hostcalls_per_call=hc / max(calls, 1))
+    return {"requests": requests, "callbacks": out}
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def us(v: float) -> str:
+    return f"{v:.0f} µs" if abs(v) < 10_000 else f"{v / 1000:.1f} ms"
+
+
+def report(res: dict, meta: dict, vm: dict) -> str:
+    V, A = res["variants"], res["added"]
     yn = lambda ok: "yes" if ok else "**no**"  # noqa: E731
-    L = [f"# Streamed answer latency (tests/bench/stream_latency.py{' --smoke' if meta['smoke'] else ''})", "",
-         f"Run {meta['date']}, {meta['cpus']} CPUs, git {meta['git']}; load average during the run "
-         f"{meta['load_before']} (before) / {meta['load_after']} (after). Emulator pacing {PACE_MS} ms "
-         f"(ttft and between token events), {meta['tokens']} output tokens per answer, one connection, "
-         f"{meta['rounds']} rounds x {meta['per_round']} requests per variant, interleaved. Method: the script's docstring.", ""]
+    L = [f"# Streamed answer latency (tests/bench/stream_latency.py{' --smoke' if meta['smoke'] else ''}, "
+         "`make bench-stream`)", "",
+         f"Run {meta['date']} on {meta['cpus']} CPUs ({meta['cpu']}), Envoy {meta['envoy']}, git {meta['git']}. "
+         f"Load average {meta['load_before']} before, {meta['load_after']} after; the machine's CPUs were "
+         f"{meta['busy_pct']:.0f}% busy during the {meta['seconds']:.0f} s of measurement (this run included; "
+         "the machine is shared).", "",
+         f"Paced SSE mock (tests/bench/sse_mock.py): {meta['events']} events per answer, {meta['pace_ms']:g} ms "
+         f"apart, one HTTP/1.1 chunk each. One connection per variant, one request at a time, {meta['requests']} "
+         f"requests per variant after {meta['warmup']} of warm-up, interleaved request by request. Every figure "
+         "is a difference of two CLOCK_MONOTONIC timestamps of the same event (the mock's right after its "
+         "write, the client's right after its recv), so the pacing's jitter cancels. Method: the script's "
+         "docstring.", ""]
     if meta["smoke"]:
-        L += ["**Smoke run: too few requests for the targets; figures show that the method works, not the cost.**", ""]
-    L += ["| variant | requests | events | TTFB p50 | TTFB p99 | gap - pacing p50 | gap - pacing p99 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for v in VARIANTS:
-        r = res[v]
-        L.append(f"| {v} | {r['requests']} | {r['events']} | {r['ttfb_p50_us']:.0f} µs | {r['ttfb_p99_us']:.0f} µs | "
-                 f"{r['gap_minus_pace_p50_us']:.0f} µs | {r['gap_minus_pace_p99_us']:.0f} µs |")
-    L += ["", "| figure | target | measured | met |", "|---|---|---|---|",
-          f"| added TTFB p50 (filter - passthrough) | ≤ {TARGETS['ttfb_p50_us']:.0f} µs | {a['ttfb_p50_us']:.0f} µs | {yn(a['ttfb_p50_us'] <= TARGETS['ttfb_p50_us'])} |",
-          f"| added TTFB p99 | - | {a['ttfb_p99_us']:.0f} µs | - |",
-          f"| added per-chunk p50 (median over events of added offset, minus added TTFB) | ≤ {TARGETS['chunk_p50_us']:.0f} µs | {a['chunk_p50_us']:.0f} µs | {yn(a['chunk_p50_us'] <= TARGETS['chunk_p50_us'])} |", ""]
+        L += ["**Smoke run: too few requests for the targets; it shows that the method works, not the cost.**", ""]
+    f = A.get("filter", {})
+    if f:
+        L += ["## Against the targets (filter - passthrough, same run)", "",
+              "| figure | target | added p50 | 95% interval | met |", "|---|---|---:|---|---|"]
+        for key, label in (("ttfb", "time to first byte (from the request), one connection"),
+                           ("chunk", "per-chunk latency")):
+            lo, hi = f[key]["p50_ci95"]
+            L.append(f"| {label} | ≤ {TARGETS[key]:.0f} µs | {f[key]['p50']:.1f} µs | {lo:.1f} .. {hi:.1f} µs | "
+                     f"{yn(f[key]['p50'] <= TARGETS[key])} |")
+        L.append("")
+    L += ["## Each variant", "",
+          "| variant | requests | events seen per answer | recvs with >1 event | " +
+          " | ".join(f"{k} p50 / p90 / p99" for k in FIGURES) + " |",
+          "|---|---:|---|---:|" + "---:|" * len(FIGURES)]
+    for v, r in V.items():
+        cells = [" / ".join(us(r[k][f"p{p}"]) for p in PCTS) if k in r else "-" for k in FIGURES]
+        L.append(f"| {v} | {r['requests']} | {','.join(map(str, r['events_seen']))} of "
+                 f"{','.join(map(str, r['events_sent']))} | {r['coalesced_recvs']} of {r['recvs']} | " +
+                 " | ".join(cells) + " |")
+    L += ["", "Figures: " + "; ".join(f"**{k}**: {w}" for k, w in FIGURES.items()) + ".", "",
+          "## Added latency against passthrough", "",
+          "| variant | figure | p50 | p50 95% interval | p90 | p99 |", "|---|---|---:|---|---:|---:|"]
+    for v, add in A.items():
+        for k, a in add.items():
+            if k == "per_event_p50":
+                continue
+            lo, hi = a["p50_ci95"]
+            L.append(f"| {v} | {k} | {a['p50']:.1f} µs | {lo:.1f} .. {hi:.1f} | {a['p90']:.1f} µs | "
+                     f"{a['p99']:.1f} µs |")
+    if res.get("filter_vs_floor"):
+        L += ["", "filter - wasm-floor at p50 (what the filter's own work adds over any Wasm filter): " +
+              ", ".join(f"{k} {v:.1f} µs" for k, v in res["filter_vs_floor"].items()) + "."]
+    if f.get("per_event_p50"):
+        L += ["", "filter's added p50 by event index (0 = the role chunk, then content, stop, usage, [DONE]): " +
+              " ".join(f"{x:.0f}" for x in f["per_event_p50"]) + " µs."]
+    cbs = (vm or {}).get("callbacks")
+    if cbs:
+        L += ["", f"## Inside the VM (`filter`, counting build `make build-hostcalls`, {vm['requests']} answers "
+              f"of {meta['events']} events, one worker)", "",
+              "| callback | calls per answer | µs per call (inside the VM) | host calls per call |",
+              "|---|---:|---:|---:|"]
+        for cb, r in sorted(cbs.items()):
+            L.append(f"| {cb} | {r['per_request']:.2f} | {r['us_per_call']:.1f} | {r['hostcalls_per_call']:.2f} |")
+        L += ["", "The counting build times each callback with the host clock from its start to its end, "
+              "host calls included; the VM entry and exit and Envoy's side of the Wasm filter are outside it."]
+    if meta.get("problems"):
+        L += ["", "**Problems:** " + "; ".join(meta["problems"])]
+    L.append("")
     return "\n".join(L)
 
 
+def cpu_busy() -> tuple[int, int]:
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)  # busy, total (idle and iowait apart)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--per-round", type=int, default=10)
-    ap.add_argument("--tokens", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--smoke", action="store_true", help="a few seconds: 2 rounds x 3 requests, 5 tokens")
+    ap.add_argument("--requests", type=int, default=120, help="per variant")
+    ap.add_argument("--warmup", type=int, default=10, help="per variant")
+    ap.add_argument("--events", type=int, default=24, help="content chunks per answer (+3 framing events)")
+    ap.add_argument("--pace-ms", type=float, default=PACE_MS)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--vm-requests", type=int, default=50, help="answers through the counting build (0: skip)")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: 4 requests per variant, 4 content chunks")
     ap.add_argument("--out", default=str(bench.RESULTS / "stream-latency.md"))
     args = ap.parse_args(argv)
     if args.smoke:
-        args.rounds, args.per_round, args.tokens, args.warmup = 2, 3, 5, 1
-    for b in (harness.WASM, harness.EMULATOR_BIN):
-        if not b.exists():
-            print(f"missing {b}: run `make build emulator` first", file=sys.stderr)
-            return 2
+        args.requests, args.warmup, args.events, args.vm_requests = 4, 1, 4, 0
+    variants = [v for v in args.variants.split(",") if v]
+    assert variants[0] == "passthrough" and set(variants) <= set(VARIANTS + ["filter-ds"]), variants
+    if not harness.WASM.exists():
+        print(f"missing {harness.WASM}: run `make build` first", file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="streamlat-"))
+    envs: dict[str, harness.Envoy] = {}
     try:
-        emu = harness.Emulator(tmp, "--ttft-ms", str(PACE_MS), "--inter-token-ms", str(PACE_MS))
-        envs = {v: harness.Envoy(tmp, bench.proxy_config(v, emu.api_port), name=v, concurrency=1) for v in VARIANTS}
+        mock = Mock(tmp, args.pace_ms, args.events)
+        for v in variants:  # started together, then waited for
+            envs[v] = harness.Envoy(tmp, bench.proxy_config(v, mock.port), name=v.replace("-", "_"),
+                                    concurrency=2, expect_start=False)
+        for e in envs.values():
+            e._wait_ready()
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        raw = asyncio.run(measure({v: e.port for v, e in envs.items()}, args.rounds, args.per_round, args.tokens, args.warmup))
+        b0, t0, w0 = *cpu_busy(), time.monotonic()
+        raw = measure({v: e.port for v, e in envs.items()}, args.requests, args.warmup)
+        b1, t1, w1 = *cpu_busy(), time.monotonic()
         load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        res = analyse(raw)
+        problems: list[str] = []
+        for v in variants:
+            problems += bench.filter_checks(envs[v], v)
+        for e in envs.values():
+            e.stop()
+        envs.clear()
+        res = analyse(raw, mock.records(), args.pace_ms)
+        expected = args.events + 3
+        for v, r in res["variants"].items():
+            if r["events_seen"] != [expected] or r["events_sent"] != [expected]:
+                problems.append(f"{v}: events seen {r['events_seen']}, sent {r['events_sent']}, expected {expected}")
+        vm = vm_time(tmp, mock.port, args.vm_requests) if args.vm_requests else {}
         m = bench.machine()
-        meta = {"date": m["date"], "cpus": m["cpus"], "git": m["git"], "load_before": load_before, "load_after": load_after,
-                "smoke": args.smoke, "tokens": args.tokens, "rounds": args.rounds, "per_round": args.per_round}
-        md = report(res, meta)
+        meta = {"date": m["date"], "cpus": m["cpus"], "cpu": m["cpu"], "envoy": m["envoy"], "git": m["git"],
+                "load_before": load_before, "load_after": load_after,
+                "busy_pct": 100 * (b1 - b0) / max(t1 - t0, 1), "seconds": w1 - w0, "smoke": args.smoke,
+                "events": expected, "pace_ms": args.pace_ms, "requests": args.requests, "warmup": args.warmup,
+                "problems": problems}
+        md = report(res, meta, vm)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(md)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": res, "raw": raw}, indent=1))
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": res, "vm": vm}, indent=1))
         print(md)
-        return 0
+        return 1 if problems else 0
     finally:
+        for e in envs.values():
+            e.stop()
         harness.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
