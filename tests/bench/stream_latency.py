@@ -66,6 +66,7 @@ PACE_MS = 20
 TARGETS = {"ttfb": 100.0, "chunk": 20.0}  # µs, added at p50 (issue 24)
 VARIANTS = ["passthrough", "wasm-floor", "filter"]
 PCTS = (50, 90, 99)
+VM_FAST_PACE_MS = 1.0
 FIGURES = {  # key: (label, what)
     "ttfb": "TTFB (request sent -> first response byte)",
     "req_leg": "request leg (request sent -> mock has read it)",
@@ -83,9 +84,9 @@ FIGURES = {  # key: (label, what)
 class Mock:
     """tests/bench/sse_mock.py in its own process."""
 
-    def __init__(self, tmp: Path, pace_ms: float, events: int):
-        port_file, self.log = tmp / "mock-port", tmp / "mock-log.jsonl"
-        err = tmp / "mock.err"
+    def __init__(self, tmp: Path, pace_ms: float, events: int, name: str = "mock"):
+        port_file, self.log = tmp / f"{name}-port", tmp / f"{name}-log.jsonl"
+        err = tmp / f"{name}.err"
         self.proc = harness._spawn([sys.executable, MOCK, "--port-file", port_file, "--log", self.log,
                                     "--pace-ms", pace_ms, "--events", events], subprocess.DEVNULL, err.open("wb"))
         self.port = int(harness.wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "sse mock",
@@ -262,39 +263,59 @@ def analyse(raw: dict[str, list], mock: dict[str, dict], pace_ms: float) -> dict
 # inside the VM (the counting build)
 # ---------------------------------------------------------------------------
 
-def vm_time(tmp: Path, mock_port: int, requests: int) -> dict:
-    """Time inside the VM and host calls per callback for the same stream, counted by
-    the hostcall-count build (`filter`, one worker): per callback, calls per request,
-    µs per call, host calls per call."""
+def vm_time(tmp: Path, mock_port: int, requests: int, events: tuple[int, int] = (4, 44),
+            name: str = "hostcalls") -> dict:
+    """Time inside the VM and host calls per callback, counted by the hostcall-count
+    build (`filter`, one worker) on the same paced stream: `requests` answers with
+    each of two numbers of content chunks. Per callback and answer: calls, µs per
+    call, host calls per call; and from the difference between the two, what one
+    more content chunk costs each callback (the first-token and end-of-stream work,
+    the same in both, drops out)."""
     if not bench.HOSTCALLS_WASM.exists():
         return {}
-    env = harness.Envoy(tmp, bench.proxy_config("filter", mock_port, bench.HOSTCALLS_WASM), name="hostcalls",
+    env = harness.Envoy(tmp, bench.proxy_config("filter", mock_port, bench.HOSTCALLS_WASM), name=name,
                         concurrency=1)
+    runs: dict[int, dict[str, float]] = {}
     try:
         def read() -> dict[str, float]:
             return {n: v for n, _, v in harness.prom_samples(env) if n.startswith("llmcap_debug_cb")}
         c = Client(env.port)
         for i in range(5):
-            c.request(f"hc-warm-{i}")
-        before = read()
-        for i in range(requests):
-            c.request(f"hc-{i}")
+            c.request(f"hc-warm-{i}", events[0])
+        for n in events:
+            before = read()
+            for i in range(requests):
+                c.request(f"hc-{n}-{i}", n)
+            after = read()
+            runs[n] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
         c.close()
-        after = read()
     finally:
         env.stop()
-    delta = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
-    out: dict = {}
-    for k, v in delta.items():
-        m = re.fullmatch(r"llmcap_debug_cb_(\w+)_(ns|calls)", k)
-        if m and not k.startswith("llmcap_debug_cbhc_"):
-            out.setdefault(m.group(1), {})[m.group(2)] = v
-    for cb, row in out.items():
-        hc = sum(v for k, v in delta.items() if k.startswith(f"llmcap_debug_cbhc_{cb}__"))
-        calls = row.get("calls", 0)
-        row.update(per_request=calls / requests, us_per_call=row.get("ns", 0) / max(calls, 1) / 1e3,
-                   hostcalls_per_call=hc / max(calls, 1))
-    return {"requests": requests, "callbacks": out}
+
+    def table(delta: dict[str, float]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for k, v in delta.items():
+            m = re.fullmatch(r"llmcap_debug_cb_(\w+)_(ns|calls)", k)
+            if m and not k.startswith("llmcap_debug_cbhc_"):
+                out.setdefault(m.group(1), {})[m.group(2)] = v
+        for cb, row in out.items():
+            row["hostcalls"] = sum(v for k, v in delta.items() if k.startswith(f"llmcap_debug_cbhc_{cb}__"))
+        return out
+
+    lo, hi = (table(runs[n]) for n in events)
+    per_answer = {cb: {"per_request": r.get("calls", 0) / requests,
+                       "us_per_call": r.get("ns", 0) / max(r.get("calls", 0), 1) / 1e3,
+                       "hostcalls_per_call": r["hostcalls"] / max(r.get("calls", 0), 1)} for cb, r in hi.items()}
+    per_chunk = {}
+    for cb in ("ds_on_http_response_body", "up_on_http_response_body"):
+        if cb in lo and cb in hi:
+            dc = hi[cb].get("calls", 0) - lo[cb].get("calls", 0)
+            if dc > 0:
+                per_chunk[cb] = {"us": (hi[cb].get("ns", 0) - lo[cb].get("ns", 0)) / dc / 1e3,
+                                 "hostcalls": (hi[cb]["hostcalls"] - lo[cb]["hostcalls"]) / dc,
+                                 "calls_per_chunk": dc / (requests * (events[1] - events[0]))}
+    return {"requests": requests, "events": [n + 3 for n in events], "callbacks": per_answer,
+            "per_chunk": per_chunk}
 
 
 # ---------------------------------------------------------------------------
@@ -357,14 +378,22 @@ def report(res: dict, meta: dict, vm: dict) -> str:
     if f.get("per_event_p50"):
         L += ["", "filter's added p50 by event index (0 = the role chunk, then content, stop, usage, [DONE]): " +
               " ".join(f"{x:.0f}" for x in f["per_event_p50"]) + " µs."]
-    cbs = (vm or {}).get("callbacks")
-    if cbs:
-        L += ["", f"## Inside the VM (`filter`, counting build `make build-hostcalls`, {vm['requests']} answers "
-              f"of {meta['events']} events, one worker)", "",
+    paces = (vm or {}).get("paces", {})
+    first = next(iter(paces.values()), {})
+    if first.get("callbacks"):
+        lo_ev, hi_ev = first["events"]
+        L += ["", "## Inside the VM (`filter`, counting build `make build-hostcalls`, one worker)", "",
+              f"Per answer of {hi_ev} events ({first['requests']} answers), paced {next(iter(paces))} ms as above:", "",
               "| callback | calls per answer | µs per call (inside the VM) | host calls per call |",
               "|---|---:|---:|---:|"]
-        for cb, r in sorted(cbs.items()):
+        for cb, r in sorted(first["callbacks"].items()):
             L.append(f"| {cb} | {r['per_request']:.2f} | {r['us_per_call']:.1f} | {r['hostcalls_per_call']:.2f} |")
+        L += ["", f"One more content chunk (answers of {hi_ev} against {lo_ev} events, so the first token's and the "
+              "stream end's work drop out), by pacing:", "",
+              "| pacing | callback | µs inside the VM | host calls | callbacks per chunk |", "|---|---|---:|---:|---:|"]
+        for pace, r in paces.items():
+            for cb, c in r.get("per_chunk", {}).items():
+                L.append(f"| {pace} ms | {cb} | {c['us']:.1f} | {c['hostcalls']:.2f} | {c['calls_per_chunk']:.2f} |")
         L += ["", "The counting build times each callback with the host clock from its start to its end, "
               "host calls included; the VM entry and exit and Envoy's side of the Wasm filter are outside it."]
     if meta.get("problems"):
@@ -389,7 +418,7 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=24, help="content chunks per answer (+3 framing events)")
     ap.add_argument("--pace-ms", type=float, default=PACE_MS)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--vm-requests", type=int, default=50, help="answers through the counting build (0: skip)")
+    ap.add_argument("--vm-requests", type=int, default=30, help="answers through the counting build (0: skip)")
     ap.add_argument("--smoke", action="store_true", help="a few seconds: 4 requests per variant, 4 content chunks")
     ap.add_argument("--out", default=str(bench.RESULTS / "stream-latency.md"))
     args = ap.parse_args(argv)
@@ -425,7 +454,12 @@ def main(argv=None) -> int:
         for v, r in res["variants"].items():
             if r["events_seen"] != [expected] or r["events_sent"] != [expected]:
                 problems.append(f"{v}: events seen {r['events_seen']}, sent {r['events_sent']}, expected {expected}")
-        vm = vm_time(tmp, mock.port, args.vm_requests) if args.vm_requests else {}
+        # Inside the VM at the run's pacing, and nearly back to back (caches warm).
+        vm = {}
+        if args.vm_requests:
+            fast = Mock(tmp, VM_FAST_PACE_MS, args.events, name="mock-fast")
+            vm = {"paces": {str(args.pace_ms): vm_time(tmp, mock.port, args.vm_requests),
+                            str(VM_FAST_PACE_MS): vm_time(tmp, fast.port, args.vm_requests, name="hostcalls-fast")}}
         m = bench.machine()
         meta = {"date": m["date"], "cpus": m["cpus"], "cpu": m["cpu"], "envoy": m["envoy"], "git": m["git"],
                 "load_before": load_before, "load_after": load_after,
