@@ -461,8 +461,8 @@ def main(argv=None) -> int:
         vm = {}
         if args.vm_requests:
             fast = Mock(tmp, VM_FAST_PACE_MS, args.events, name="mock-fast")
-            vm = {"paces": {str(args.pace_ms): vm_time(tmp, mock.port, args.vm_requests),
-                            str(VM_FAST_PACE_MS): vm_time(tmp, fast.port, args.vm_requests, name="hostcalls-fast")}}
+            vm = {"paces": {f"{args.pace_ms:g}": vm_time(tmp, mock.port, args.vm_requests),
+                            f"{VM_FAST_PACE_MS:g}": vm_time(tmp, fast.port, args.vm_requests, name="hostcalls-fast")}}
         m = bench.machine()
         meta = {"date": m["date"], "cpus": m["cpus"], "cpu": m["cpu"], "envoy": m["envoy"], "git": m["git"],
                 "load_before": load_before, "load_after": load_after,
