@@ -210,7 +210,7 @@ bench: setup-test build build-hostcalls
 	$(PY) tests/bench/bench.py
 
 ## bench-stream: what the filter adds to a streamed answer (time to first byte, per chunk) against passthrough
-## and wasm-floor, a mock pacing SSE events 20 ms apart, timestamped at both ends (about 4 minutes;
+## and wasm-floor, a mock pacing SSE events 20 ms apart, timestamped at both ends (about 7 minutes;
 ## BENCH_STREAM_ARGS=--smoke for seconds); writes tests/bench/results/stream-latency.{md,json}
 bench-stream: setup-test build build-hostcalls
 	$(PY) tests/bench/stream_latency.py $(BENCH_STREAM_ARGS)

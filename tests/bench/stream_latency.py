@@ -8,7 +8,7 @@ Set-up on loopback: tests/bench/sse_mock.py, its own process, answers every chat
 completion with an OpenAI stream (bench.sse_body: 24 content chunks, a stop
 chunk, a usage chunk, `data: [DONE]`; 27 events), one HTTP/1.1 chunk per event,
 20 ms apart, TCP_NODELAY. In front of it, Envoys built as tests/bench/bench.py
-builds them (`bench.proxy_config`): `passthrough`, `wasm-floor` and `filter` (as
+builds them (`bench.proxy_config`): `passthrough`, `wasm-floor`, `filter` (as
 shipped: estimate, RPM and TPM limits, circuits, the failover chain with the
 upstream instance, metrics, access-log state) and `filter-ds` (the same without
 the upstream instance: health from final answers only), `--concurrency 2` each. The
@@ -21,8 +21,8 @@ Linux): the mock right after each write returns, the client right after each
 recv returns. What the mock's pacing timer does (late wake-ups, jitter) then
 cancels: each figure is a difference of two timestamps of the same event.
 
-* per chunk = client's receive of an event - the mock's write of it; over the
-  content events (the last event, which carries the stream's end, is reported
+* per chunk = client's receive of an event - the mock's write of it, over every
+  event but the last (the last, which carries the stream's end, is reported
   apart: the filter settles the request on it);
 * first byte in the proxy = client's first response byte - the mock starting to
   write the response head;
@@ -73,7 +73,7 @@ FIGURES = {  # key: (label, what)
     "ttfb": "TTFB (request sent -> first response byte)",
     "req_leg": "request leg (request sent -> mock has read it)",
     "first_byte": "first byte in the proxy (mock starts the head -> client has it)",
-    "chunk": "per chunk (mock wrote the event -> client has it), content events",
+    "chunk": "per chunk (mock wrote the event -> client has it), every event but the last",
     "last": "last event, with the stream's end",
     "gap": "gap between received events - pacing",
 }
