@@ -12,7 +12,8 @@ CLOCK_MONOTONIC time (time.monotonic_ns, comparable across processes on Linux)
 when the request was read in full, when it started and finished writing the head,
 and for each event when its write started and returned. The last event carries
 the chunked terminator in the same write (the stream's end reaches the proxy with
-the `[DONE]` event, as a server that ends the body right after it).
+the `[DONE]` event, as a server that ends the body right after it), or
+`--end-gap-ms` later.
 `x-bench-events: N` overrides `--events` per request. TCP_NODELAY on every
 connection; a thread per connection (the bench keeps one busy at a time).
 """
@@ -87,11 +88,15 @@ def serve(conn: socket.socket, args, log) -> None:
                 delay = t_head + (k + 1) * pace - time.monotonic_ns()
                 if delay > 0:
                     time.sleep(delay / 1e9)
-                if k == len(evs) - 1:
+                last = k == len(evs) - 1
+                if last and not args.end_gap_ms:
                     ev += b"0\r\n\r\n"
                 starts.append(time.monotonic_ns())
                 conn.sendall(ev)
                 sends.append(time.monotonic_ns())
+                if last and args.end_gap_ms:
+                    time.sleep(args.end_gap_ms / 1e3)
+                    conn.sendall(b"0\r\n\r\n")
             line = json.dumps({"id": headers.get("x-bench-id", ""), "t_req": t_req, "t_head0": t_head0,
                                "t_head": t_head, "starts": starts, "sends": sends})
             with _log_lock:
@@ -105,6 +110,8 @@ def main() -> int:
     ap.add_argument("--log", required=True)
     ap.add_argument("--pace-ms", type=float, default=20.0)
     ap.add_argument("--events", type=int, default=24)
+    ap.add_argument("--end-gap-ms", type=float, default=0.0,
+                    help="write the chunked terminator this long after the last event (0: with it)")
     args = ap.parse_args()
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

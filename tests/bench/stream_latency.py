@@ -86,11 +86,12 @@ FIGURES = {  # key: (label, what)
 class Mock:
     """tests/bench/sse_mock.py in its own process."""
 
-    def __init__(self, tmp: Path, pace_ms: float, events: int, name: str = "mock"):
+    def __init__(self, tmp: Path, pace_ms: float, events: int, name: str = "mock", end_gap_ms: float = 0.0):
         port_file, self.log = tmp / f"{name}-port", tmp / f"{name}-log.jsonl"
         err = tmp / f"{name}.err"
         self.proc = harness._spawn([sys.executable, MOCK, "--port-file", port_file, "--log", self.log,
-                                    "--pace-ms", pace_ms, "--events", events], subprocess.DEVNULL, err.open("wb"))
+                                    "--pace-ms", pace_ms, "--events", events,
+                                    "--end-gap-ms", end_gap_ms], subprocess.DEVNULL, err.open("wb"))
         self.port = int(harness.wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "sse mock",
                                          self.proc, err))
 
@@ -338,7 +339,9 @@ def report(res: dict, meta: dict, vm: dict) -> str:
          f"{meta['busy_pct']:.0f}% busy during the {meta['seconds']:.0f} s of measurement (this run included; "
          "the machine is shared).", "",
          f"Paced SSE mock (tests/bench/sse_mock.py): {meta['events']} events per answer, {meta['pace_ms']:g} ms "
-         f"apart, one HTTP/1.1 chunk each. One connection per variant, one request at a time, {meta['requests']} "
+         f"apart, one HTTP/1.1 chunk each, " + (f"the body's end {meta['end_gap_ms']:g} ms after `[DONE]`"
+         if meta.get("end_gap_ms") else "the body's end in the same write as `[DONE]`") +
+         f". One connection per variant, one request at a time, {meta['requests']} "
          f"requests per variant after {meta['warmup']} of warm-up, interleaved request by request. Every figure "
          "is a difference of two CLOCK_MONOTONIC timestamps of the same event (the mock's right after its "
          "write, the client's right after its recv), so the pacing's jitter cancels. Method: the script's "
@@ -420,6 +423,8 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=24, help="content chunks per answer (+3 framing events)")
     ap.add_argument("--pace-ms", type=float, default=PACE_MS)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--end-gap-ms", type=float, default=0.0,
+                    help="the mock ends the body this long after [DONE] (0: in the same write)")
     ap.add_argument("--vm-requests", type=int, default=30, help="answers through the counting build (0: skip)")
     ap.add_argument("--smoke", action="store_true", help="a few seconds: 4 requests per variant, 4 content chunks")
     ap.add_argument("--out", default=str(bench.RESULTS / "stream-latency.md"))
@@ -435,7 +440,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="streamlat-"))
     envs: dict[str, harness.Envoy] = {}
     try:
-        mock = Mock(tmp, args.pace_ms, args.events)
+        mock = Mock(tmp, args.pace_ms, args.events, end_gap_ms=args.end_gap_ms)
         for v in variants:  # started together, then waited for
             envs[v] = harness.Envoy(tmp, bench.proxy_config(v, mock.port), name=v.replace("-", "_"),
                                     concurrency=2, expect_start=False)
@@ -467,7 +472,7 @@ def main(argv=None) -> int:
         meta = {"date": m["date"], "cpus": m["cpus"], "cpu": m["cpu"], "envoy": m["envoy"], "git": m["git"],
                 "load_before": load_before, "load_after": load_after,
                 "busy_pct": 100 * (b1 - b0) / max(t1 - t0, 1), "seconds": w1 - w0, "smoke": args.smoke,
-                "events": expected, "pace_ms": args.pace_ms, "requests": args.requests, "warmup": args.warmup,
+                "events": expected, "pace_ms": args.pace_ms, "end_gap_ms": args.end_gap_ms, "requests": args.requests, "warmup": args.warmup,
                 "problems": problems}
         md = report(res, meta, vm)
         out = Path(args.out)
