@@ -109,6 +109,7 @@ class Client:
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(30)  # a stuck stream fails the run instead of hanging it
         self.body = bench.request_body("1k", stream=True)
 
     def request(self, rid: str, events: int | None = None) -> dict:
