@@ -10,7 +10,8 @@ was made.
 Per request it appends one JSON line to `--log`: the request's `x-bench-id`, the
 CLOCK_MONOTONIC time (time.monotonic_ns, comparable across processes on Linux)
 when the request was read in full, when it started and finished writing the head,
-and for each event when its write started and returned. The last event carries
+and for each event when its write started and returned (the bench measures from
+the start: the return can come late when the woken proxy preempts the mock). The last event carries
 the chunked terminator in the same write (the stream's end reaches the proxy with
 the `[DONE]` event, as a server that ends the body right after it), or
 `--end-gap-ms` later.

@@ -17,11 +17,16 @@ request at a time, the variants interleaved request by request (the order
 rotating), so that drifts in the machine's load fall on all alike.
 
 Both ends timestamp with CLOCK_MONOTONIC (time.monotonic_ns, system-wide on
-Linux): the mock right after each write returns, the client right after each
-recv returns. What the mock's pacing timer does (late wake-ups, jitter) then
-cancels: each figure is a difference of two timestamps of the same event.
+Linux): the mock right before and right after each write, the client right
+after each recv returns. What the mock's pacing timer does (late wake-ups,
+jitter) then cancels: each figure is a difference of two timestamps of the same
+event. The figures start at the mock's write call, not at its return: on a busy
+2-core machine the proxy thread the write wakes may preempt the mock before
+the call returns, and the client then "receives" events before they were sent
+(seen here: negative medians). The write call itself (shown as `write`) is the
+same for every variant and cancels in the added latency.
 
-* per chunk = client's receive of an event - the mock's write of it, over every
+* per chunk = client's receive of an event - the mock starting to write it, over every
   event but the last (the last, which carries the stream's end, is reported
   apart: the filter settles the request on it);
 * first byte in the proxy = client's first response byte - the mock starting to
@@ -76,6 +81,7 @@ FIGURES = {  # key: (label, what)
     "chunk": "per chunk (mock wrote the event -> client has it), every event but the last",
     "last": "last event, with the stream's end",
     "gap": "gap between received events - pacing",
+    "write": "the mock's write call of an event (start -> return)",
 }
 
 
@@ -201,7 +207,10 @@ def samples(reqs: list[dict], mock: dict[str, dict], pace_ms: float) -> dict:
     out.update(events_seen=[], events_sent=[], coalesced=0, recvs=0, per_event=[])
     for r in reqs:
         m = mock[r["id"]]
-        ev, sends = r["events"], m["sends"]
+        # From the start of the mock's write: the write's return can come late (on
+        # a busy machine the woken proxy thread may preempt the mock right after
+        # the data is queued, and the client then receives "before" it).
+        ev, sends = r["events"], m["starts"]
         out["events_seen"].append(len(ev))
         out["events_sent"].append(len(sends))
         out["coalesced"] += sum(1 for n in r["per_recv"] if n > 1)
@@ -212,6 +221,7 @@ def samples(reqs: list[dict], mock: dict[str, dict], pace_ms: float) -> dict:
         if len(ev) != len(sends):
             continue
         d = [(a - b) / 1e3 for a, b in zip(ev, sends)]
+        out["write"] += [(b - a) / 1e3 for a, b in zip(m["starts"], m["sends"])]
         out["chunk"] += d[:-1]
         out["last"].append(d[-1])
         out["per_event"].append(d)
@@ -247,7 +257,7 @@ def analyse(raw: dict[str, list], mock: dict[str, dict], pace_ms: float) -> dict
             continue
         add = {}
         for f in FIGURES:
-            if f == "gap" or not s[v][f] or not s[base][f]:
+            if f in ("gap", "write") or not s[v][f] or not s[base][f]:
                 continue
             a = {f"p{p}": res["variants"][v][f][f"p{p}"] - res["variants"][base][f][f"p{p}"] for p in PCTS}
             a["p50_ci95"] = boot_median_diff(s[v][f], s[base][f])
@@ -344,7 +354,7 @@ def report(res: dict, meta: dict, vm: dict) -> str:
          if meta.get("end_gap_ms") else "the body's end in the same write as `[DONE]`") +
          f". One connection per variant, one request at a time, {meta['requests']} "
          f"requests per variant after {meta['warmup']} of warm-up, interleaved request by request. Every figure "
-         "is a difference of two CLOCK_MONOTONIC timestamps of the same event (the mock's right after its "
+         "is a difference of two CLOCK_MONOTONIC timestamps of the same event (the mock's right before its "
          "write, the client's right after its recv), so the pacing's jitter cancels. Method: the script's "
          "docstring.", ""]
     if meta["smoke"]:
