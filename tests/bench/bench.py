@@ -140,6 +140,13 @@ def upstream_config() -> dict:
     hcm.pop("access_log", None)
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"]
     hcm["http_filters"][0]["typed_config"].pop("upstream_http_filters", None)
+    # The whole request is read before the answer: a direct_response made at the
+    # headers leaves the body unread, and Envoy then closes the connection (the
+    # proxy under test opened one upstream connection per request, seen in the
+    # profile of 2026-12-07: about 50 µs of its system CPU per request).
+    hcm["http_filters"].insert(0, {"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1 << 20}})
 
     def answer(body: str, content_type: str, match: dict) -> dict:
         return {"match": match, "direct_response": {"status": 200, "body": {"inline_string": body}},

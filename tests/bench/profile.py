@@ -3,11 +3,13 @@
 
     make bench-profile                 # tests/bench/results/profile.{md,json}
     .venv/bin/python tests/bench/profile.py --smoke --out /tmp/p.md   # seconds
-    .venv/bin/python tests/bench/profile.py --keepalive --out tests/bench/results/profile-keepalive.md
+    .venv/bin/python tests/bench/profile.py --closing --out tests/bench/results/profile.md
     .venv/bin/python tests/bench/profile.py --from-json a.json --pool b.json,c.json --note "..."  # report again
 
-`--keepalive`: the mock reads each request whole before answering. bench.py's mock answers at the
-request's headers, so Envoy closes every upstream connection and the proxy opens one per request.
+bench.py's mock reads each request whole before answering, so upstream connections are reused
+(tests/bench/results/profile-keepalive.md). `--closing`: the mock as it was before 2026-12-07,
+answering at the request's headers, so Envoy closed every upstream connection and the proxy opened one
+per request (tests/bench/results/profile.md).
 
 One run, on loopback, with bench.py's mock, configurations and load (1 KB chat
 request, wrk at 32 connections; every proxy `--concurrency 2`):
@@ -517,15 +519,14 @@ def measure(args, tmp: Path, upstream: harness.Envoy, variants: list[str]) -> tu
 # ---------------------------------------------------------------------------
 
 def mock_config(keepalive: bool) -> dict:
-    """bench.py's mock; with `keepalive`, it reads the whole request before answering. bench.py's mock answers
-    at the request's headers (direct_response), before the body has arrived, so Envoy closes that connection
-    (HTTP/1.1: the rest of the request is unread) and the proxy opens a new upstream connection per request
-    (upstream_cx_total = upstream_rq_total, upstream_cx_close_notify)."""
+    """bench.py's mock, which reads the whole request before answering; without `keepalive`, as it was before
+    2026-12-07: answering at the request's headers (direct_response), before the body has arrived, so Envoy
+    closes that connection (HTTP/1.1: the rest of the request is unread) and the proxy opens a new upstream
+    connection per request (upstream_cx_total = upstream_rq_total, upstream_cx_close_notify)."""
     cfg = bench.upstream_config()
-    if keepalive:
-        bench._hcm(cfg)["http_filters"].insert(0, {"name": "envoy.filters.http.buffer", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
-            "max_request_bytes": 1 << 20}})
+    if not keepalive:
+        hcm = bench._hcm(cfg)
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.buffer"]
     return cfg
 
 
@@ -681,7 +682,10 @@ def report(res: dict, vm: dict, d: dict, meta: dict, args) -> str:
          f"rounds. Counting build: {vm.get('n', 0)} sequential requests, one worker.", ""]
     cx = meta.get("upstream_connections", {}).get("filter")
     if cx:
-        L += [f"Mock: {'reads each request whole, then answers (`--keepalive`)' if meta.get('keepalive') else 'bench.py as it is'}; "
+        mock = ("bench.py's, which reads each request whole, then answers (upstream connections reused)"
+                if meta.get("keepalive") else
+                "answering at the request headers (`--closing`: a new upstream connection per request)")
+        L += [f"Mock: {mock}; "
               f"`filter` opened {cx[0]:,} upstream connections for {cx[1]:,} upstream requests"
               + (" (one per request: the mock answers before the body is read, so Envoy closes the connection)"
                  if cx[0] > cx[1] / 2 else "") + ".", ""]
@@ -867,8 +871,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "profile.md"))
     ap.add_argument("--smoke", action="store_true", help="seconds: passthrough and filter, one short round")
     ap.add_argument("--note", default="", help="markdown appended to the report (## Notes)")
-    ap.add_argument("--keepalive", action="store_true",
-                    help="the mock reads each request whole before answering, so upstream connections are reused")
+    ap.add_argument("--closing", action="store_true",
+                    help="the mock answers at the request's headers, so Envoy closes every upstream connection")
     ap.add_argument("--from-json", help="write the report again from a run's profile.json, measuring nothing")
     ap.add_argument("--pool", default="", help="with --from-json: other runs' profile.json (comma list) whose "
                     "CPU rounds join this run's for the paired differences")
@@ -901,11 +905,11 @@ def main(argv=None) -> int:
     try:
         meta = bench.machine()
         meta["load_before"] = load_avg()
-        upstream = harness.Envoy(tmp, mock_config(args.keepalive), name="upstream", concurrency=2)
+        upstream = harness.Envoy(tmp, mock_config(not args.closing), name="upstream", concurrency=2)
         res, m2, problems = measure(args, tmp, upstream, variants)
         meta.update(m2)
         meta["event"] = Record.event
-        meta["keepalive"] = args.keepalive
+        meta["keepalive"] = not args.closing
         meta["args"] = {k: getattr(args, k) for k in ("duration", "warmup", "rounds", "conns", "freq", "requests")}
         vm = vm_phases(args, tmp, upstream, args.requests, ["filter"] + (["wasm-floor"] if "wasm-floor" in variants else []))
         if not vm:
