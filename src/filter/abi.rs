@@ -237,22 +237,12 @@ pub mod count {
                 gauge(&format!("llmcap_debug_cb_{name}_{suffix}"), v);
             }
         }
-        let by_callback = BY_CALLBACK.with(|b| b.borrow().clone());
-        for (cb, row) in by_callback {
-            for (kind, n) in KINDS.iter().zip(row) {
-                if n == 0 {
-                    continue;
+        // Calls and nanoseconds per callback and kind: `<prefix>_<callback>__<kind>`.
+        for (prefix, table) in [("cbhc", &BY_CALLBACK), ("cbns", &NS_BY_CALLBACK)] {
+            for (cb, row) in table.with(|b| b.borrow().clone()) {
+                for (kind, n) in KINDS.iter().zip(row).filter(|(_, n)| *n > 0) {
+                    gauge(&format!("llmcap_debug_{prefix}_{cb}__{kind}"), n);
                 }
-                gauge(&format!("llmcap_debug_cbhc_{cb}__{kind}"), n);
-            }
-        }
-        let ns_by_callback = NS_BY_CALLBACK.with(|b| b.borrow().clone());
-        for (cb, row) in ns_by_callback {
-            for (kind, n) in KINDS.iter().zip(row) {
-                if n == 0 {
-                    continue;
-                }
-                gauge(&format!("llmcap_debug_cbns_{cb}__{kind}"), n);
             }
         }
         let counts = COUNTS.with(|c| *c.borrow());

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -272,6 +273,15 @@ class Envoy:
 
     def stop(self):
         stop(self.proc)
+
+
+def run_bench_smoke(script: str, out: Path, timeout: float) -> str:
+    """Runs tests/bench/<script> --smoke --out <out> (CI's smoke of a benchmark);
+    fails with the tail of its output, else returns the report it wrote."""
+    p = subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / script), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out.read_text()
 
 
 def prom_samples(env) -> list[tuple[str, dict, float]]:

@@ -1,20 +1,14 @@
 """`make bench` still works: its smoke run (1 KB bodies, plain and streamed,
 Envoy alone and with the filter, one second each) in CI."""
 
-import subprocess
-import sys
 
 import harness
 
-BENCH = harness.ROOT / "tests" / "bench" / "bench.py"
 
 
 def test_bench_smoke_runs_and_reports(tmp_path):
     out = tmp_path / "smoke.md"
-    p = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    md = out.read_text()
+    md = harness.run_bench_smoke("bench.py", out, timeout=600)
     # Both cases measured, both variants, no errors, and the figures against the targets.
     assert "## 1k body\n" in md and "## 1k body, streamed" in md
     rows = [ln for ln in md.split("## Memory")[0].splitlines()

@@ -3,20 +3,14 @@ second each, perf on Envoy, the counting build inside the VM) gives a report
 with every part of the decomposition, measured."""
 
 import json
-import subprocess
-import sys
 
 import harness
 
-PROFILE = harness.ROOT / "tests" / "bench" / "profile.py"
 
 
 def test_profile_smoke_decomposes_the_gap(tmp_path):
     out = tmp_path / "profile.md"
-    p = subprocess.run([sys.executable, str(PROFILE), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    md = out.read_text()
+    md = harness.run_bench_smoke("profile.py", out, timeout=300)
     for row in ("| passthrough |", "| filter |", "| **gap: filter − passthrough** |",
                 "| (b) in the VM: request body |", "| (b) in the VM: upstream instance |",
                 "| (d) residual |", "Check: (a) + (b) + (c) = "):
