@@ -106,6 +106,11 @@ pub trait Streams {
     fn set_effective_context(&mut self, context_id: u32) -> Result<(), Status>;
     /// Resumes the current (or effective) paused request.
     fn resume_request(&mut self) -> Result<(), Status>;
+    /// Makes later calls act on the callback's own context again. The host
+    /// keeps an effective context until the callback returns, and acts on its
+    /// root for root-level calls too: a tick set after resuming another
+    /// root's stream would start or stop that root's timer.
+    fn restore_context(&mut self) -> Result<(), Status>;
 }
 
 /// The worker's timer (one per root context).
@@ -222,6 +227,9 @@ pub struct FakeHost {
     pub gone: Vec<u32>,
     /// Every tick period set, in order.
     pub tick_periods: Vec<u32>,
+    /// The effective context each tick period was set from (0: the
+    /// callback's own; another one's tick is its root's, not this one's).
+    pub tick_contexts: Vec<u32>,
     pub grpc_calls: Vec<GrpcCall>,
     pub route_cache_clears: u32,
     /// Counters and gauges by tagged name; histograms as every value recorded.
@@ -445,8 +453,14 @@ impl Streams for FakeHost {
     }
     fn resume_request(&mut self) -> Result<(), Status> {
         self.call("resume_request")?;
-        self.resumed
-            .push(std::mem::take(&mut self.effective_context));
+        // As in Envoy, the effective context stays until changed (or the
+        // callback returns).
+        self.resumed.push(self.effective_context);
+        Ok(())
+    }
+    fn restore_context(&mut self) -> Result<(), Status> {
+        self.call("restore_context")?;
+        self.effective_context = 0;
         Ok(())
     }
 }
@@ -455,6 +469,7 @@ impl Timers for FakeHost {
     fn set_tick_period(&mut self, ms: u32) -> Result<(), Status> {
         self.call("set_tick_period")?;
         self.tick_periods.push(ms);
+        self.tick_contexts.push(self.effective_context);
         Ok(())
     }
 }

@@ -15,11 +15,20 @@ use std::rc::Rc;
 thread_local! {
     /// The clock as read in the current callback (`None`: not read yet).
     static NOW_MS: Cell<Option<u64>> = const { Cell::new(None) };
+    /// The context whose callback runs now.
+    static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Called first in every host callback: later clock reads in it share one reading.
-pub fn enter() {
+/// Called first in every host callback (`id`: its context): later clock reads
+/// in it share one reading.
+pub fn enter(id: u32) {
     NOW_MS.with(|c| c.set(None));
+    CURRENT.with(|c| c.set(id));
+}
+
+/// The context whose callback runs now.
+pub fn current() -> u32 {
+    CURRENT.with(Cell::get)
 }
 
 /// EnvoyHost, as the core sees it. One per context; the metric ids, the tick
@@ -364,6 +373,9 @@ impl Streams for EnvoyHost {
     }
     fn resume_request(&mut self) -> Result<(), Status> {
         abi::resume_request()
+    }
+    fn restore_context(&mut self) -> Result<(), Status> {
+        abi::set_effective_context(current())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::core::host::{Flow, Metrics, Properties};
 use crate::core::telemetry::{BUILD_INFO, QUEUE_MAX_WAIT_MS};
 use crate::core::{load_config, GIT_REVISION, VERSION};
 use host::{enter, EnvoyHost};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -87,8 +87,6 @@ thread_local! {
     static CONTEXTS: RefCell<HashMap<u32, Rc<RefCell<Context>>>> = RefCell::new(HashMap::new());
     /// Our gRPC call routing: token -> the context that made the call.
     static CALLS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
-    /// The context whose callback runs now.
-    static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Runs `f` on context `id` (with a fresh clock reading); `default` when the
@@ -100,14 +98,13 @@ fn with<R>(id: u32, default: R, f: impl FnOnce(&mut Context) -> R) -> R {
     let Ok(mut c) = c.try_borrow_mut() else {
         return default;
     };
-    enter();
-    CURRENT.with(|x| x.set(id));
+    enter(id);
     f(&mut c)
 }
 
 /// Remembers which context made the call with `token`, for its answer.
 fn route_call(token: u32) {
-    let ctx = CURRENT.with(Cell::get);
+    let ctx = host::current();
     CALLS.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() < MAX_CALLS {

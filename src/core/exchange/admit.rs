@@ -303,6 +303,7 @@ pub fn on_tick(queue: &RefCell<WaitQueue>, h: &mut dyn Host) -> bool {
         })
         .cloned()
         .collect();
+    let switched = !due.is_empty();
     for w in due {
         queue.borrow_mut().remove(&w);
         let ctx = {
@@ -316,6 +317,13 @@ pub fn on_tick(queue: &RefCell<WaitQueue>, h: &mut dyn Host) -> bool {
             .and_then(|()| h.resume_request());
         if let Err(s) = resumed {
             log::debug!("llm-capacity: queued request {ctx} is gone (host status {s})");
+        }
+    }
+    if switched {
+        // The tick set next must be this root's (the stream may be another
+        // root's: roots of one VM share its queue).
+        if let Err(s) = h.restore_context() {
+            log::debug!("llm-capacity: cannot restore the root context (host status {s})");
         }
     }
     queue

@@ -213,6 +213,10 @@ fn a_request_over_the_burst_waits_in_the_vm_queue_and_the_tick_resumes_it() {
         vec![10, 0],
         "nobody waits: the tick stops"
     );
+    // The stop is the root's own: the resumed stream stays the effective
+    // context until changed, and a tick set from it would be its root's.
+    assert_eq!(env.host.tick_contexts, vec![0, 0]);
+    assert_eq!(env.host.effective_context, 0);
     env.answer_usage(&mut x, 1, 1);
     env.end(&mut x);
     assert_eq!(

@@ -181,6 +181,8 @@ impl Envoy {
     }
 
     pub fn tick(&mut self) {
+        // A new callback: Envoy resets the effective context between them.
+        self.host.effective_context = 0;
         self.worker.on_tick(&mut self.host);
     }
 
